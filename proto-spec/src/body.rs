@@ -78,9 +78,9 @@ pub fn is_valid_service_name(name: &[u8]) -> bool {
     !name.is_empty()
         && name.len() <= MAX_SERVICE_NAME
         && (name[0].is_ascii_lowercase() || name[0].is_ascii_digit())
-        && name
-            .iter()
-            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_' | b'.'))
+        && name.iter().all(|&c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_' | b'.')
+        })
 }
 
 /// An address that can be opened for: not unspecified, multicast, broadcast
@@ -88,9 +88,7 @@ pub fn is_valid_service_name(name: &[u8]) -> bool {
 pub fn is_valid_open_address(addr: &IpAddr) -> bool {
     match addr {
         IpAddr::V4(a) => !(a.is_unspecified() || a.is_multicast() || a.is_broadcast()),
-        IpAddr::V6(a) => {
-            !(a.is_unspecified() || a.is_multicast() || a.to_ipv4_mapped().is_some())
-        }
+        IpAddr::V6(a) => !(a.is_unspecified() || a.is_multicast() || a.to_ipv4_mapped().is_some()),
     }
 }
 
@@ -282,7 +280,10 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], MalformedReason> {
         let end = self.pos.checked_add(n).ok_or(MalformedReason::Truncated)?;
-        let s = self.buf.get(self.pos..end).ok_or(MalformedReason::Truncated)?;
+        let s = self
+            .buf
+            .get(self.pos..end)
+            .ok_or(MalformedReason::Truncated)?;
         self.pos = end;
         Ok(s)
     }
@@ -457,14 +458,23 @@ mod tests {
             let mut raw = full(&f);
             // Patch the name in place: rebuild with a raw name.
             let pos = 1 + 8 + 16 + 16 + 4 + 5 + 1;
-            raw.splice(pos..pos + 4, [&[bad.len() as u8][..], bad.as_bytes()].concat());
+            raw.splice(
+                pos..pos + 4,
+                [&[bad.len() as u8][..], bad.as_bytes()].concat(),
+            );
             assert!(parse_body(&raw).is_err(), "{bad:?}");
         }
         let mut raw = full(&fields(&["ssh"], &cert));
         raw[0] = 0x04;
-        assert_eq!(parse_body(&raw).err(), Some(MalformedReason::UnknownMessageType));
+        assert_eq!(
+            parse_body(&raw).err(),
+            Some(MalformedReason::UnknownMessageType)
+        );
         raw[0] = 0x09;
-        assert_eq!(parse_body(&raw).err(), Some(MalformedReason::UnknownMessageType));
+        assert_eq!(
+            parse_body(&raw).err(),
+            Some(MalformedReason::UnknownMessageType)
+        );
     }
 
     #[test]
@@ -490,7 +500,14 @@ mod tests {
 
     #[test]
     fn rejects_unopenable_addresses() {
-        for a in ["0.0.0.0", "224.0.0.1", "255.255.255.255", "::", "ff02::1", "::ffff:10.0.0.1"] {
+        for a in [
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::",
+            "ff02::1",
+            "::ffff:10.0.0.1",
+        ] {
             let f = BodyFields {
                 open_for: OpenFor::Addr(a.parse().expect("ip")),
                 ..fields(&["ssh"], &[0x30; 10])

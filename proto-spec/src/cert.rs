@@ -230,7 +230,9 @@ pub enum TrustError {
         reason: String,
     },
     /// A CRL's issuer is none of the configured CAs.
-    #[error("CRL #{index} was issued by a CA that is not configured (neither anchor nor intermediate)")]
+    #[error(
+        "CRL #{index} was issued by a CA that is not configured (neither anchor nor intermediate)"
+    )]
     CrlFromUnknownCa {
         /// Position in the configuration.
         index: usize,
@@ -258,12 +260,11 @@ impl TrustStore {
         let mut ca_subjects: Vec<Vec<u8>> = Vec::new();
         for (index, der) in config.anchors.iter().enumerate() {
             let cert_der = CertificateDer::from(der.as_slice());
-            let ta = webpki::anchor_from_trusted_cert(&cert_der).map_err(|e| {
-                TrustError::BadAnchor {
+            let ta =
+                webpki::anchor_from_trusted_cert(&cert_der).map_err(|e| TrustError::BadAnchor {
                     index,
                     reason: format!("{e:?}"),
-                }
-            })?;
+                })?;
             ca_subjects.push(ta.subject.as_ref().to_vec());
             anchors.push(ta.to_owned());
         }
@@ -287,11 +288,13 @@ impl TrustStore {
             if !ca_subjects.iter().any(|s| s.as_slice() == crl.issuer()) {
                 return Err(TrustError::CrlFromUnknownCa { index });
             }
-            let (_, parsed) = x509_parser::revocation_list::CertificateRevocationList::from_der(der)
-                .map_err(|e| TrustError::BadCrl {
-                    index,
-                    reason: e.to_string(),
-                })?;
+            let (_, parsed) = x509_parser::revocation_list::CertificateRevocationList::from_der(
+                der,
+            )
+            .map_err(|e| TrustError::BadCrl {
+                index,
+                reason: e.to_string(),
+            })?;
             if let Some(nu) = parsed.next_update() {
                 let ms = secs_to_ms(nu.timestamp());
                 earliest = Some(earliest.map_or(ms, |e| e.min(ms)));
@@ -322,20 +325,18 @@ impl TrustStore {
         let revocation = if crl_refs.is_empty() {
             None
         } else {
-            RevocationOptionsBuilder::new(&crl_refs)
-                .ok()
-                .map(|b| {
-                    b.with_depth(RevocationCheckDepth::Chain)
-                        .with_status_policy(match self.unknown_revocation {
-                            UnknownRevocation::Allow => UnknownStatusPolicy::Allow,
-                            UnknownRevocation::Deny => UnknownStatusPolicy::Deny,
-                        })
-                        .with_expiration_policy(match self.expired_crl {
-                            ExpiredCrl::Refuse => ExpirationPolicy::Enforce,
-                            ExpiredCrl::Ignore => ExpirationPolicy::Ignore,
-                        })
-                        .build()
-                })
+            RevocationOptionsBuilder::new(&crl_refs).ok().map(|b| {
+                b.with_depth(RevocationCheckDepth::Chain)
+                    .with_status_policy(match self.unknown_revocation {
+                        UnknownRevocation::Allow => UnknownStatusPolicy::Allow,
+                        UnknownRevocation::Deny => UnknownStatusPolicy::Deny,
+                    })
+                    .with_expiration_policy(match self.expired_crl {
+                        ExpiredCrl::Refuse => ExpirationPolicy::Enforce,
+                        ExpiredCrl::Ignore => ExpirationPolicy::Ignore,
+                    })
+                    .build()
+            })
         };
         if revocation.is_none() && self.unknown_revocation == UnknownRevocation::Deny {
             return Err(CertificateError::Other);

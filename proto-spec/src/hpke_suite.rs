@@ -98,7 +98,10 @@ pub fn seal(
 ) -> Result<([u8; ENC_LEN], Vec<u8>), SealError> {
     let pk = <Kem as hpke::Kem>::PublicKey::from_bytes(receiver.as_bytes())
         .map_err(|_| SealError::BadReceiverKey)?;
-    let mut rng = IkmRng { ikm: ikm_e, used: 0 };
+    let mut rng = IkmRng {
+        ikm: ikm_e,
+        used: 0,
+    };
     let (enc, ct) = hpke::single_shot_seal_with_rng::<AeadAlg, Kdf, Kem>(
         &OpModeS::Base,
         &pk,
@@ -262,27 +265,50 @@ mod tests {
         for seed in 1..20u8 {
             let r = receiver(seed);
             let msg = vec![seed; 100 + seed as usize];
-            let (enc, ct) =
-                seal(DatagramKind::Knock, &r.public_key(), b"\x01", &msg, [seed ^ 0x5a; 32])
-                    .expect("seal");
+            let (enc, ct) = seal(
+                DatagramKind::Knock,
+                &r.public_key(),
+                b"\x01",
+                &msg,
+                [seed ^ 0x5a; 32],
+            )
+            .expect("seal");
             let opener = Opener::new(DatagramKind::Knock, &r);
             let pt = opener.open(&r, &enc, b"\x01", &ct).expect("open");
             assert_eq!(&pt[..], &msg[..]);
             // Wrong kind (info) fails.
             let other = Opener::new(DatagramKind::Order, &r);
-            assert_eq!(other.open(&r, &enc, b"\x01", &ct).err(), Some(Refusal::OpenFailed));
+            assert_eq!(
+                other.open(&r, &enc, b"\x01", &ct).err(),
+                Some(Refusal::OpenFailed)
+            );
             // Wrong aad fails.
-            assert_eq!(opener.open(&r, &enc, b"\x02", &ct).err(), Some(Refusal::OpenFailed));
+            assert_eq!(
+                opener.open(&r, &enc, b"\x02", &ct).err(),
+                Some(Refusal::OpenFailed)
+            );
         }
     }
 
     #[test]
     fn hpke_crate_opens_what_we_seal_deterministically() {
         let r = receiver(7);
-        let (enc, ct) =
-            seal(DatagramKind::Order, &r.public_key(), b"\x01", b"hello", [9; 32]).expect("seal");
-        let (enc2, ct2) =
-            seal(DatagramKind::Order, &r.public_key(), b"\x01", b"hello", [9; 32]).expect("seal");
+        let (enc, ct) = seal(
+            DatagramKind::Order,
+            &r.public_key(),
+            b"\x01",
+            b"hello",
+            [9; 32],
+        )
+        .expect("seal");
+        let (enc2, ct2) = seal(
+            DatagramKind::Order,
+            &r.public_key(),
+            b"\x01",
+            b"hello",
+            [9; 32],
+        )
+        .expect("seal");
         assert_eq!((enc, &ct), (enc2, &ct2), "sealing is deterministic in ikmE");
         let sk = <Kem as hpke::Kem>::PrivateKey::from_bytes(&r.to_bytes()[..]).expect("sk");
         let encapped = <Kem as hpke::Kem>::EncappedKey::from_bytes(&enc).expect("enc");
@@ -302,7 +328,8 @@ mod tests {
     fn seal_deterministic_matches_derive_keypair() {
         let r = receiver(3);
         let ikm = [0x42; 32];
-        let (enc, _) = seal(DatagramKind::Knock, &r.public_key(), b"\x01", b"x", ikm).expect("seal");
+        let (enc, _) =
+            seal(DatagramKind::Knock, &r.public_key(), b"\x01", b"x", ikm).expect("seal");
         assert_eq!(enc, ephemeral_public(&ikm));
     }
 

@@ -29,6 +29,8 @@ pub mod policy;
 pub mod replay;
 pub mod seal;
 pub mod sign;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod verify;
 pub mod wire;
 

@@ -172,6 +172,9 @@ mod tests {
         // Turn the IPv4 address field into a source-mode field of the same
         // total length: kind 0x00 and the four address bytes become body.
         raw[29] = 0x00;
-        assert_eq!(parse_order(&raw).err(), Some(MalformedReason::BadAddressKind));
+        assert_eq!(
+            parse_order(&raw).err(),
+            Some(MalformedReason::BadAddressKind)
+        );
     }
 }

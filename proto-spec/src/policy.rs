@@ -89,7 +89,11 @@ impl Default for Policy {
 impl Policy {
     /// Checks that `id` may use every service in `services`. SPEC §6.4.
     pub fn authorize(&self, id: &ClientIdentity, services: &[&str]) -> Result<(), Refusal> {
-        let mut matching = self.rules.iter().filter(|r| r.identity.matches(id)).peekable();
+        let mut matching = self
+            .rules
+            .iter()
+            .filter(|r| r.identity.matches(id))
+            .peekable();
         if matching.peek().is_none() {
             return Err(Refusal::UnknownIdentity);
         }
@@ -137,8 +141,14 @@ mod tests {
         };
         let alice = id(&["cn:alice", "email:alice@example.org"]);
         assert_eq!(p.authorize(&alice, &["ssh", "web"]), Ok(()));
-        assert_eq!(p.authorize(&alice, &["db"]), Err(Refusal::UnauthorizedService));
-        assert_eq!(p.authorize(&id(&["cn:bob"]), &["ssh"]), Err(Refusal::UnknownIdentity));
+        assert_eq!(
+            p.authorize(&alice, &["db"]),
+            Err(Refusal::UnauthorizedService)
+        );
+        assert_eq!(
+            p.authorize(&id(&["cn:bob"]), &["ssh"]),
+            Err(Refusal::UnknownIdentity)
+        );
         assert_eq!(p.grant_lifetime(10_000), DEFAULT_MAX_LIFETIME_S);
     }
 }

@@ -147,7 +147,11 @@ impl P256Signer {
 
     /// The SEC1 uncompressed public key.
     pub fn public_key_sec1(&self) -> Vec<u8> {
-        self.key.verifying_key().to_sec1_point(false).as_bytes().to_vec()
+        self.key
+            .verifying_key()
+            .to_sec1_point(false)
+            .as_bytes()
+            .to_vec()
     }
 }
 

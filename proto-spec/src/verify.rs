@@ -41,7 +41,11 @@ impl core::fmt::Debug for ReceiverKeys {
             .field("kind", &self.kind)
             .field(
                 "public",
-                &self.entries.iter().map(|e| e.secret.public_key()).collect::<Vec<_>>(),
+                &self
+                    .entries
+                    .iter()
+                    .map(|e| e.secret.public_key())
+                    .collect::<Vec<_>>(),
             )
             .finish()
     }
@@ -68,7 +72,10 @@ impl ReceiverKeys {
 
     /// Size, version, MAC and HPKE open. SPEC §3.6. Returns the plaintext
     /// and the public key it was sealed to.
-    fn open(&self, datagram: &[u8]) -> Result<(zeroize::Zeroizing<Vec<u8>>, ReceiverPublicKey), Refusal> {
+    fn open(
+        &self,
+        datagram: &[u8],
+    ) -> Result<(zeroize::Zeroizing<Vec<u8>>, ReceiverPublicKey), Refusal> {
         let framed = frame(self.kind, datagram)?;
         let entry = self
             .entries
@@ -294,7 +301,12 @@ impl KnockVerifier {
             session_id: body.session_id,
             open_for,
             source_mode,
-            services: body.services.as_slice().iter().map(|s| s.to_string()).collect(),
+            services: body
+                .services
+                .as_slice()
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             lifetime_s: self.policy.grant_lifetime(body.lifetime_s),
             timestamp_ms: body.timestamp_ms,
             receiver_key: receiver,
@@ -497,7 +509,12 @@ impl OrderVerifier {
             client: cert.identity.clone(),
             session_id: order.session_id,
             open_for: order.open_for,
-            services: body.services.as_slice().iter().map(|s| s.to_string()).collect(),
+            services: body
+                .services
+                .as_slice()
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             lifetime_s,
             order_timestamp_ms: order.order_timestamp_ms,
             client_timestamp_ms: body.timestamp_ms,

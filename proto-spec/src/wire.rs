@@ -156,6 +156,9 @@ mod tests {
             Some(Refusal::BadVersion)
         );
         assert!(frame(DatagramKind::Knock, &[1u8; 600]).is_ok());
-        assert_eq!(frame(DatagramKind::Order, &[]).err(), Some(Refusal::TooShort));
+        assert_eq!(
+            frame(DatagramKind::Order, &[]).err(),
+            Some(Refusal::TooShort)
+        );
     }
 }
