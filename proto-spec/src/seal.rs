@@ -87,6 +87,28 @@ pub fn seal_order(
     Ok(frame_and_seal(DatagramKind::Order, red, &body, ikm_e)?)
 }
 
+/// Seals an arbitrary plaintext with the datagram framing of `kind`:
+/// `header || enc || ct || mac`. SPEC §3.1, §3.3. It does not check the
+/// plaintext: it exists for test vectors and fuzzing, which need datagrams
+/// that pass the MAC and AEAD but carry malformed bodies.
+pub fn seal_plaintext(
+    kind: DatagramKind,
+    receiver: &ReceiverPublicKey,
+    plaintext: &[u8],
+    ikm_e: [u8; 32],
+) -> Result<Vec<u8>, SealError> {
+    frame_and_seal(kind, receiver, plaintext, ikm_e)
+}
+
+/// The pre-check MAC of `covered` (everything before the MAC). SPEC §3.3.
+pub fn precheck_mac(
+    kind: DatagramKind,
+    receiver: &ReceiverPublicKey,
+    covered: &[u8],
+) -> [u8; crate::wire::MAC_LEN] {
+    MacKey::new(kind, receiver).tag(covered)
+}
+
 /// `header || enc || ct || mac`. SPEC §3.1, §3.3.
 fn frame_and_seal(
     kind: DatagramKind,

@@ -213,6 +213,40 @@ impl TestCa {
         Ok((cert.der().to_vec(), pkcs8))
     }
 
+    /// Issues a client-auth certificate whose subject key is a P-384 point
+    /// (an algorithm spa does not accept for clients). There is no private
+    /// key: the certificate exists to test the `unsupported_key` refusal.
+    pub fn issue_p384_placeholder(&self, cn: &str, serial: u64) -> Result<Vec<u8>, TestkitError> {
+        struct P384Point(Vec<u8>);
+        impl rcgen::PublicKeyData for P384Point {
+            fn der_bytes(&self) -> &[u8] {
+                &self.0
+            }
+            fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+                &rcgen::PKCS_ECDSA_P384_SHA384
+            }
+        }
+        // An uncompressed SEC1 point: 0x04 || x || y (48 bytes each). The
+        // bytes are never used as a key: the curve OID is refused first.
+        let mut point = vec![0x04];
+        point.extend_from_slice(&seed("p384 x"));
+        point.extend_from_slice(&seed("p384 x")[..16]);
+        point.extend_from_slice(&seed("p384 y"));
+        point.extend_from_slice(&seed("p384 y")[..16]);
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.serial_number = Some(SerialNumber::from_slice(&serial.to_be_bytes()));
+        params.not_before = ms_to_time(T_2026);
+        params.not_after = ms_to_time(T_2036);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_identifier_method = KeyIdMethod::Sha256;
+        let cert = params
+            .signed_by(&P384Point(point), &self.issuer())
+            .map_err(err)?;
+        Ok(cert.der().to_vec())
+    }
+
     /// Issues a certificate and wraps it with its key in a software signer.
     pub fn signer(
         &self,

@@ -423,3 +423,34 @@ fn red_refuses_forged_orders() {
     assert_eq!(red_refuses(&d, GREEN_IP), Refusal::MacMismatch);
     let _ = MalformedReason::Truncated;
 }
+
+/// A store whose commit always fails, as a full or broken disk would.
+struct FailingStore;
+
+impl ReplayState for FailingStore {
+    type Error = &'static str;
+    fn floor(&self, _: &proto_spec::cert::IdentityKey) -> Option<u64> {
+        None
+    }
+    fn commit(&mut self, _: &proto_spec::cert::IdentityKey, _: u64) -> Result<(), Self::Error> {
+        Err("disk full")
+    }
+}
+
+#[test]
+fn refuses_when_the_floor_cannot_be_committed() {
+    let w = World::new();
+    let alice = w.signer("alice", KeyAlg::Ed25519);
+    let d = knock(
+        &w,
+        alice.as_ref(),
+        &request(MessageType::OpenTunnel, NOW, &["tunnel"]),
+    );
+    let mut green = w.green();
+    assert_eq!(
+        green
+            .verify(&d, ip(CLIENT_IP), NOW, &mut FailingStore)
+            .err(),
+        Some(Refusal::StorageFailure)
+    );
+}
