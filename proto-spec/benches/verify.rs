@@ -121,7 +121,7 @@ impl World {
             vec![testkit::receiver_key("red")],
             vec![Gateway {
                 signing_key: self.gateway.public_key(),
-                receiver_key: self.green_key.public_key(),
+                receiver_keys: vec![self.green_key.public_key()],
             }],
             self.trust(false),
             Self::policy(),
@@ -273,9 +273,10 @@ fn benches(c: &mut Criterion) {
             v.verify(&random, ip(CLIENT_IP), NOW, &mut replay).err(),
             Some(Refusal::MacMismatch)
         );
+        let source = ip(CLIENT_IP);
         c.bench_function("refuse_random_600B", |b| {
             b.iter(|| {
-                let r = v.verify(black_box(&random), ip(CLIENT_IP), NOW, &mut replay);
+                let r = v.verify(black_box(&random), source, NOW, &mut replay);
                 debug_assert_eq!(r.as_ref().err(), Some(&Refusal::MacMismatch));
                 black_box(r.is_err())
             })
@@ -478,13 +479,9 @@ fn benches(c: &mut Criterion) {
             v.verify(d, ip(CLIENT_IP), late, &mut replay).err(),
             Some(Refusal::Stale)
         );
+        let source = ip(CLIENT_IP);
         c.bench_function("parts/open_and_parse_then_stale", |b| {
-            b.iter(|| {
-                black_box(
-                    v.verify(black_box(d), ip(CLIENT_IP), late, &mut replay)
-                        .is_err(),
-                )
-            })
+            b.iter(|| black_box(v.verify(black_box(d), source, late, &mut replay).is_err()))
         });
     }
     {
@@ -518,6 +515,22 @@ fn benches(c: &mut Criterion) {
         c.bench_function("parts/client_ed25519_verify_transcript", |b| {
             b.iter(|| black_box(client_key.verify(black_box(&t), black_box(parsed.signature))))
         });
+        {
+            // For comparison only: the same signature checked by ring (which
+            // proto-spec already links through rustls-webpki).
+            let der = rustls_pki_types::CertificateDer::from(cert.as_slice());
+            let ee = webpki::EndEntityCert::try_from(&der).unwrap();
+            let sig = parsed.signature.as_slice();
+            ee.verify_signature(webpki::ring::ED25519, &t, sig).unwrap();
+            c.bench_function("parts/client_ed25519_verify_transcript_ring", |b| {
+                b.iter(|| {
+                    black_box(
+                        ee.verify_signature(webpki::ring::ED25519, black_box(&t), black_box(sig))
+                            .is_ok(),
+                    )
+                })
+            });
+        }
         c.bench_function("parts/parse_client_cert_ed25519", |b| {
             b.iter(|| black_box(parse_client_cert(black_box(&cert)).is_ok()))
         });
@@ -552,7 +565,50 @@ fn benches(c: &mut Criterion) {
         c.bench_function("parts/client_p256_verify_transcript", |b| {
             b.iter(|| black_box(client_key.verify(black_box(&t), black_box(parsed.signature))))
         });
+        // For comparison only: the same signature checked by ring.
+        let der = rustls_pki_types::CertificateDer::from(parsed.certificate);
+        let ee = webpki::EndEntityCert::try_from(&der).unwrap();
+        let sig = ecdsa_raw_to_der(parsed.signature);
+        ee.verify_signature(webpki::ring::ECDSA_P256_SHA256, &t, &sig)
+            .unwrap();
+        c.bench_function("parts/client_p256_verify_transcript_ring", |b| {
+            b.iter(|| {
+                black_box(
+                    ee.verify_signature(
+                        webpki::ring::ECDSA_P256_SHA256,
+                        black_box(&t),
+                        black_box(&sig),
+                    )
+                    .is_ok(),
+                )
+            })
+        });
     }
+}
+
+/// ECDSA `r || s` (32 + 32 bytes) to the DER `SEQUENCE { INTEGER r, INTEGER s }`
+/// ring expects.
+fn ecdsa_raw_to_der(raw: &[u8; 64]) -> Vec<u8> {
+    fn int(x: &[u8]) -> Vec<u8> {
+        let mut x = x;
+        while x.len() > 1 && x[0] == 0 {
+            x = &x[1..];
+        }
+        let mut out = vec![0x02];
+        if x[0] & 0x80 != 0 {
+            out.push(x.len() as u8 + 1);
+            out.push(0);
+        } else {
+            out.push(x.len() as u8);
+        }
+        out.extend_from_slice(x);
+        out
+    }
+    let (r, s) = raw.split_at(32);
+    let body = [int(r), int(s)].concat();
+    let mut out = vec![0x30, body.len() as u8];
+    out.extend_from_slice(&body);
+    out
 }
 
 fn config() -> Criterion {

@@ -6,7 +6,7 @@
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::MalformedReason;
-use crate::wire::{MAX_BODY, MIN_BODY};
+use crate::wire::{MAX_CLIENT_BODY, MIN_BODY};
 
 /// Largest number of services in one body. SPEC §4.1.
 pub const MAX_SERVICES: usize = 8;
@@ -173,7 +173,7 @@ pub enum EncodeError {
     Invalid(MalformedReason),
     /// The body would exceed the maximum size (SPEC §3.2), usually because
     /// the certificate is too large.
-    #[error("the body would be {0} bytes, over the {MAX_BODY}-byte limit")]
+    #[error("the body would be {0} bytes, over the {MAX_CLIENT_BODY}-byte limit")]
     TooLarge(usize),
 }
 
@@ -209,7 +209,7 @@ fn check_rules(
 /// SPEC §4.1.
 pub fn encode_signed_part(f: &BodyFields<'_>) -> Result<Vec<u8>, EncodeError> {
     check_rules(f.msg_type, f.lifetime_s, f.services.len()).map_err(EncodeError::Invalid)?;
-    let mut out = Vec::with_capacity(MAX_BODY);
+    let mut out = Vec::with_capacity(MAX_CLIENT_BODY);
     out.push(f.msg_type as u8);
     out.extend_from_slice(&f.timestamp_ms.to_be_bytes());
     out.extend_from_slice(&f.nonce);
@@ -231,7 +231,7 @@ pub fn encode_signed_part(f: &BodyFields<'_>) -> Result<Vec<u8>, EncodeError> {
     out.extend_from_slice(&cert_len.to_be_bytes());
     out.extend_from_slice(f.certificate);
     let total = out.len() + SIGNATURE_LEN;
-    if total > MAX_BODY {
+    if total > MAX_CLIENT_BODY {
         return Err(EncodeError::TooLarge(total));
     }
     Ok(out)
@@ -329,10 +329,10 @@ impl<'a> Reader<'a> {
 
 /// Parses a knock body. SPEC §4.1, §4.2. Refuses the order type.
 pub fn parse_body(raw: &[u8]) -> Result<ParsedBody<'_>, MalformedReason> {
-    if raw.len() < MIN_BODY || raw.len() > MAX_BODY {
-        // A body inside an order can have any length up to the order's; the
-        // knock path never gets here with another length (SPEC §3.2).
-        return Err(MalformedReason::BadCertLength);
+    if raw.len() < MIN_BODY || raw.len() > MAX_CLIENT_BODY {
+        // Only a client body inside an order can have another length; the
+        // knock framing already bounds it (SPEC §3.2, §5.1).
+        return Err(MalformedReason::BadBodyLength);
     }
     let mut r = Reader::new(raw);
     let msg_type = MessageType::from_byte(r.u8()?)

@@ -126,8 +126,8 @@ pub fn parse_client_cert(der: &[u8]) -> Result<ParsedClientCert, CertificateErro
             return Err(CertificateError::UnsupportedKey);
         }
         ClientPublicKey::P256(
-            p256::ecdsa::VerifyingKey::from_sec1_bytes(key_bytes)
-                .map_err(|_| CertificateError::UnsupportedKey)?,
+            crate::sign::P256PublicKey::from_sec1_bytes(key_bytes)
+                .ok_or(CertificateError::UnsupportedKey)?,
         )
     } else {
         return Err(CertificateError::UnsupportedKey);
@@ -245,7 +245,7 @@ pub struct TrustStore {
     anchors: Vec<TrustAnchor<'static>>,
     intermediates: Vec<CertificateDer<'static>>,
     crls: Vec<CertRevocationList<'static>>,
-    earliest_next_update_ms: Option<UnixMillis>,
+    cache_horizon_ms: Option<UnixMillis>,
     unknown_revocation: UnknownRevocation,
     expired_crl: ExpiredCrl,
 }
@@ -258,7 +258,14 @@ impl TrustStore {
         }
         let mut anchors = Vec::new();
         let mut ca_subjects: Vec<Vec<u8>> = Vec::new();
+        // SPEC §6.2: a cached validation must not outlive any CA certificate.
+        let mut earliest: Option<UnixMillis> = None;
+        let mut note =
+            |ms: UnixMillis| earliest = Some(earliest.map_or(ms, |e: UnixMillis| e.min(ms)));
         for (index, der) in config.anchors.iter().enumerate() {
+            if let Ok((_, c)) = X509Certificate::from_der(der) {
+                note(secs_to_ms(c.validity().not_after.timestamp()));
+            }
             let cert_der = CertificateDer::from(der.as_slice());
             let ta =
                 webpki::anchor_from_trusted_cert(&cert_der).map_err(|e| TrustError::BadAnchor {
@@ -275,10 +282,10 @@ impl TrustStore {
             // webpki compares the subject's inner bytes (without the outer
             // SEQUENCE header), as in TrustAnchor::subject.
             ca_subjects.push(strip_sequence(c.subject().as_raw()).to_vec());
+            note(secs_to_ms(c.validity().not_after.timestamp()));
             intermediates.push(CertificateDer::from(der.clone()));
         }
         let mut crls = Vec::new();
-        let mut earliest: Option<UnixMillis> = None;
         for (index, der) in config.crls.iter().enumerate() {
             let owned = OwnedCertRevocationList::from_der(der).map_err(|e| TrustError::BadCrl {
                 index,
@@ -296,8 +303,7 @@ impl TrustStore {
                 reason: e.to_string(),
             })?;
             if let Some(nu) = parsed.next_update() {
-                let ms = secs_to_ms(nu.timestamp());
-                earliest = Some(earliest.map_or(ms, |e| e.min(ms)));
+                note(secs_to_ms(nu.timestamp()));
             }
             crls.push(crl);
         }
@@ -305,15 +311,16 @@ impl TrustStore {
             anchors,
             intermediates,
             crls,
-            earliest_next_update_ms: earliest,
+            cache_horizon_ms: earliest,
             unknown_revocation: config.unknown_revocation,
             expired_crl: config.expired_crl,
         })
     }
 
-    /// The earliest nextUpdate of the configured CRLs (ms), if any.
-    pub fn earliest_crl_next_update(&self) -> Option<UnixMillis> {
-        self.earliest_next_update_ms
+    /// The earliest of the CA certificates' notAfter and the CRLs'
+    /// nextUpdate (ms): no cached validation lives past it. SPEC §6.2.
+    pub fn cache_horizon(&self) -> Option<UnixMillis> {
+        self.cache_horizon_ms
     }
 
     /// Validates an end-entity certificate for client authentication at
@@ -440,7 +447,7 @@ impl CertCache {
         store: &TrustStore,
     ) -> Arc<ValidatedCert> {
         let valid_until_ms = store
-            .earliest_crl_next_update()
+            .cache_horizon()
             .map_or(parsed.not_after_ms, |nu| nu.min(parsed.not_after_ms));
         let entry = Arc::new(ValidatedCert {
             identity: parsed.identity,

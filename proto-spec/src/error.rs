@@ -70,8 +70,10 @@ pub enum MalformedReason {
     TooManyServices,
     /// A lifetime above the maximum.
     BadLifetime,
-    /// A certificate or client body length outside its range.
+    /// A certificate length of zero or past the end of the body.
     BadCertLength,
+    /// A body length outside 114..=1023 (a client body inside an order).
+    BadBodyLength,
     /// A field that must be zero or empty for this message type is not, or
     /// one that must be present is missing.
     FieldNotAllowed,
@@ -160,6 +162,7 @@ impl MalformedReason {
             Self::TooManyServices => "too_many_services",
             Self::BadLifetime => "bad_lifetime",
             Self::BadCertLength => "bad_cert_length",
+            Self::BadBodyLength => "bad_body_length",
             Self::FieldNotAllowed => "field_not_allowed",
         }
     }

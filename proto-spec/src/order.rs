@@ -6,7 +6,7 @@ use crate::MalformedReason;
 use crate::body::{
     MAX_LIFETIME_S, MessageType, OpenFor, Reader, SESSION_ID_LEN, SIGNATURE_LEN, encode_addr,
 };
-use crate::wire::{MAX_BODY, MAX_ORDER_BODY, MIN_BODY, MIN_ORDER_BODY};
+use crate::wire::{MAX_CLIENT_BODY, MAX_ORDER_BODY, MIN_BODY, MIN_ORDER_BODY};
 
 /// Gateway public key length in an order. SPEC §5.1.
 pub const GATEWAY_KEY_LEN: usize = 32;
@@ -64,8 +64,8 @@ pub fn encode_order_signed_part(
     if f.lifetime_s > MAX_LIFETIME_S {
         return Err(OrderEncodeError::Invalid(MalformedReason::BadLifetime));
     }
-    if !(MIN_BODY..=MAX_BODY).contains(&f.client_body.len()) {
-        return Err(OrderEncodeError::Invalid(MalformedReason::BadCertLength));
+    if !(MIN_BODY..=MAX_CLIENT_BODY).contains(&f.client_body.len()) {
+        return Err(OrderEncodeError::Invalid(MalformedReason::BadBodyLength));
     }
     let mut out = Vec::with_capacity(MAX_ORDER_BODY);
     out.push(MessageType::Order as u8);
@@ -99,8 +99,8 @@ pub fn parse_order(raw: &[u8]) -> Result<ParsedOrder<'_>, MalformedReason> {
         return Err(MalformedReason::BadAddressKind);
     };
     let body_len = usize::from(r.u16()?);
-    if !(MIN_BODY..=MAX_BODY).contains(&body_len) {
-        return Err(MalformedReason::BadCertLength);
+    if !(MIN_BODY..=MAX_CLIENT_BODY).contains(&body_len) {
+        return Err(MalformedReason::BadBodyLength);
     }
     let client_body = r.take(body_len)?;
     let gateway_key = r.array::<GATEWAY_KEY_LEN>()?;
@@ -143,7 +143,7 @@ mod tests {
         assert_eq!(p.gateway_key, &[9; 32]);
         assert_eq!(p.open_for, f.open_for);
 
-        let big = vec![0x02u8; MAX_BODY];
+        let big = vec![0x02u8; MAX_CLIENT_BODY];
         let f6 = OrderFields {
             open_for: "fd00:200::1".parse().expect("ip"),
             client_body: &big,

@@ -64,6 +64,18 @@ impl FloorRule {
             (Self::AtLeast, Some(f)) => timestamp_ms >= f,
         }
     }
+
+    /// The whole replay check of SPEC §7.2: the identity's floor under this
+    /// rule, and the global floor `G`, always strictly.
+    pub fn admits<R: ReplayState + ?Sized>(
+        self,
+        timestamp_ms: u64,
+        id: &IdentityKey,
+        store: &R,
+    ) -> bool {
+        self.passes(timestamp_ms, store.floor(id))
+            && Self::Strict.passes(timestamp_ms, store.global_floor())
+    }
 }
 
 /// The store of replay floors. Daemons back it with durable storage.
@@ -72,9 +84,15 @@ pub trait ReplayState {
     /// A storage error.
     type Error: core::fmt::Debug;
 
-    /// The highest timestamp accepted for `id`, or the global floor if that
-    /// is higher, or `None` when neither exists. SPEC §7.2.
+    /// The highest timestamp accepted for `id`, or `None`. SPEC §7.2.
     fn floor(&self, id: &IdentityKey) -> Option<u64>;
+
+    /// The global floor `G`: no timestamp at or below it is accepted from
+    /// anyone. Set to `now` by a receiver that starts without its durable
+    /// state. SPEC §7.2.
+    fn global_floor(&self) -> Option<u64> {
+        None
+    }
 
     /// Raises `id`'s floor to `timestamp_ms` (never lowers it), and returns
     /// only once the new floor is durable. SPEC §7.3.
@@ -126,10 +144,11 @@ impl ReplayState for MemoryReplayState {
     type Error = core::convert::Infallible;
 
     fn floor(&self, id: &IdentityKey) -> Option<u64> {
-        match (self.floors.get(id).copied(), self.global) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        }
+        self.floors.get(id).copied()
+    }
+
+    fn global_floor(&self) -> Option<u64> {
+        self.global
     }
 
     fn commit(&mut self, id: &IdentityKey, timestamp_ms: u64) -> Result<(), Self::Error> {
@@ -160,11 +179,16 @@ mod tests {
     fn floor_never_goes_back_and_global_applies() {
         let id = IdentityKey([1; 32]);
         let mut s = MemoryReplayState::with_global_floor(50);
-        assert_eq!(s.floor(&id), Some(50));
+        assert_eq!(s.floor(&id), None);
+        assert!(
+            !FloorRule::AtLeast.admits(50, &id, &s),
+            "G is strict for every rule"
+        );
+        assert!(FloorRule::AtLeast.admits(51, &id, &s));
         s.commit(&id, 100).expect("commit");
         s.commit(&id, 70).expect("commit");
         assert_eq!(s.floor(&id), Some(100));
-        assert!(!FloorRule::Strict.passes(100, s.floor(&id)));
-        assert!(FloorRule::AtLeast.passes(100, s.floor(&id)));
+        assert!(!FloorRule::Strict.admits(100, &id, &s));
+        assert!(FloorRule::AtLeast.admits(100, &id, &s));
     }
 }

@@ -111,7 +111,7 @@ pub struct ClientAuthenticator {
 /// A client certificate resolved far enough to read the replay floor.
 enum Resolved {
     Cached(Arc<ValidatedCert>),
-    Parsed(crate::cert::ParsedClientCert),
+    Parsed(Box<crate::cert::ParsedClientCert>),
 }
 
 impl Resolved {
@@ -150,7 +150,7 @@ impl ClientAuthenticator {
         if let Some(v) = self.cache.get(&key, now) {
             return Ok((key, Resolved::Cached(v)));
         }
-        Ok((key, Resolved::Parsed(parse_client_cert(der)?)))
+        Ok((key, Resolved::Parsed(Box::new(parse_client_cert(der)?))))
     }
 
     /// Chain validation for a certificate that was not cached. SPEC §6.1.
@@ -165,7 +165,7 @@ impl ClientAuthenticator {
             Resolved::Cached(v) => Ok(v),
             Resolved::Parsed(p) => {
                 self.trust.validate(der, now)?;
-                Ok(self.cache.insert(cache_key, p, &self.trust))
+                Ok(self.cache.insert(cache_key, *p, &self.trust))
             }
         }
     }
@@ -175,7 +175,7 @@ impl ClientAuthenticator {
     fn check_client<R: ReplayState>(
         &mut self,
         body: &ParsedBody<'_>,
-        receiver: &ReceiverPublicKey,
+        receivers: &[ReceiverPublicKey],
         limits: &TimeLimits,
         rule: FloorRule,
         now: UnixMillis,
@@ -183,12 +183,17 @@ impl ClientAuthenticator {
     ) -> Result<Arc<ValidatedCert>, Refusal> {
         limits.check(body.timestamp_ms, now)?;
         let (cache_key, resolved) = self.resolve(body.certificate, now)?;
-        if !rule.passes(body.timestamp_ms, replay.floor(&resolved.key())) {
+        if !rule.admits(body.timestamp_ms, &resolved.key(), replay) {
             return Err(Refusal::Replayed);
         }
         let cert = self.validate(body.certificate, cache_key, resolved, now)?;
-        let t = transcript(KNOCK_SIGNATURE_CONTEXT, receiver, body.signed_part);
-        if !cert.public_key.verify(&t, body.signature) {
+        // Green has one pkR per knock (the key the MAC matched); red knows
+        // each key a gateway may be using during a rotation (SPEC §5.2).
+        let signed = receivers.iter().any(|pk| {
+            let t = transcript(KNOCK_SIGNATURE_CONTEXT, pk, body.signed_part);
+            cert.public_key.verify(&t, body.signature)
+        });
+        if !signed {
             return Err(Refusal::BadSignature);
         }
         Ok(cert)
@@ -272,11 +277,13 @@ impl KnockVerifier {
         now: UnixMillis,
         replay: &mut R,
     ) -> Result<Knock, Refusal> {
+        // SPEC §4.3: an IPv4-mapped IPv6 source is compared as IPv4.
+        let source = source.to_canonical();
         let (plaintext, receiver) = self.keys.open(datagram)?;
         let body = parse_body(&plaintext)?;
         let cert = self.auth.check_client(
             &body,
-            &receiver,
+            core::slice::from_ref(&receiver),
             &self.limits,
             FloorRule::Strict,
             now,
@@ -320,9 +327,10 @@ impl KnockVerifier {
 pub struct Gateway {
     /// Green's Ed25519 order-signing public key.
     pub signing_key: [u8; 32],
-    /// Green's X25519 knock receiver public key (the `pkR` of the client
-    /// transcripts green relays). SPEC §5.2.
-    pub receiver_key: ReceiverPublicKey,
+    /// Green's X25519 knock receiver public keys (the `pkR` of the client
+    /// transcripts green relays): the current one, and the previous one
+    /// during a key rotation. SPEC §5.2.
+    pub receiver_keys: Vec<ReceiverPublicKey>,
 }
 
 struct GatewayEntry {
@@ -449,6 +457,7 @@ impl OrderVerifier {
         now: UnixMillis,
         replay: &mut R,
     ) -> Result<Order, Refusal> {
+        let source = source.to_canonical();
         let (plaintext, red_key) = self.keys.open(datagram)?;
         let order = parse_order(&plaintext)?;
         let gw = self
@@ -457,7 +466,7 @@ impl OrderVerifier {
             .find(|g| g.gateway.signing_key == *order.gateway_key)
             .ok_or(Refusal::UnknownGateway)?;
         self.order_limits.check(order.order_timestamp_ms, now)?;
-        if !FloorRule::Strict.passes(order.order_timestamp_ms, replay.floor(&gw.identity)) {
+        if !FloorRule::Strict.admits(order.order_timestamp_ms, &gw.identity, replay) {
             return Err(Refusal::Replayed);
         }
         let t = transcript(ORDER_SIGNATURE_CONTEXT, &red_key, order.signed_part);
@@ -483,10 +492,10 @@ impl OrderVerifier {
             return Err(Refusal::Malformed(crate::MalformedReason::FieldNotAllowed));
         }
         let gw_identity = gw.identity;
-        let gw_receiver = gw.gateway.receiver_key;
+        let gw_receivers = gw.gateway.receiver_keys.clone();
         let cert = self.auth.check_client(
             &body,
-            &gw_receiver,
+            &gw_receivers,
             &self.client_limits,
             FloorRule::AtLeast,
             now,

@@ -25,7 +25,7 @@ pub const MAX_DATAGRAM: usize = 1232;
 pub const MIN_BODY: usize = 114;
 /// Largest knock body, chosen so that any body fits verbatim in an order.
 /// SPEC §3.2.
-pub const MAX_BODY: usize = 1023;
+pub const MAX_CLIENT_BODY: usize = 1023;
 /// Smallest order body. SPEC §5.1.
 pub const MIN_ORDER_BODY: usize = 246;
 /// Largest order body. SPEC §5.1.
@@ -71,7 +71,7 @@ impl DatagramKind {
     pub const fn max_datagram(self) -> usize {
         OVERHEAD
             + match self {
-                Self::Knock => MAX_BODY,
+                Self::Knock => MAX_CLIENT_BODY,
                 Self::Order => MAX_ORDER_BODY,
             }
     }

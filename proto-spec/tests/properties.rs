@@ -63,7 +63,7 @@ proptest! {
                 prop_assert_eq!(p.certificate, &cert[..]);
                 prop_assert_eq!(p.signed_part.len(), raw.len() - 64);
             }
-            Err(proto_spec::body::EncodeError::TooLarge(n)) => prop_assert!(n > proto_spec::wire::MAX_BODY),
+            Err(proto_spec::body::EncodeError::TooLarge(n)) => prop_assert!(n > proto_spec::wire::MAX_CLIENT_BODY),
             Err(e) => prop_assert!(false, "unexpected {e:?}"),
         }
     }

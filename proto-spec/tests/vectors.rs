@@ -1688,7 +1688,7 @@ fn check_vector(vector: &Value) {
             .iter()
             .map(|g| Gateway {
                 signing_key: unhex32(&g["signing_public_key"]),
-                receiver_key: ReceiverPublicKey(unhex32(&g["receiver_public_key"])),
+                receiver_keys: vec![ReceiverPublicKey(unhex32(&g["receiver_public_key"]))],
             })
             .collect();
         let mut ver = OrderVerifier::new(

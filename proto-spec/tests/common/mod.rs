@@ -79,7 +79,7 @@ impl World {
             vec![testkit::receiver_key("red")],
             vec![Gateway {
                 signing_key: self.gateway.public_key(),
-                receiver_key: self.green_key.public_key(),
+                receiver_keys: vec![self.green_key.public_key()],
             }],
             self.trust(vec![]),
             Self::policy(),
