@@ -40,8 +40,19 @@ const NOW: u64 = testkit::VECTOR_NOW;
 /// Pre-generated knocks (and orders) per key type. Timestamps run from
 /// `NOW - 55 s` in steps of 3 ms, so the newest is `NOW + 5 s`: all inside
 /// the default freshness window (60 s back, 10 s ahead).
-const N_KNOCKS: usize = 20_000;
-const N_ORDERS: usize = 10_000;
+const N_KNOCKS_BENCH: usize = 20_000;
+const N_ORDERS_BENCH: usize = 10_000;
+
+/// Under `cargo test --all-targets` criterion runs each benchmark once (no
+/// `--bench` argument): a few knocks are enough, and generating 20,000 in a
+/// debug build would cost most of a minute.
+fn bench_mode() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
+fn scaled(n: usize) -> usize {
+    if bench_mode() { n } else { 64 }
+}
 const TS_START: u64 = NOW - 55_000;
 const TS_STEP: u64 = 3;
 const CLIENT_IP: &str = "10.200.1.2";
@@ -249,13 +260,14 @@ fn benches(c: &mut Criterion) {
     let alice_p256 = w.alice(KeyAlg::P256);
 
     let t0 = Instant::now();
-    let knocks_ed = knocks(&w, alice_ed.as_ref(), N_KNOCKS);
+    let n_knocks = scaled(N_KNOCKS_BENCH);
+    let knocks_ed = knocks(&w, alice_ed.as_ref(), n_knocks);
     let t_ed = t0.elapsed();
     let t0 = Instant::now();
-    let knocks_p256 = knocks(&w, alice_p256.as_ref(), N_KNOCKS);
+    let knocks_p256 = knocks(&w, alice_p256.as_ref(), n_knocks);
     let t_p256 = t0.elapsed();
     eprintln!(
-        "setup: {N_KNOCKS} Ed25519 knocks in {t_ed:?}, {N_KNOCKS} P-256 knocks in {t_p256:?}; \
+        "setup: {n_knocks} Ed25519 knocks in {t_ed:?}, {n_knocks} P-256 knocks in {t_p256:?}; \
          knock sizes: Ed25519 {} B (certificate {} B), P-256 {} B (certificate {} B)",
         knocks_ed[0].len(),
         alice_ed.certificate_der().len(),
@@ -414,7 +426,7 @@ fn benches(c: &mut Criterion) {
         let d = seal_knock(alice_ed.as_ref(), &w.green_key.public_key(), &req, [7; 32]).unwrap();
         let k = green.verify(&d, ip(CLIENT_IP), NOW, &mut gr).unwrap();
         let red_pk = w.red_key.public_key();
-        let orders: Vec<Vec<u8>> = (0..N_ORDERS as u64)
+        let orders: Vec<Vec<u8>> = (0..scaled(N_ORDERS_BENCH) as u64)
             .map(|i| {
                 seal_order(
                     &w.gateway,
