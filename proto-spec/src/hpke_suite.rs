@@ -6,7 +6,7 @@
 //! from its private key on every decapsulation (one extra X25519 base-point
 //! multiplication, about 20 us, a fifth of the whole verification budget), and
 //! re-derives `psk_id_hash` and `info_hash`, which are constants per receiver.
-//! [`Opener`] keeps those values from load time and does exactly the RFC 9180
+//! `Opener` keeps those values from load time and does exactly the RFC 9180
 //! steps otherwise. Tests below check it against the `hpke` crate in both
 //! directions.
 
