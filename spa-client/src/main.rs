@@ -1,16 +1,35 @@
-//! `spa-client`: the client that seals a smart-card-signed knock and sends it over UDP.
-//!
-//! Placeholder: this binary does nothing yet and says so. It arrives with its
-//! issue; see README.md (Status).
+//! `spa-client`: send single-packet-authorization knocks. See `spa-client --help`.
 #![forbid(unsafe_code)]
 
-use std::process::ExitCode;
+use clap::Parser;
+use spa_client::cli::Cli;
+use spa_client::exit::ExitCode;
+use std::io::Write;
 
-fn main() -> ExitCode {
-    eprintln!(
-        "{} {}: not implemented yet; see README.md (Status)",
-        env!("CARGO_PKG_NAME"),
-        env!("CARGO_PKG_VERSION")
-    );
-    ExitCode::from(2)
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let code = match spa_client::run::run(&cli) {
+        Ok(report) => {
+            let mut stdout = std::io::stdout().lock();
+            if let Some(raw) = &report.raw {
+                let _ = stdout.write_all(raw);
+            } else if cli.json {
+                let _ = writeln!(stdout, "{}", report.json);
+            } else if report.code != ExitCode::Ok {
+                eprintln!("spa-client: {}", report.human);
+            } else if !cli.quiet && !report.human.is_empty() {
+                let _ = writeln!(stdout, "{}", report.human);
+            }
+            report.code
+        }
+        Err(e) => {
+            eprintln!("spa-client: error: {e}");
+            if cli.json {
+                let obj = serde_json::json!({"ok": false, "error": e.to_string(), "exit_code": e.code as u8});
+                println!("{obj}");
+            }
+            e.code
+        }
+    };
+    std::process::ExitCode::from(code as u8)
 }

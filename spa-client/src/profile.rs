@@ -1,0 +1,228 @@
+//! Profiles: `~/.config/spa/client.toml` (or `--config`). Command-line flags
+//! override what a profile says.
+//!
+//! ```toml
+//! default = "corp"
+//!
+//! [profiles.corp]
+//! server = "green.example.org"      # host name, IPv4 or IPv6
+//! port = 62201
+//! server_key = "base64 X25519 public key (spa-server keygen prints it)"
+//! certificate = "~/.config/spa/alice.crt"
+//! key = "~/.config/spa/alice.key"   # a software key, or the [pkcs11] table
+//! services = ["tunnel"]
+//! allow_ip = "auto"                 # "auto", "source", or an address
+//! lifetime = 30
+//!
+//! [profiles.corp.pkcs11]
+//! module = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"
+//! token = "alice"                   # token label (or token_serial)
+//! key_label = "spa"                 # (or key_id = "01")
+//! pin = "env:SPA_PIN"               # "env:VAR", "file:/path", or "prompt"
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::exit::ClientError;
+
+/// The default knock port (the same as fwknop's, so existing firewall
+/// exceptions fit).
+pub const DEFAULT_PORT: u16 = 62201;
+/// The default lifetime asked for, seconds.
+pub const DEFAULT_LIFETIME_S: u32 = 30;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// The profile used when `--profile` is not given.
+    pub default: Option<String>,
+    /// Profiles by name.
+    #[serde(default)]
+    pub profiles: BTreeMap<String, Profile>,
+}
+
+/// One server and how to knock on it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// Host name or address.
+    pub server: Option<String>,
+    /// UDP port.
+    pub port: Option<u16>,
+    /// The server's static X25519 public key, base64.
+    pub server_key: Option<String>,
+    /// The client certificate (PEM or DER).
+    pub certificate: Option<PathBuf>,
+    /// A software private key (PKCS#8).
+    pub key: Option<PathBuf>,
+    /// A key on a PKCS#11 token instead.
+    pub pkcs11: Option<Pkcs11Profile>,
+    /// Default services.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// "auto", "source" or an address.
+    pub allow_ip: Option<String>,
+    /// Lifetime to ask for, seconds.
+    pub lifetime: Option<u32>,
+}
+
+/// A PKCS#11 key.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Profile {
+    /// The module (`opensc-pkcs11.so`, `libsofthsm2.so`, `libykcs11.so`).
+    pub module: PathBuf,
+    /// Token label.
+    pub token: Option<String>,
+    /// Token serial number.
+    pub token_serial: Option<String>,
+    /// Key label.
+    pub key_label: Option<String>,
+    /// Key id, hex.
+    pub key_id: Option<String>,
+    /// "env:VAR", "file:/path" or "prompt".
+    pub pin: Option<String>,
+}
+
+/// The address to ask the server to open for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllowIp {
+    /// The local address the datagram leaves from (no NAT assumed).
+    Auto,
+    /// The datagram's source as the server sees it (weak: SPEC §9).
+    Source,
+    /// This address.
+    Addr(IpAddr),
+}
+
+impl AllowIp {
+    /// Parses `auto`, `source` or an address.
+    pub fn parse(s: &str) -> Result<Self, ClientError> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "source" => Ok(Self::Source),
+            other => other.parse().map(Self::Addr).map_err(|_| {
+                ClientError::config(format!(
+                    "--allow-ip: '{other}' is not an IP address, 'auto' or 'source'"
+                ))
+            }),
+        }
+    }
+}
+
+/// The default configuration path: `$XDG_CONFIG_HOME/spa/client.toml` or
+/// `~/.config/spa/client.toml`.
+pub fn default_config_path() -> Option<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(x).join("spa/client.toml"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/spa/client.toml"))
+}
+
+/// Expands a leading `~/`.
+pub fn expand_home(p: &Path) -> PathBuf {
+    if let Ok(rest) = p.strip_prefix("~")
+        && let Some(home) = std::env::var_os("HOME")
+    {
+        return PathBuf::from(home).join(rest);
+    }
+    p.to_path_buf()
+}
+
+/// Reads a configuration file. A missing default file is an empty
+/// configuration; a missing explicit file is an error.
+pub fn load_config(path: Option<&Path>) -> Result<(ConfigFile, Option<PathBuf>), ClientError> {
+    let (path, explicit) = match path {
+        Some(p) => (p.to_path_buf(), true),
+        None => match default_config_path() {
+            Some(p) => (p, false),
+            None => return Ok((ConfigFile::default(), None)),
+        },
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            return Ok((ConfigFile::default(), None));
+        }
+        Err(e) => {
+            return Err(ClientError::config(format!(
+                "cannot read configuration {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    let cfg: ConfigFile = toml::from_str(&text).map_err(|e| {
+        ClientError::config(format!(
+            "configuration {}: {}",
+            path.display(),
+            e.message()
+        ))
+    })?;
+    Ok((cfg, Some(path)))
+}
+
+impl ConfigFile {
+    /// The named profile, or the default one, or an empty profile when the
+    /// file names none and no profile was asked for.
+    pub fn select(&self, name: Option<&str>, path: Option<&Path>) -> Result<(String, Profile), ClientError> {
+        let where_ = path.map_or_else(|| "(no configuration file)".to_owned(), |p| p.display().to_string());
+        match name.or(self.default.as_deref()) {
+            Some(n) => self
+                .profiles
+                .get(n)
+                .cloned()
+                .map(|p| (n.to_owned(), p))
+                .ok_or_else(|| ClientError::config(format!("unknown profile '{n}' in {where_}"))),
+            None if self.profiles.len() == 1 => Ok(self
+                .profiles
+                .iter()
+                .next()
+                .map(|(n, p)| (n.clone(), p.clone()))
+                .unwrap_or_default()),
+            None => Ok(("default".to_owned(), Profile::default())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_profile_and_selects_it() {
+        let cfg: ConfigFile = toml::from_str(
+            r#"
+            default = "corp"
+            [profiles.corp]
+            server = "10.200.0.1"
+            server_key = "AAAA"
+            services = ["tunnel"]
+            allow_ip = "source"
+            [profiles.corp.pkcs11]
+            module = "/usr/lib/softhsm/libsofthsm2.so"
+            token = "alice"
+            key_label = "spa"
+            pin = "env:SPA_PIN"
+            "#,
+        )
+        .expect("toml");
+        let (n, p) = cfg.select(None, None).expect("profile");
+        assert_eq!(n, "corp");
+        assert_eq!(p.services, vec!["tunnel"]);
+        assert!(p.pkcs11.is_some());
+        assert!(cfg.select(Some("nope"), None).is_err());
+    }
+
+    #[test]
+    fn allow_ip_values() {
+        assert_eq!(AllowIp::parse("auto").expect("auto"), AllowIp::Auto);
+        assert_eq!(AllowIp::parse("source").expect("source"), AllowIp::Source);
+        assert!(matches!(AllowIp::parse("fd00::1"), Ok(AllowIp::Addr(_))));
+        assert!(AllowIp::parse("nope").is_err());
+    }
+}

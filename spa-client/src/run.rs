@@ -1,0 +1,352 @@
+//! Carrying out a parsed command line.
+
+use std::time::Duration;
+
+use clap::CommandFactory;
+use proto_spec::body::{MessageType, OpenFor};
+use proto_spec::sign::SignatureAlgorithm;
+use serde_json::{Value, json};
+
+use crate::cli::{Algorithm, Cli, Command, KeygenArgs, SendArgs, SendKind, TokenArgs, TokenCommand};
+use crate::exit::{ClientError, ExitCode};
+use crate::knock::{self, KnockPlan, SignerSpec};
+use crate::profile::{self, AllowIp, DEFAULT_LIFETIME_S, DEFAULT_PORT};
+use crate::state::{self, ClientState};
+use crate::token::pkcs11::{self as p11, KeySelector, TokenSelector};
+
+/// What a command reports on success.
+#[derive(Debug)]
+pub struct Report {
+    /// Exit code (0, or 5 for a --wait timeout).
+    pub code: ExitCode,
+    /// One human line (unless `--quiet`).
+    pub human: String,
+    /// The JSON object (with `--json`).
+    pub json: Value,
+    /// Raw text to print as is (man page, completions).
+    pub raw: Option<Vec<u8>>,
+}
+
+/// Runs one command.
+pub fn run(cli: &Cli) -> Result<Report, ClientError> {
+    match &cli.command {
+        Command::Send(args) => send(cli, args),
+        Command::Keygen(args) => keygen(args),
+        Command::Token(cmd) => token(cmd),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "spa-client", &mut out);
+            Ok(raw(out))
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut out)
+                .map_err(|e| ClientError::failure(format!("rendering the man page: {e}")))?;
+            Ok(raw(out))
+        }
+    }
+}
+
+fn raw(out: Vec<u8>) -> Report {
+    Report {
+        code: ExitCode::Ok,
+        human: String::new(),
+        json: Value::Null,
+        raw: Some(out),
+    }
+}
+
+fn required<T>(v: Option<T>, what: &str, profile: &str) -> Result<T, ClientError> {
+    v.ok_or_else(|| {
+        ClientError::config(format!(
+            "no {what}: give --{} or set it in profile '{profile}'",
+            what.replace(' ', "-")
+        ))
+    })
+}
+
+fn send(cli: &Cli, a: &SendArgs) -> Result<Report, ClientError> {
+    let (cfg, cfg_path) = profile::load_config(cli.config.as_deref())?;
+    let (pname, p) = cfg.select(cli.profile.as_deref(), cfg_path.as_deref())?;
+
+    let server = required(a.server.clone().or(p.server.clone()), "server", &pname)?;
+    let port = a.port.or(p.port).unwrap_or(DEFAULT_PORT);
+    let key_text = required(a.server_key.clone().or(p.server_key.clone()), "server key", &pname)?;
+    let server_key = spa_keys::decode_public_key(&key_text)
+        .map_err(|e| ClientError::config(format!("server key: {e}")))?;
+    let allow = AllowIp::parse(a.allow_ip.as_deref().or(p.allow_ip.as_deref()).unwrap_or("auto"))?;
+    let lifetime = a.lifetime.or(p.lifetime).unwrap_or(DEFAULT_LIFETIME_S);
+
+    let (msg_type, services) = match &a.kind {
+        SendKind::Open { services } if !services.is_empty() => (MessageType::OpenTunnel, services.clone()),
+        SendKind::Open { .. } if !p.services.is_empty() => (MessageType::OpenTunnel, p.services.clone()),
+        SendKind::Open { .. } => (MessageType::OpenTunnel, vec!["tunnel".to_owned()]),
+        SendKind::Request { services } => (MessageType::RequestService, services.clone()),
+        SendKind::Close => (MessageType::Close, vec![]),
+    };
+    knock::check_services(&services)?;
+    let lifetime_s = if msg_type == MessageType::Close { 0 } else { lifetime };
+    if msg_type != MessageType::Close && !(1..=proto_spec::body::MAX_LIFETIME_S).contains(&lifetime_s) {
+        return Err(ClientError::config(format!(
+            "lifetime {lifetime_s} s is outside 1..={} s",
+            proto_spec::body::MAX_LIFETIME_S
+        )));
+    }
+
+    // The signer: flags, then the profile's key file, then its token.
+    let cert = a.cert.clone().or(p.certificate.clone()).map(|c| profile::expand_home(&c));
+    // A --key flag wins; then the profile's token; then its key file.
+    let software = |key: &std::path::Path| -> Result<SignerSpec, ClientError> {
+        Ok(SignerSpec::Software {
+            key: profile::expand_home(key),
+            certificate: required(cert.clone(), "cert", &pname)?,
+        })
+    };
+    let spec = match (&a.key, &p.pkcs11, &p.key) {
+        (Some(key), _, _) => software(key)?,
+        (None, Some(tok), _) => SignerSpec::Pkcs11(knock::pkcs11_config(tok, cert.clone())?),
+        (None, None, Some(key)) => software(key)?,
+        (None, None, None) => {
+            return Err(ClientError::config(format!(
+                "no key: give --key or set key or [pkcs11] in profile '{pname}'"
+            )));
+        }
+    };
+
+    // Session and timestamp state (SPEC §4.1, §7.5).
+    let state_path = state::state_path(&pname);
+    let mut st = state_path.as_deref().map(ClientState::load).unwrap_or_default();
+    let session_id: [u8; 16] = match (&a.session, msg_type) {
+        (Some(h), _) => hex::decode(h)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| ClientError::config(format!("--session '{h}' is not 32 hex digits")))?,
+        (None, MessageType::OpenTunnel) => {
+            let r = spa_keys::random_32()?;
+            let mut s = [0u8; 16];
+            s.copy_from_slice(&r[..16]);
+            s
+        }
+        (None, _) => st.session_id.ok_or_else(|| {
+            ClientError::config(format!(
+                "no open session for profile '{pname}': run `spa-client send open` first or give --session"
+            ))
+        })?,
+    };
+
+    let signer = spec.open()?;
+    let addr = knock::resolve(&server, port)?;
+    let sock = knock::connect_udp(addr)?;
+    let open_for = knock::open_for(allow, &sock)?;
+    let mut plan = KnockPlan {
+        msg_type,
+        services,
+        lifetime_s,
+        open_for,
+        session_id,
+        timestamp_ms: st.next_timestamp(knock::now_ms()),
+    };
+    let datagram = knock::seal(signer.as_ref(), &server_key, &plan)?;
+
+    let mut out = json!({
+        "ok": true,
+        "profile": pname,
+        "server": server,
+        "address": addr.to_string(),
+        "knock": msg_type.name(),
+        "session_id": hex::encode(session_id),
+        "open_for": match open_for { OpenFor::Source => "source".to_owned(), OpenFor::Addr(a) => a.to_string() },
+        "services": plan.services,
+        "lifetime_s": lifetime_s,
+        "timestamp_ms": plan.timestamp_ms,
+        "bytes": datagram.len(),
+    });
+    if a.dry_run {
+        let names = proto_spec::cert::parse_client_cert(signer.certificate_der())
+            .map(|c| c.identity.names)
+            .unwrap_or_default();
+        out["dry_run"] = json!(true);
+        out["identity"] = json!(names);
+        out["datagram"] = json!(hex::encode(&datagram));
+        let human = format!(
+            "dry run: {} knock, {} bytes, session {}, open for {}, services [{}], identity {}\n{}",
+            msg_type.name(),
+            datagram.len(),
+            hex::encode(session_id),
+            out["open_for"].as_str().unwrap_or(""),
+            plan.services.join(", "),
+            names.join(" "),
+            hex::encode(&datagram)
+        );
+        return Ok(Report { code: ExitCode::Ok, human, json: out, raw: None });
+    }
+
+    knock::send(&sock, &datagram)?;
+    // The state is saved only once the knock is on the wire.
+    st.session_id = if msg_type == MessageType::Close { None } else { Some(session_id) };
+    let save = |st: &ClientState| match &state_path {
+        Some(path) => st.save(path),
+        None => Ok(()),
+    };
+    save(&st)?;
+    if matches!(allow, AllowIp::Source) && !cli.quiet && !cli.json {
+        eprintln!(
+            "spa-client: warning: --allow-ip source: the server opens for whatever source address it sees; a captured knock resent from elsewhere would open for the sender (SPEC §9)"
+        );
+    }
+
+    let mut code = ExitCode::Ok;
+    let mut human = format!(
+        "sent {} to {} ({}), session {}",
+        msg_type.name(),
+        server,
+        addr,
+        &hex::encode(session_id)[..8]
+    );
+    if let Some(wait_port) = a.wait {
+        let timeout = Duration::from_secs_f64(a.wait_timeout.max(0.0));
+        let resend_every = Duration::from_millis(1500).min(timeout / (a.resend + 1).max(1));
+        let result = knock::wait_for_port(addr.ip(), wait_port, timeout, resend_every, a.resend, || {
+            plan.timestamp_ms = st.next_timestamp(knock::now_ms());
+            let d = knock::seal(signer.as_ref(), &server_key, &plan)?;
+            knock::send(&sock, &d)?;
+            save(&st)
+        })?;
+        match result {
+            Some(resends) => {
+                out["opened"] = json!(true);
+                out["resends"] = json!(resends);
+                human.push_str(&format!("; port {wait_port} is open"));
+            }
+            None => {
+                code = ExitCode::WaitTimeout;
+                out["ok"] = json!(false);
+                out["opened"] = json!(false);
+                human = format!(
+                    "port {wait_port} on {} did not open within {:.1} s",
+                    addr.ip(),
+                    timeout.as_secs_f64()
+                );
+            }
+        }
+    }
+    Ok(Report { code, human, json: out, raw: None })
+}
+
+fn keygen(a: &KeygenArgs) -> Result<Report, ClientError> {
+    let seed = spa_keys::random_32()?;
+    let pem = match a.algorithm {
+        Algorithm::Ed25519 => spa_keys::ed25519_key_to_pem(&seed)?,
+        Algorithm::P256 => {
+            use p256::pkcs8::EncodePrivateKey;
+            let key = p256::ecdsa::SigningKey::from_slice(&seed[..])
+                .map_err(|e| ClientError::failure(format!("P-256 key generation: {e}")))?;
+            zeroize::Zeroizing::new(
+                key.to_pkcs8_pem(Default::default())
+                    .map_err(|e| ClientError::failure(format!("P-256 key encoding: {e}")))?
+                    .to_string(),
+            )
+        }
+    };
+    spa_keys::write_secret_file(&a.out, pem.as_bytes(), a.force)?;
+    let mut out = json!({"ok": true, "key": a.out.display().to_string()});
+    let mut human = format!("wrote {} (mode 0600)", a.out.display());
+    if let Some(csr_path) = &a.csr {
+        let name = a.name.clone().unwrap_or_default();
+        let kp = rcgen::KeyPair::from_pem(&pem)
+            .map_err(|e| ClientError::failure(format!("loading the new key for the CSR: {e}")))?;
+        let params = csr_params(&name, a.email.as_deref())?;
+        let csr = params
+            .serialize_request(&kp)
+            .and_then(|c| c.pem())
+            .map_err(|e| ClientError::failure(format!("making the CSR: {e}")))?;
+        spa_keys::write_public_file(csr_path, csr.as_bytes())?;
+        out["csr"] = json!(csr_path.display().to_string());
+        human.push_str(&format!(" and {}", csr_path.display()));
+    }
+    Ok(Report { code: ExitCode::Ok, human, json: out, raw: None })
+}
+
+/// Subject CN and optional e-mail SAN.
+pub fn csr_params(name: &str, email: Option<&str>) -> Result<rcgen::CertificateParams, ClientError> {
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    if let Some(e) = email {
+        params.subject_alt_names = vec![rcgen::SanType::Rfc822Name(
+            e.to_owned()
+                .try_into()
+                .map_err(|_| ClientError::config(format!("'{e}' is not a valid e-mail address")))?,
+        )];
+    }
+    Ok(params)
+}
+
+fn token_selector(t: &TokenArgs) -> Result<TokenSelector, ClientError> {
+    match (&t.token, &t.token_serial) {
+        (Some(l), None) => Ok(TokenSelector::Label(l.clone())),
+        (None, Some(s)) => Ok(TokenSelector::Serial(s.clone())),
+        _ => Err(ClientError::config("give --token LABEL or --token-serial SERIAL")),
+    }
+}
+
+fn signer_err(e: crate::token::TokenError) -> ClientError {
+    ClientError::signer(e.to_string())
+}
+
+fn token(cmd: &TokenCommand) -> Result<Report, ClientError> {
+    match cmd {
+        TokenCommand::List { module } => {
+            let tokens = p11::list_tokens(module).map_err(signer_err)?;
+            let human = tokens
+                .iter()
+                .map(|t| format!("slot {}: '{}' serial {} ({} {})", t.slot, t.label, t.serial, t.manufacturer, t.model))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let json = json!({"ok": true, "tokens": tokens.iter().map(|t| json!({
+                "slot": t.slot, "label": t.label, "serial": t.serial,
+                "manufacturer": t.manufacturer, "model": t.model})).collect::<Vec<_>>()});
+            Ok(Report { code: ExitCode::Ok, human, json, raw: None })
+        }
+        TokenCommand::Keygen { token, label, id, algorithm } => {
+            let id_bytes = if id.is_empty() {
+                Vec::new()
+            } else {
+                hex::decode(id).map_err(|e| ClientError::config(format!("--id '{id}' is not hex: {e}")))?
+            };
+            let alg = match algorithm {
+                Algorithm::Ed25519 => SignatureAlgorithm::Ed25519,
+                Algorithm::P256 => SignatureAlgorithm::EcdsaP256Sha256,
+            };
+            let pin = knock::parse_pin_source(&token.pin)?;
+            let key = p11::generate_key_pair(&token.module, &token_selector(token)?, label, &id_bytes, alg, &pin)
+                .map_err(signer_err)?;
+            let human = format!(
+                "generated a {} key '{}' on token '{}'",
+                match alg { SignatureAlgorithm::Ed25519 => "Ed25519", SignatureAlgorithm::EcdsaP256Sha256 => "P-256" },
+                label,
+                key.token_label()
+            );
+            Ok(Report { code: ExitCode::Ok, human, json: json!({"ok": true, "label": label, "id": hex::encode(key.id())}), raw: None })
+        }
+        TokenCommand::Csr { token, label, id, name, email, out } => {
+            let key = match (label, id) {
+                (Some(l), None) => KeySelector::Label(l.clone()),
+                (None, Some(i)) => KeySelector::id_hex(i).map_err(|e| ClientError::config(format!("--id '{i}' is not hex: {e}")))?,
+                _ => return Err(ClientError::config("give --label or --id")),
+            };
+            let pin = knock::parse_pin_source(&token.pin)?;
+            let params = csr_params(name, email.as_deref())?;
+            let csr = p11::csr(&token.module, &token_selector(token)?, &key, &pin, &params).map_err(signer_err)?;
+            let pem = csr.pem().map_err(|e| ClientError::failure(format!("encoding the CSR: {e}")))?;
+            spa_keys::write_public_file(out, pem.as_bytes())?;
+            Ok(Report {
+                code: ExitCode::Ok,
+                human: format!("wrote {} (signed by the token key)", out.display()),
+                json: json!({"ok": true, "csr": out.display().to_string()}),
+                raw: None,
+            })
+        }
+    }
+}
