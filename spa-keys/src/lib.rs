@@ -27,7 +27,7 @@ pub use error::{KeyFileError, PublicKeyError};
 pub use file::{
     MAX_KEY_FILE_LEN, read_public_file, read_secret_file, write_public_file, write_secret_file,
 };
-pub use pem::{read_certificates, read_crls, read_csr, read_public_key_spki};
+pub use pem::{pem_encode, read_certificates, read_crls, read_csr, read_public_key_spki};
 pub use private::{
     KeyAlgorithm, PrivateKey, decode_private_key, ed25519_key_to_pem, generate_gateway_key,
     generate_receiver_key, random_32, read_gateway_signer, read_private_key, read_receiver_key,

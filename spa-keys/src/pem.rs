@@ -149,6 +149,20 @@ fn check_der<'a, T: FromDer<'a, E>, E: std::fmt::Debug>(
     }
 }
 
+/// Encodes DER as a PEM block (`label` e.g. "CERTIFICATE", "X509 CRL"),
+/// 64-character lines, LF line endings, as OpenSSL writes them.
+pub fn pem_encode(label: &str, der: &[u8]) -> String {
+    use base64ct::{Base64, Encoding as _};
+    let b64 = Base64::encode_string(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
 /// Reads certificates: PEM (one or many `CERTIFICATE` blocks, e.g. a chain)
 /// or one DER certificate. Each must parse as X.509. Returns DER.
 pub fn read_certificates(path: &Path) -> Result<Vec<Vec<u8>>, KeyFileError> {
