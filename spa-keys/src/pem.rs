@@ -359,6 +359,20 @@ mod tests {
         assert!(matches!(e, KeyFileError::WrongPemLabel { .. }), "{e}");
         let e = read_public_key_spki(&p).expect_err("not a public key");
         assert!(matches!(e, KeyFileError::WrongPemLabel { .. }), "{e}");
+        // A BEGIN marker that starts no block.
+        let p = write(
+            dir.path(),
+            "n.pem",
+            b"see -----BEGIN CERTIFICATE----- below\n",
+        );
+        let e = read_certificates(&p).expect_err("no block");
+        assert_eq!(
+            e.to_string(),
+            format!("{}: no certificate found", p.display())
+        );
+        let p = write(dir.path(), "s.pem", b"-----BEGIN CERTIFICATE\nMAA=\n");
+        let e = read_certificates(&p).expect_err("bad begin line");
+        assert!(e.to_string().contains("bad BEGIN line"), "{e}");
     }
 
     #[test]

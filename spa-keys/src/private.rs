@@ -498,6 +498,48 @@ mod tests {
     }
 
     #[test]
+    fn pkcs8_v2_public_keys_are_checked() {
+        use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+        use pkcs8::der::asn1::BitStringRef;
+        // ed25519-dalek writes v2 (with the public key): accepted.
+        let sk = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        let v2 = sk.to_pkcs8_der().expect("der");
+        let PrivateKey::Ed25519(seed) = decode_private_key(&p(), v2.as_bytes()).expect("v2") else {
+            panic!("not ed25519");
+        };
+        assert_eq!(*seed, [3; 32]);
+        // A v2 key whose public key is another key's: refused.
+        let inner = OctetStringRef::new(&[3; 32])
+            .and_then(|o| o.to_der())
+            .expect("inner");
+        let mut info = PrivateKeyInfoRef::new(
+            AlgorithmIdentifierRef {
+                oid: OID_ED25519,
+                parameters: None,
+            },
+            OctetStringRef::new(&inner).expect("octets"),
+        );
+        let wrong = [0x11; 32];
+        info.public_key = Some(BitStringRef::from_bytes(&wrong).expect("bits"));
+        let der = SecretDocument::encode_msg(&info).expect("encode");
+        let e = decode_private_key(&p(), der.as_bytes()).expect_err("mismatch");
+        assert!(
+            e.to_string().contains("does not match the private key"),
+            "{e}"
+        );
+        // Parameters where RFC 8410 has none.
+        let x = "-----BEGIN PRIVATE KEY-----\nno end\n";
+        let e = decode_private_key(&p(), x.as_bytes()).expect_err("no end");
+        assert!(
+            e.to_string()
+                .contains("no \"-----END PRIVATE KEY-----\" line"),
+            "{e}"
+        );
+        let e = decode_private_key(&p(), b"-----BEGIN PRIVATE KEY\n").expect_err("begin");
+        assert!(e.to_string().contains("no complete BEGIN line"), "{e}");
+    }
+
+    #[test]
     fn other_algorithms_are_named() {
         // `openssl genpkey -algorithm ED448`.
         let ed448 = "-----BEGIN PRIVATE KEY-----\n\

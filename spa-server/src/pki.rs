@@ -521,7 +521,8 @@ impl Ca {
         })
     }
 
-    /// The serial of a certificate this CA issued (checked by issuer name).
+    /// The serial of a certificate this CA issued (checked by issuer name
+    /// and signature).
     pub fn serial_of(&self, path: &Path, cert_der: &[u8]) -> Result<u64, PkiError> {
         let (_, x) =
             X509Certificate::from_der(cert_der).map_err(|e| KeyFileError::MalformedDer {
@@ -535,6 +536,10 @@ impl Ca {
         if x.issuer().as_raw() != self.subject_raw.as_slice() {
             return Err(not_here());
         }
+        // Same name is not enough: another CA may share it.
+        let (_, ca) = X509Certificate::from_der(&self.cert_der).map_err(|_| not_here())?;
+        x.verify_signature(Some(ca.public_key()))
+            .map_err(|_| not_here())?;
         let raw = x.raw_serial();
         let start = raw.iter().position(|b| *b != 0).unwrap_or(raw.len());
         let bytes = &raw[start..];
