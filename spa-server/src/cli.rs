@@ -73,7 +73,8 @@ pub enum PkiCommand {
     /// List the certificates the CA issued.
     List(DirArg),
     /// Check a certificate as green and red would (chain, validity,
-    /// clientAuth, CRLs), and optionally that a key matches it.
+    /// clientAuth, CRLs), and optionally that a key matches it. Exit status
+    /// 0 when accepted, 1 when refused or on an error.
     Verify(VerifyArgs),
 }
 
