@@ -4,7 +4,7 @@
 //!   YubiKeys, SoftHSM2 in tests): [`pkcs11::Pkcs11Signer`] signs knocks,
 //!   [`pkcs11::generate_key_pair`] makes a key on the token and
 //!   [`pkcs11::csr`] a certificate request signed by it.
-//! - [`piv`] (cargo feature `yubikey`): a YubiKey's PIV slot 9a through
+//! - `piv` (cargo feature `yubikey`): a YubiKey's PIV slot 9a through
 //!   PC/SC, without a PKCS#11 module.
 //! - [`tls`]: any of these signers as the client-authentication key of a
 //!   rustls TLS 1.3 client.
