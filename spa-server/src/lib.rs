@@ -6,4 +6,5 @@
 
 pub mod cli;
 pub mod keygen;
+pub mod nft;
 pub mod pki;

@@ -1,0 +1,797 @@
+//! The per-knock path: set elements added, refreshed and deleted through
+//! nf_tables netlink batches, and listed through a `NFT_MSG_GETSETELEM`
+//! dump. No process is spawned here.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use nix::errno::Errno;
+
+use super::Proto;
+use super::error::{NftError, SetOp};
+use super::netlink::{
+    self, MsgBuf, NFPROTO_INET, NFT_MSG_DELSETELEM, NFT_MSG_GETSET, NFT_MSG_GETSETELEM,
+    NFT_MSG_NEWSETELEM, NFTA_DATA_VALUE, NFTA_LIST_ELEM, NFTA_SET_ELEM_EXPIRATION,
+    NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
+    NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_TIMEOUT, NFTA_SET_NAME, NFTA_SET_TABLE, NLM_F_ACK,
+    NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST, NlSocket, nft_type,
+};
+use super::ruleset::{SET_ALLOW4, SET_ALLOW6, SET_BLOCK4, SET_BLOCK6, TableName};
+
+/// The largest element timeout the kernel takes: `nf_msecs_to_jiffies64`
+/// refuses `ms >= U64_MAX / NSEC_PER_MSEC` with `ERANGE`.
+const MAX_TIMEOUT_MS: u64 = u64::MAX / 1_000_000 - 1;
+
+/// Elements per netlink message: keeps every nested attribute far below
+/// its 64 KiB length limit (an allow6 element is 48 bytes).
+const ELEMS_PER_MSG: usize = 256;
+
+/// `NFT_SET_ELEM_CATCHALL` (enum nft_set_elem_flags): an element without a
+/// key, which our sets never hold but a dump may show.
+const NFT_SET_ELEM_CATCHALL: u32 = 0x2;
+
+/// How many times a dump interrupted by a concurrent change is restarted.
+const DUMP_RETRIES: usize = 5;
+
+/// How an existing element's timeout is refreshed on this kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    /// A plain re-add (`NLM_F_CREATE`, no `NLM_F_EXCL`) updates the
+    /// timeout (Linux 6.12 and later): one message per set.
+    Update,
+    /// A re-add keeps the old timeout (older kernels): each add is sent as
+    /// *add, delete, add* in one batch, an atomic replacement.
+    Replace,
+}
+
+/// One element of `allow4`/`allow6`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowEntry {
+    /// Source address.
+    pub addr: IpAddr,
+    /// IP protocol number (6 for TCP, 17 for UDP; others only if someone
+    /// else put them there).
+    pub l4proto: u8,
+    /// Destination port.
+    pub port: u16,
+    /// The timeout the element was added with.
+    pub timeout: Option<Duration>,
+    /// Time left before the kernel expires it.
+    pub expires: Option<Duration>,
+}
+
+impl AllowEntry {
+    /// The protocol, if TCP or UDP.
+    pub fn proto(&self) -> Option<Proto> {
+        Proto::from_number(self.l4proto)
+    }
+}
+
+/// One element of `block4`/`block6`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockEntry {
+    /// Blocked source address.
+    pub addr: IpAddr,
+    /// The timeout the element was added with.
+    pub timeout: Option<Duration>,
+    /// Time left before the kernel expires it.
+    pub expires: Option<Duration>,
+}
+
+/// What the four sets hold (expired elements are never listed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetContents {
+    /// `allow4` then `allow6`.
+    pub allow: Vec<AllowEntry>,
+    /// `block4` then `block6`.
+    pub block: Vec<BlockEntry>,
+}
+
+impl SetContents {
+    /// The allow element for this triple, if present.
+    pub fn allowed(&self, addr: IpAddr, proto: Proto, port: u16) -> Option<&AllowEntry> {
+        let addr = addr.to_canonical();
+        self.allow
+            .iter()
+            .find(|e| e.addr == addr && e.l4proto == proto.number() && e.port == port)
+    }
+
+    /// The block element for this address, if present.
+    pub fn blocked(&self, addr: IpAddr) -> Option<&BlockEntry> {
+        let addr = addr.to_canonical();
+        self.block.iter().find(|e| e.addr == addr)
+    }
+}
+
+/// A set key: which set, and the key bytes in the kernel's register layout
+/// (each field of a concatenation padded to 4 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    set: &'static str,
+    len: usize,
+    bytes: [u8; 24],
+}
+
+impl Key {
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// `saddr . l4proto . dport`: address (4 or 16 bytes), protocol byte
+    /// padded to 4, port big-endian padded to 4.
+    fn allow(addr: IpAddr, proto: Proto, port: u16) -> Key {
+        let mut bytes = [0u8; 24];
+        let (set, a) = match addr.to_canonical() {
+            IpAddr::V4(a) => {
+                bytes[..4].copy_from_slice(&a.octets());
+                (SET_ALLOW4, 4)
+            }
+            IpAddr::V6(a) => {
+                bytes[..16].copy_from_slice(&a.octets());
+                (SET_ALLOW6, 16)
+            }
+        };
+        bytes[a] = proto.number();
+        bytes[a + 4..a + 6].copy_from_slice(&port.to_be_bytes());
+        Key {
+            set,
+            len: a + 8,
+            bytes,
+        }
+    }
+
+    fn block(addr: IpAddr) -> Key {
+        let mut bytes = [0u8; 24];
+        let (set, len) = match addr.to_canonical() {
+            IpAddr::V4(a) => {
+                bytes[..4].copy_from_slice(&a.octets());
+                (SET_BLOCK4, 4)
+            }
+            IpAddr::V6(a) => {
+                bytes[..16].copy_from_slice(&a.octets());
+                (SET_BLOCK6, 16)
+            }
+        };
+        Key { set, len, bytes }
+    }
+}
+
+/// One message of a batch: add or delete these keys of one set.
+#[derive(Debug)]
+struct Op<'a> {
+    op: SetOp,
+    set: &'static str,
+    keys: &'a [Key],
+    timeout_ms: Option<u64>,
+}
+
+/// The open netlink client for our sets. Open it once (after
+/// [`super::Ruleset::install`]) and keep it: each call is one batch and one
+/// round trip to the kernel.
+#[derive(Debug)]
+pub struct NftSets {
+    sock: NlSocket,
+    table: TableName,
+    refresh: Refresh,
+    msg: MsgBuf,
+}
+
+impl NftSets {
+    /// Opens the socket, checks that the four sets of `inet <table>` exist,
+    /// and finds out how this kernel refreshes timeouts (see [`Refresh`]):
+    /// it adds a probe element (`127.0.0.255 . tcp . 0` in `allow4`) with a
+    /// 1 h timeout, re-adds it with 2 h, reads the timeout back and deletes
+    /// it.
+    pub fn open(table: &str) -> Result<Self, NftError> {
+        let table = TableName::new(table)?;
+        let mut sets = NftSets {
+            sock: NlSocket::open()?,
+            table,
+            refresh: Refresh::Replace,
+            msg: MsgBuf::new(),
+        };
+        for set in [SET_ALLOW4, SET_ALLOW6, SET_BLOCK4, SET_BLOCK6] {
+            if !sets.set_exists(set)? {
+                return Err(sets.missing(set));
+            }
+        }
+        sets.refresh = sets.probe_refresh()?;
+        Ok(sets)
+    }
+
+    /// The table.
+    pub fn table(&self) -> &str {
+        self.table.as_str()
+    }
+
+    /// How timeouts are refreshed (found by [`NftSets::open`]).
+    pub fn refresh(&self) -> Refresh {
+        self.refresh
+    }
+
+    /// Forces a refresh strategy ([`Refresh::Replace`] works on every
+    /// kernel; [`Refresh::Update`] only where re-adding updates).
+    pub fn set_refresh(&mut self, refresh: Refresh) {
+        self.refresh = refresh;
+    }
+
+    /// Lets `addr` reach `proto`/`port` for `timeout`, after which the
+    /// kernel removes the element. If the element exists, its timeout is
+    /// replaced by `timeout`. IPv4-mapped IPv6 addresses go to `allow4`.
+    pub fn allow(
+        &mut self,
+        addr: IpAddr,
+        proto: Proto,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<(), NftError> {
+        let ms = timeout_ms(timeout)?;
+        self.add(&mut [Key::allow(addr, proto, port)], ms)
+    }
+
+    /// [`NftSets::allow`] for several triples in one batch: all of them are
+    /// added, or (on error) none.
+    pub fn allow_many(
+        &mut self,
+        items: &[(IpAddr, Proto, u16)],
+        timeout: Duration,
+    ) -> Result<(), NftError> {
+        let ms = timeout_ms(timeout)?;
+        let mut keys: Vec<Key> = items
+            .iter()
+            .map(|&(a, p, port)| Key::allow(a, p, port))
+            .collect();
+        self.add(&mut keys, ms)
+    }
+
+    /// Removes an allow element. A missing element is not an error.
+    pub fn revoke(&mut self, addr: IpAddr, proto: Proto, port: u16) -> Result<(), NftError> {
+        self.delete(Key::allow(addr, proto, port))
+    }
+
+    /// Blocks new flows from `addr` for `timeout` (refreshing an existing
+    /// block). Management sources are accepted before the block sets are
+    /// looked at, so blocking them has no effect.
+    pub fn block(&mut self, addr: IpAddr, timeout: Duration) -> Result<(), NftError> {
+        let ms = timeout_ms(timeout)?;
+        self.add(&mut [Key::block(addr)], ms)
+    }
+
+    /// Removes a block. A missing element is not an error.
+    pub fn unblock(&mut self, addr: IpAddr) -> Result<(), NftError> {
+        self.delete(Key::block(addr))
+    }
+
+    /// Lists the four sets.
+    pub fn list(&mut self) -> Result<SetContents, NftError> {
+        let mut out = SetContents::default();
+        for set in [SET_ALLOW4, SET_ALLOW6, SET_BLOCK4, SET_BLOCK6] {
+            for raw in self.dump(set)? {
+                decode(set, raw, &mut out)?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn missing(&self, set: &str) -> NftError {
+        NftError::MissingSet {
+            table: self.table.to_string(),
+            set: set.to_owned(),
+        }
+    }
+
+    fn kernel(&self, op: SetOp, set: &str, errno: Errno) -> NftError {
+        if errno == Errno::ENOENT && op == SetOp::Add {
+            // Adding can only miss the table or the set.
+            return self.missing(set);
+        }
+        NftError::Kernel {
+            op,
+            table: self.table.to_string(),
+            set: set.to_owned(),
+            errno,
+        }
+    }
+
+    /// Adds (or refreshes) `keys`, which may span several sets.
+    fn add(&mut self, keys: &mut [Key], timeout_ms: u64) -> Result<(), NftError> {
+        keys.sort_unstable();
+        let mut unique = keys.len();
+        // Dedup in place (a delete of a duplicate key would fail the batch
+        // with ENOENT in Replace mode).
+        if unique > 1 {
+            let mut w = 1;
+            for r in 1..keys.len() {
+                if keys[r] != keys[w - 1] {
+                    keys[w] = keys[r];
+                    w += 1;
+                }
+            }
+            unique = w;
+        }
+        let keys = &keys[..unique];
+        let mut ops = Vec::new();
+        for group in keys.chunk_by(|a, b| a.set == b.set) {
+            for chunk in group.chunks(ELEMS_PER_MSG) {
+                let set = chunk[0].set;
+                let add = Op {
+                    op: SetOp::Add,
+                    set,
+                    keys: chunk,
+                    timeout_ms: Some(timeout_ms),
+                };
+                match self.refresh {
+                    Refresh::Update => ops.push(add),
+                    Refresh::Replace => {
+                        // add (so that the delete finds it), delete, add
+                        // with the new timeout: one transaction.
+                        ops.push(Op {
+                            op: SetOp::Add,
+                            set,
+                            keys: chunk,
+                            timeout_ms: Some(timeout_ms),
+                        });
+                        ops.push(Op {
+                            op: SetOp::Delete,
+                            set,
+                            keys: chunk,
+                            timeout_ms: None,
+                        });
+                        ops.push(add);
+                    }
+                }
+            }
+        }
+        let results = self.batch(&ops)?;
+        for (op, result) in ops.iter().zip(results) {
+            if let Err(errno) = result {
+                return Err(self.kernel(op.op, op.set, errno));
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes one key; ENOENT is success when the set exists.
+    fn delete(&mut self, key: Key) -> Result<(), NftError> {
+        let keys = [key];
+        let op = Op {
+            op: SetOp::Delete,
+            set: key.set,
+            keys: &keys,
+            timeout_ms: None,
+        };
+        match self.batch(std::slice::from_ref(&op))?.pop() {
+            Some(Ok(())) => Ok(()),
+            Some(Err(Errno::ENOENT)) => {
+                // The element is missing (fine), or the table or set is
+                // (not fine): tell them apart.
+                if self.set_exists(key.set)? {
+                    Ok(())
+                } else {
+                    Err(self.missing(key.set))
+                }
+            }
+            Some(Err(errno)) => Err(self.kernel(SetOp::Delete, key.set, errno)),
+            None => Err(NftError::Malformed("no result for the delete")),
+        }
+    }
+
+    /// Sends `ops` in one `NFNL_MSG_BATCH_BEGIN … NFNL_MSG_BATCH_END`
+    /// transaction and returns each message's result, in order.
+    fn batch(&mut self, ops: &[Op<'_>]) -> Result<Vec<Result<(), Errno>>, NftError> {
+        let table = self.table.as_str();
+        self.msg.clear();
+        let begin_seq = self.sock.next_seq();
+        self.msg.batch_begin(begin_seq)?;
+        let mut seqs = Vec::with_capacity(ops.len());
+        for op in ops {
+            let seq = self.sock.next_seq();
+            seqs.push(seq);
+            let (ty, flags) = match op.op {
+                SetOp::Add => (NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE),
+                _ => (NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK),
+            };
+            let start = self.msg.begin(nft_type(ty), flags, seq, NFPROTO_INET, 0);
+            self.msg.attr_strz(NFTA_SET_ELEM_LIST_TABLE, table)?;
+            self.msg.attr_strz(NFTA_SET_ELEM_LIST_SET, op.set)?;
+            let list = self.msg.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
+            for key in op.keys {
+                let elem = self.msg.nest_begin(NFTA_LIST_ELEM);
+                let k = self.msg.nest_begin(NFTA_SET_ELEM_KEY);
+                self.msg.attr(NFTA_DATA_VALUE, key.as_bytes())?;
+                self.msg.nest_end(k)?;
+                if let Some(ms) = op.timeout_ms {
+                    self.msg.attr_be64(NFTA_SET_ELEM_TIMEOUT, ms)?;
+                }
+                self.msg.nest_end(elem)?;
+            }
+            self.msg.nest_end(list)?;
+            self.msg.end(start)?;
+        }
+        let end_seq = self.sock.next_seq();
+        self.msg.batch_end(end_seq)?;
+        self.sock.send(self.msg.as_bytes())?;
+
+        let mut results: Vec<Option<Result<(), Errno>>> = vec![None; ops.len()];
+        let mut pending = ops.len();
+        while pending > 0 {
+            let dgram = self.sock.recv()?;
+            for m in netlink::messages(dgram) {
+                let m = m?;
+                let Some(code) = m.status()? else { continue };
+                if !m.is_error() {
+                    continue;
+                }
+                if m.seq == begin_seq || m.seq == end_seq {
+                    // The batch itself was refused (permissions, framing).
+                    if code != 0 {
+                        return Err(NftError::Batch {
+                            errno: netlink::errno_of(code),
+                        });
+                    }
+                    continue;
+                }
+                let Some(i) = seqs.iter().position(|&s| s == m.seq) else {
+                    // A late answer to an earlier, abandoned request.
+                    continue;
+                };
+                if results[i].is_none() {
+                    pending -= 1;
+                    results[i] = Some(if code == 0 {
+                        Ok(())
+                    } else {
+                        Err(netlink::errno_of(code))
+                    });
+                }
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(Errno::EPROTO)))
+            .collect())
+    }
+
+    /// `NFT_MSG_GETSET` for one of our sets: does it exist?
+    fn set_exists(&mut self, set: &str) -> Result<bool, NftError> {
+        self.msg.clear();
+        let seq = self.sock.next_seq();
+        let start = self.msg.begin(
+            nft_type(NFT_MSG_GETSET),
+            NLM_F_REQUEST | NLM_F_ACK,
+            seq,
+            NFPROTO_INET,
+            0,
+        );
+        self.msg.attr_strz(NFTA_SET_TABLE, self.table.as_str())?;
+        self.msg.attr_strz(NFTA_SET_NAME, set)?;
+        self.msg.end(start)?;
+        self.sock.send(self.msg.as_bytes())?;
+        loop {
+            let dgram = self.sock.recv()?;
+            for m in netlink::messages(dgram) {
+                let m = m?;
+                if m.seq != seq || !m.is_error() {
+                    continue;
+                }
+                return match m.status()? {
+                    Some(0) => Ok(true),
+                    Some(code) if netlink::errno_of(code) == Errno::ENOENT => Ok(false),
+                    Some(code) => Err(NftError::Kernel {
+                        op: SetOp::Lookup,
+                        table: self.table.to_string(),
+                        set: set.to_owned(),
+                        errno: netlink::errno_of(code),
+                    }),
+                    None => Err(NftError::Malformed("NLMSG_ERROR without a status")),
+                };
+            }
+        }
+    }
+
+    /// `NFT_MSG_GETSETELEM` dump of one set: the raw elements.
+    fn dump(&mut self, set: &'static str) -> Result<Vec<RawElem>, NftError> {
+        'retry: for _ in 0..DUMP_RETRIES {
+            self.msg.clear();
+            let seq = self.sock.next_seq();
+            let start = self.msg.begin(
+                nft_type(NFT_MSG_GETSETELEM),
+                NLM_F_REQUEST | NLM_F_DUMP,
+                seq,
+                NFPROTO_INET,
+                0,
+            );
+            self.msg
+                .attr_strz(NFTA_SET_ELEM_LIST_TABLE, self.table.as_str())?;
+            self.msg.attr_strz(NFTA_SET_ELEM_LIST_SET, set)?;
+            self.msg.end(start)?;
+            self.sock.send(self.msg.as_bytes())?;
+            let mut elems = Vec::new();
+            let mut interrupted = false;
+            loop {
+                let dgram = self.sock.recv()?;
+                for m in netlink::messages(dgram) {
+                    let m = m?;
+                    if m.seq != seq {
+                        continue;
+                    }
+                    interrupted |= m.dump_interrupted();
+                    if m.is_done() || m.is_error() {
+                        match m.status()? {
+                            Some(0) | None => {}
+                            Some(code) => {
+                                let errno = netlink::errno_of(code);
+                                if errno == Errno::ENOENT {
+                                    return Err(self.missing(set));
+                                }
+                                return Err(NftError::Kernel {
+                                    op: SetOp::List,
+                                    table: self.table.to_string(),
+                                    set: set.to_owned(),
+                                    errno,
+                                });
+                            }
+                        }
+                        if m.is_done() {
+                            if interrupted {
+                                continue 'retry;
+                            }
+                            return Ok(elems);
+                        }
+                        continue;
+                    }
+                    if m.ty != nft_type(NFT_MSG_NEWSETELEM) {
+                        continue;
+                    }
+                    parse_elements(m, &mut elems)?;
+                }
+            }
+        }
+        Err(NftError::Kernel {
+            op: SetOp::List,
+            table: self.table.to_string(),
+            set: set.to_owned(),
+            errno: Errno::EINTR,
+        })
+    }
+
+    /// See [`NftSets::open`].
+    fn probe_refresh(&mut self) -> Result<Refresh, NftError> {
+        let addr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 255));
+        let key = Key::allow(addr, Proto::Tcp, 0);
+        let add = |ms| Op {
+            op: SetOp::Add,
+            set: key.set,
+            keys: std::slice::from_ref(&key),
+            timeout_ms: Some(ms),
+        };
+        let first = 3_600_000;
+        let second = 7_200_000;
+        let outcome = (|| {
+            for ms in [first, second] {
+                if let Some(Err(errno)) = self.batch(&[add(ms)])?.pop() {
+                    return Err(self.kernel(SetOp::Add, key.set, errno));
+                }
+            }
+            let mut seen = SetContents::default();
+            for raw in self.dump(key.set)? {
+                decode(key.set, raw, &mut seen)?;
+            }
+            Ok(match seen.allowed(addr, Proto::Tcp, 0) {
+                Some(e) if e.timeout == Some(Duration::from_millis(second)) => Refresh::Update,
+                _ => Refresh::Replace,
+            })
+        })();
+        // Remove the probe whatever happened.
+        let cleanup = self.delete(key);
+        let refresh = outcome?;
+        cleanup?;
+        Ok(refresh)
+    }
+}
+
+/// Lists the sets of `inet <table>` (opens a socket for the purpose; no
+/// probe element is added).
+pub fn list(table: &str) -> Result<SetContents, NftError> {
+    let mut sets = NftSets {
+        sock: NlSocket::open()?,
+        table: TableName::new(table)?,
+        refresh: Refresh::Replace,
+        msg: MsgBuf::new(),
+    };
+    sets.list()
+}
+
+fn timeout_ms(timeout: Duration) -> Result<u64, NftError> {
+    let invalid = NftError::InvalidTimeout {
+        timeout,
+        max: Duration::from_millis(MAX_TIMEOUT_MS),
+    };
+    // Round up: a sub-millisecond remainder must not shorten the timeout
+    // to zero.
+    let ms = u64::try_from(timeout.as_nanos().div_ceil(1_000_000)).map_err(|_| {
+        NftError::InvalidTimeout {
+            timeout,
+            max: Duration::from_millis(MAX_TIMEOUT_MS),
+        }
+    })?;
+    if ms == 0 || ms > MAX_TIMEOUT_MS {
+        return Err(invalid);
+    }
+    Ok(ms)
+}
+
+/// An element as dumped: key bytes, timeout and expiration in ms.
+#[derive(Debug, Default)]
+struct RawElem {
+    key: Vec<u8>,
+    timeout_ms: Option<u64>,
+    expires_ms: Option<u64>,
+}
+
+fn parse_elements(m: netlink::NlMsg<'_>, out: &mut Vec<RawElem>) -> Result<(), NftError> {
+    for attr in m.nft_attrs()? {
+        let (ty, payload) = attr?;
+        if ty != NFTA_SET_ELEM_LIST_ELEMENTS {
+            continue;
+        }
+        for item in netlink::attrs(payload) {
+            let (ty, elem) = item?;
+            if ty != NFTA_LIST_ELEM {
+                continue;
+            }
+            let mut raw = RawElem::default();
+            let mut flags = 0;
+            for field in netlink::attrs(elem) {
+                let (ty, value) = field?;
+                match ty {
+                    NFTA_SET_ELEM_KEY => {
+                        for data in netlink::attrs(value) {
+                            let (ty, bytes) = data?;
+                            if ty == NFTA_DATA_VALUE {
+                                raw.key = bytes.to_vec();
+                            }
+                        }
+                    }
+                    NFTA_SET_ELEM_TIMEOUT => raw.timeout_ms = Some(netlink::be64(value)?),
+                    NFTA_SET_ELEM_EXPIRATION => raw.expires_ms = Some(netlink::be64(value)?),
+                    NFTA_SET_ELEM_FLAGS => flags = netlink::be32(value)?,
+                    _ => {}
+                }
+            }
+            if flags & NFT_SET_ELEM_CATCHALL != 0 {
+                continue;
+            }
+            out.push(raw);
+        }
+    }
+    Ok(())
+}
+
+fn decode(set: &str, raw: RawElem, out: &mut SetContents) -> Result<(), NftError> {
+    let timeout = raw.timeout_ms.map(Duration::from_millis);
+    let expires = raw.expires_ms.map(Duration::from_millis);
+    let k = &raw.key;
+    let bad = NftError::Malformed("set element key of an unexpected length");
+    let v4 = |b: &[u8]| -> Option<IpAddr> {
+        let o: [u8; 4] = b.get(..4)?.try_into().ok()?;
+        Some(IpAddr::V4(Ipv4Addr::from(o)))
+    };
+    let v6 = |b: &[u8]| -> Option<IpAddr> {
+        let o: [u8; 16] = b.get(..16)?.try_into().ok()?;
+        Some(IpAddr::V6(Ipv6Addr::from(o)))
+    };
+    let port_at = |at: usize| -> Option<u16> {
+        let p = k.get(at..at + 2)?;
+        Some(u16::from_be_bytes([p[0], p[1]]))
+    };
+    match set {
+        SET_ALLOW4 | SET_ALLOW6 => {
+            let (addr, a) = match (set, k.len()) {
+                (SET_ALLOW4, 12) => (v4(k), 4),
+                (SET_ALLOW6, 24) => (v6(k), 16),
+                _ => return Err(bad),
+            };
+            let (Some(addr), Some(&l4proto), Some(port)) = (addr, k.get(a), port_at(a + 4)) else {
+                return Err(bad);
+            };
+            out.allow.push(AllowEntry {
+                addr,
+                l4proto,
+                port,
+                timeout,
+                expires,
+            });
+        }
+        _ => {
+            let addr = match (set, k.len()) {
+                (SET_BLOCK4, 4) => v4(k),
+                (SET_BLOCK6, 16) => v6(k),
+                _ => None,
+            };
+            let Some(addr) = addr else { return Err(bad) };
+            out.block.push(BlockEntry {
+                addr,
+                timeout,
+                expires,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concatenated_key_layout() {
+        let k = Key::allow("192.0.2.1".parse().expect("test value"), Proto::Tcp, 22);
+        assert_eq!(k.set, SET_ALLOW4);
+        assert_eq!(k.as_bytes(), [192, 0, 2, 1, 6, 0, 0, 0, 0, 22, 0, 0]);
+        let k = Key::allow(
+            "2001:db8::1".parse().expect("test value"),
+            Proto::Udp,
+            0x1234,
+        );
+        assert_eq!(k.set, SET_ALLOW6);
+        assert_eq!(k.as_bytes().len(), 24);
+        assert_eq!(&k.as_bytes()[..2], [0x20, 0x01]);
+        assert_eq!(&k.as_bytes()[16..], [17, 0, 0, 0, 0x12, 0x34, 0, 0]);
+        // IPv4-mapped IPv6 goes to the IPv4 set.
+        let k = Key::allow(
+            "::ffff:192.0.2.1".parse().expect("test value"),
+            Proto::Tcp,
+            22,
+        );
+        assert_eq!(k.set, SET_ALLOW4);
+        let k = Key::block("198.51.100.9".parse().expect("test value"));
+        assert_eq!((k.set, k.as_bytes()), (SET_BLOCK4, &[198, 51, 100, 9][..]));
+        let k = Key::block("2001:db8::9".parse().expect("test value"));
+        assert_eq!((k.set, k.as_bytes().len()), (SET_BLOCK6, 16));
+    }
+
+    #[test]
+    fn decode_round_trips_keys() {
+        let mut out = SetContents::default();
+        for (addr, proto, port) in [
+            ("192.0.2.1", Proto::Tcp, 22u16),
+            ("2001:db8::1", Proto::Udp, 53),
+        ] {
+            let addr: IpAddr = addr.parse().expect("test value");
+            let k = Key::allow(addr, proto, port);
+            let raw = RawElem {
+                key: k.as_bytes().to_vec(),
+                timeout_ms: Some(5000),
+                expires_ms: Some(4000),
+            };
+            decode(k.set, raw, &mut out).expect("test value");
+            let e = out.allowed(addr, proto, port).expect("decoded");
+            assert_eq!(e.timeout, Some(Duration::from_secs(5)));
+            assert_eq!(e.expires, Some(Duration::from_secs(4)));
+        }
+        let raw = RawElem {
+            key: vec![1, 2, 3],
+            ..RawElem::default()
+        };
+        assert!(matches!(
+            decode(SET_ALLOW4, raw, &mut out),
+            Err(NftError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn timeouts() {
+        assert!(matches!(
+            timeout_ms(Duration::ZERO),
+            Err(NftError::InvalidTimeout { .. })
+        ));
+        assert_eq!(timeout_ms(Duration::from_nanos(1)).expect("test value"), 1);
+        assert_eq!(
+            timeout_ms(Duration::from_millis(1500)).expect("test value"),
+            1500
+        );
+        assert!(timeout_ms(Duration::MAX).is_err());
+        assert!(timeout_ms(Duration::from_millis(MAX_TIMEOUT_MS)).is_ok());
+        assert!(timeout_ms(Duration::from_millis(MAX_TIMEOUT_MS + 1)).is_err());
+    }
+}
