@@ -43,7 +43,8 @@ impl SignerSpec {
     }
 }
 
-/// Parses a PIN source: `env:VAR`, `file:/path` or `prompt`.
+/// Parses a PIN source: `env:VAR`, `file:/path` or `prompt`. Anything else
+/// is refused without echoing it: it may well be the PIN itself.
 pub fn parse_pin_source(s: &str) -> Result<PinSource, ClientError> {
     if let Some(v) = s.strip_prefix("env:") {
         Ok(PinSource::Env(v.to_owned()))
@@ -52,9 +53,9 @@ pub fn parse_pin_source(s: &str) -> Result<PinSource, ClientError> {
     } else if s == "prompt" {
         Ok(PinSource::Prompt)
     } else {
-        Err(ClientError::config(format!(
-            "PIN source '{s}': use env:VARIABLE, file:/path or prompt (a PIN is never given on the command line)"
-        )))
+        Err(ClientError::config(
+            "the PIN source (not shown) is not env:VARIABLE, file:/path or prompt (a PIN is never given on the command line)",
+        ))
     }
 }
 
