@@ -5,6 +5,8 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod ips;
 pub mod keygen;
 pub mod nft;
 pub mod pki;
+pub mod store;
