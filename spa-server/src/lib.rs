@@ -4,6 +4,7 @@
 //! definitions ([`cli`]).
 #![forbid(unsafe_code)]
 
+pub mod capture;
 pub mod cli;
 pub mod ips;
 pub mod keygen;
