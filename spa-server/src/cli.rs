@@ -13,14 +13,29 @@ use crate::pki::RevocationReason;
 #[derive(Debug, Parser)]
 #[command(name = "spa-server", version, about, long_about = None)]
 pub struct Cli {
-    /// What to do. Without a command: run the gateway (not implemented yet).
+    /// What to do.
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub command: Command,
 }
 
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the gateway daemon (as root; it drops to `daemon.user` once set up).
+    Run(ConfigArg),
+    /// Check a configuration: every problem, with its key, one per line.
+    CheckConfig(ConfigArg),
+    /// Show active openings (identity, address, service, expiry) and the
+    /// counters of every decision, from the running daemon.
+    Status(ControlArgs),
+    /// Close a session now: its firewall elements are removed.
+    RevokeSession {
+        /// The session id (32 hex digits, as `status` shows it).
+        session: String,
+        /// How to reach the daemon.
+        #[command(flatten)]
+        control: ControlArgs,
+    },
     /// Certificate authority: make a CA, issue and revoke client
     /// certificates, publish CRLs, check certificates.
     Pki {
@@ -238,4 +253,36 @@ mod tests {
         assert_eq!(parse_serial("0x2A"), Ok(42));
         assert!(parse_serial("2A").is_err());
     }
+}
+
+/// `--config`.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The configuration file.
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        default_value = "/etc/spa/spa-server.toml"
+    )]
+    pub config: PathBuf,
+}
+
+/// How to reach a running daemon.
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// The control socket [default: from the configuration file].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// The configuration file (for its control socket path).
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        default_value = "/etc/spa/spa-server.toml"
+    )]
+    pub config: PathBuf,
+    /// Print the raw JSON reply.
+    #[arg(long)]
+    pub json: bool,
 }

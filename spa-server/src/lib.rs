@@ -1,13 +1,27 @@
-//! `spa-server`: green, the gateway. This library holds what its binary
-//! does besides the daemon (which arrives with its own issue): the CA
-//! tooling ([`pki`]), key generation ([`keygen`]) and the command line
-//! definitions ([`cli`]).
+//! `spa-server`: green, the gateway, as a library that red-relay shares.
+//!
+//! - The daemon: [`config`], [`capture`] (passive AF_PACKET or UDP),
+//!   [`gate`] (what is verified), [`daemon`] (the receive-verify-open loop),
+//!   [`nft`] (the kernel firewall), [`store`] (durable replay floors),
+//!   [`ips`] (rate limits, blocks, scans), [`ctl`] (control socket),
+//!   [`privdrop`], [`logging`], [`green`] (assembly).
+//! - The CA tooling ([`pki`]), key generation ([`keygen`]) and the command
+//!   line definitions ([`cli`]).
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod capture;
 pub mod cli;
+pub mod config;
+pub mod counters;
+pub mod ctl;
+pub mod daemon;
+pub mod gate;
+pub mod green;
 pub mod ips;
 pub mod keygen;
+pub mod logging;
 pub mod nft;
 pub mod pki;
+pub mod privdrop;
 pub mod store;

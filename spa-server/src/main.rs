@@ -1,7 +1,6 @@
 //! `spa-server`: green, the gateway that verifies knocks, opens its firewall
-//! and relays counter-signed orders to red, and never answers. The daemon
-//! arrives with its issue (see README.md, Status); the key and CA commands
-//! are here. This file only dispatches: the work is in the library.
+//! and relays counter-signed orders to red, and never answers; also the CA
+//! and key commands. This file only dispatches: the work is in the library.
 #![forbid(unsafe_code)]
 
 use std::path::Path;
@@ -10,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
 use spa_server::cli::{AlgorithmArg, Cli, Command, IssueArgs, PkiCommand, VerifyArgs};
+use spa_server::config::Role;
 use spa_server::keygen::{KeyKind, keygen, pubkey};
 use spa_server::pki::{
     self, Ca, CaAlgorithm, InitOptions, IssueRequest, SubjectKey, TrustFiles, Usage, rfc3339,
@@ -19,16 +19,7 @@ use time::format_description::well_known::Rfc3339;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Some(command) = cli.command else {
-        eprintln!(
-            "{} {}: the gateway is not implemented yet; see README.md (Status). \
-             Key and CA commands: spa-server --help",
-            env!("CARGO_PKG_NAME"),
-            env!("CARGO_PKG_VERSION")
-        );
-        return ExitCode::from(2);
-    };
-    match run(command) {
+    match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("spa-server: error: {e:#}");
@@ -58,6 +49,14 @@ fn run(command: Command) -> Result<ExitCode> {
             println!("{line}");
         }
         Command::Pubkey(a) => println!("{}", pubkey(&a.key)?.1),
+        Command::Run(a) => spa_server::green::run(&a.config)?,
+        Command::CheckConfig(a) => {
+            return Ok(spa_server::admin::check_config(&a.config, Role::Green));
+        }
+        Command::Status(c) => return spa_server::admin::status(&c),
+        Command::RevokeSession { session, control } => {
+            return spa_server::admin::revoke_session(&control, &session);
+        }
         Command::Pki { command } => return pki_command(command, now),
     }
     Ok(ExitCode::SUCCESS)
@@ -200,6 +199,7 @@ fn verify(a: VerifyArgs, now: OffsetDateTime) -> Result<ExitCode> {
         cas: a.ca,
         intermediates: a.intermediate,
         crls: a.crl,
+        ..TrustFiles::default()
     })?;
     let der = spa_keys::read_certificates(&a.cert)?.swap_remove(0);
     if let Some(key) = &a.key {

@@ -10,11 +10,12 @@ use nix::errno::Errno;
 use super::Proto;
 use super::error::{NftError, SetOp};
 use super::netlink::{
-    self, MsgBuf, NFPROTO_INET, NFT_MSG_DELSETELEM, NFT_MSG_GETSET, NFT_MSG_GETSETELEM,
-    NFT_MSG_NEWSETELEM, NFTA_DATA_VALUE, NFTA_LIST_ELEM, NFTA_SET_ELEM_EXPIRATION,
-    NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
-    NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_TIMEOUT, NFTA_SET_NAME, NFTA_SET_TABLE, NLM_F_ACK,
-    NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST, NlSocket, nft_type,
+    self, MsgBuf, NFPROTO_INET, NFT_MSG_DELSETELEM, NFT_MSG_DELTABLE, NFT_MSG_GETSET,
+    NFT_MSG_GETSETELEM, NFT_MSG_NEWSETELEM, NFTA_DATA_VALUE, NFTA_LIST_ELEM,
+    NFTA_SET_ELEM_EXPIRATION, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS,
+    NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_TIMEOUT, NFTA_SET_NAME,
+    NFTA_SET_TABLE, NFTA_TABLE_NAME, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST, NlSocket,
+    nft_type,
 };
 use super::ruleset::{SET_ALLOW4, SET_ALLOW6, SET_BLOCK4, SET_BLOCK6, TableName};
 
@@ -449,6 +450,51 @@ impl NftSets {
             .into_iter()
             .map(|r| r.unwrap_or(Err(Errno::EPROTO)))
             .collect())
+    }
+
+    /// Deletes the whole table over netlink (`NFT_MSG_DELTABLE` in a
+    /// batch). This is how a daemon that has dropped its privileges removes
+    /// its table on a clean stop: it still holds CAP_NET_ADMIN, but an `nft`
+    /// process it spawned would not. A missing table is not an error.
+    pub fn delete_table(&mut self) -> Result<(), NftError> {
+        self.msg.clear();
+        let begin_seq = self.sock.next_seq();
+        self.msg.batch_begin(begin_seq)?;
+        let seq = self.sock.next_seq();
+        let start = self.msg.begin(
+            nft_type(NFT_MSG_DELTABLE),
+            NLM_F_REQUEST | NLM_F_ACK,
+            seq,
+            NFPROTO_INET,
+            0,
+        );
+        self.msg.attr_strz(NFTA_TABLE_NAME, self.table.as_str())?;
+        self.msg.end(start)?;
+        let end_seq = self.sock.next_seq();
+        self.msg.batch_end(end_seq)?;
+        self.sock.send(self.msg.as_bytes())?;
+        loop {
+            let dgram = self.sock.recv()?;
+            for m in netlink::messages(dgram) {
+                let m = m?;
+                let Some(code) = m.status()? else { continue };
+                if !m.is_error() {
+                    continue;
+                }
+                if m.seq == seq {
+                    return match netlink::errno_of(code) {
+                        _ if code == 0 => Ok(()),
+                        Errno::ENOENT => Ok(()),
+                        errno => Err(NftError::Batch { errno }),
+                    };
+                }
+                if (m.seq == begin_seq || m.seq == end_seq) && code != 0 {
+                    return Err(NftError::Batch {
+                        errno: netlink::errno_of(code),
+                    });
+                }
+            }
+        }
     }
 
     /// `NFT_MSG_GETSET` for one of our sets: does it exist?

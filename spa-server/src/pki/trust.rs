@@ -18,6 +18,10 @@ pub struct TrustFiles {
     pub intermediates: Vec<PathBuf>,
     /// CRLs.
     pub crls: Vec<PathBuf>,
+    /// Certificates no CRL covers (SPEC §6.1).
+    pub unknown_revocation: proto_spec::cert::UnknownRevocation,
+    /// CRLs past nextUpdate (SPEC §6.1).
+    pub expired_crl: proto_spec::cert::ExpiredCrl,
 }
 
 /// Loads trust files into the verifier's [`TrustStore`], naming the file
@@ -37,7 +41,11 @@ pub fn load_trust(files: &TrustFiles) -> Result<TrustStore, PkiError> {
         }
         Ok(())
     }
-    let mut config = TrustConfig::default();
+    let mut config = TrustConfig {
+        unknown_revocation: files.unknown_revocation,
+        expired_crl: files.expired_crl,
+        ..TrustConfig::default()
+    };
     let (mut a, mut i, mut c) = (Vec::new(), Vec::new(), Vec::new());
     load(&files.cas, read_certificates, &mut config.anchors, &mut a)?;
     load(

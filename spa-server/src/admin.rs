@@ -1,0 +1,108 @@
+//! The operator's commands that talk to a configuration or a running
+//! daemon: `check-config`, `status`, `revoke-session` (shared by
+//! spa-server and red-relay).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde_json::{Value, json};
+
+use crate::cli::ControlArgs;
+use crate::config::{self, Role};
+
+/// `check-config`: prints every problem as `key: problem`; exit 0 when
+/// there is none, 1 otherwise.
+pub fn check_config(path: &Path, role: Role) -> ExitCode {
+    let ssh = std::env::var("SSH_CONNECTION").ok();
+    let problems = match config::load(path) {
+        Ok(cfg) => cfg.check(role, ssh.as_deref()),
+        Err(p) => p,
+    };
+    if problems.is_empty() {
+        println!("{}: OK", path.display());
+        ExitCode::SUCCESS
+    } else {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        ExitCode::FAILURE
+    }
+}
+
+fn socket_path(c: &ControlArgs) -> anyhow::Result<PathBuf> {
+    if let Some(s) = &c.socket {
+        return Ok(s.clone());
+    }
+    let cfg = config::load(&c.config).map_err(|p| {
+        anyhow::anyhow!(
+            "{} (give --socket to skip the configuration)",
+            p.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })?;
+    Ok(cfg.daemon.control_socket)
+}
+
+fn ask(c: &ControlArgs, req: &Value) -> anyhow::Result<Value> {
+    let path = socket_path(c)?;
+    crate::ctl::request(&path, req).map_err(|e| {
+        anyhow::anyhow!(
+            "control socket {}: {e} (is the daemon running?)",
+            path.display()
+        )
+    })
+}
+
+/// `status`.
+pub fn status(c: &ControlArgs) -> anyhow::Result<ExitCode> {
+    let reply = ask(c, &json!({"cmd": "status"}))?;
+    if c.json {
+        println!("{reply}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let s = &reply["status"];
+    println!("uptime {} s", s["uptime_s"]);
+    let sessions = s["sessions"].as_array().cloned().unwrap_or_default();
+    println!("{} active session(s)", sessions.len());
+    for sess in sessions {
+        for o in sess["openings"].as_array().cloned().unwrap_or_default() {
+            println!(
+                "  {} {} {} {}/{} expires in {} s (session {})",
+                sess["identity"].as_str().unwrap_or("?"),
+                sess["address"].as_str().unwrap_or("?"),
+                o["service"].as_str().unwrap_or("?"),
+                o["proto"].as_str().unwrap_or("?"),
+                o["port"],
+                o["expires_in_s"],
+                sess["session"].as_str().unwrap_or("?"),
+            );
+        }
+    }
+    for b in s["blocked"].as_array().cloned().unwrap_or_default() {
+        println!(
+            "  blocked {} for {} s",
+            b["address"].as_str().unwrap_or("?"),
+            b["expires_in_s"]
+        );
+    }
+    println!("counters:");
+    if let Some(m) = s["counters"].as_object() {
+        for (k, v) in m {
+            println!("  {k} {v}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `revoke-session`.
+pub fn revoke_session(c: &ControlArgs, session: &str) -> anyhow::Result<ExitCode> {
+    let reply = ask(c, &json!({"cmd": "revoke-session", "session": session}))?;
+    if reply["ok"] == true {
+        println!("session {session} revoked");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        anyhow::bail!("{}", reply["error"].as_str().unwrap_or("refused"))
+    }
+}

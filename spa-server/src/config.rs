@@ -1,0 +1,736 @@
+//! Daemon configuration (TOML), shared by `spa-server` (green) and
+//! `red-relay` (red). `check` names the key and the problem for every error
+//! it finds, all at once.
+//!
+//! ```toml
+//! [daemon]
+//! knock_port = 62201
+//! capture = "packet"            # "packet" (AF_PACKET, nothing bound) or "udp"
+//! interface = "eth0"            # packet capture on one interface (default: all)
+//! keys = ["/etc/spa/green.key"] # X25519 receiver keys, current first (rotation)
+//! replay_db = "/var/lib/spa/replay.redb"
+//! control_socket = "/run/spa/control.sock"
+//! user = "spa"                  # drop privileges to this user after setup
+//! log_format = "plain"          # or "json"
+//!
+//! [trust]
+//! anchors = ["/etc/spa/ca.pem"]
+//! intermediates = []
+//! crls = ["/etc/spa/crl.pem"]
+//! unknown_revocation = "allow"  # or "deny"
+//! expired_crl = "refuse"        # or "ignore"
+//!
+//! [firewall]
+//! table = "spa"
+//! mode = "blackhole"            # or "protect" (only protect_ports are closed)
+//! protect_ports = ["tcp/22"]
+//! management = ["192.0.2.0/24"] # always accepted, never blocked
+//! force = false                 # install blackhole even if it cuts this SSH session
+//! remove_on_exit = true
+//!
+//! [time]
+//! max_age_ms = 60000
+//! max_future_skew_ms = 10000
+//!
+//! [policy]
+//! allow_source_mode = false
+//! require_source_match = true
+//! max_lifetime = 3600
+//!
+//! [[services]]
+//! name = "ssh"
+//! proto = "tcp"
+//! port = 22
+//!
+//! [[rules]]
+//! identity = "cn:alice"         # or email:…, dns:…, uri:…, "*"
+//! services = ["ssh"]            # or ["*"]
+//!
+//! [ips]
+//! rate = 20                     # knocks per second per source (IPv6: per /64)
+//! burst = 40
+//! failures = 5                  # invalid knocks (after the MAC) …
+//! failure_window = 60           # … within this many seconds …
+//! block = 600                   # … block the source for this many seconds
+//! scan_ports = 10               # distinct closed ports …
+//! scan_window = 10              # … within this many seconds: block
+//! ```
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Process and capture settings.
+    pub daemon: DaemonSection,
+    /// Trust anchors and CRLs.
+    pub trust: TrustSection,
+    /// Firewall.
+    #[serde(default)]
+    pub firewall: FirewallSection,
+    /// Freshness.
+    #[serde(default)]
+    pub time: TimeSection,
+    /// Address rules and lifetime.
+    #[serde(default)]
+    pub policy: PolicySection,
+    /// Services this host opens.
+    #[serde(default)]
+    pub services: Vec<ServiceEntry>,
+    /// Who may use what.
+    #[serde(default)]
+    pub rules: Vec<RuleEntry>,
+    /// Intrusion prevention.
+    #[serde(default)]
+    pub ips: IpsSection,
+    /// red-relay only: the gateways whose orders are accepted.
+    #[serde(default)]
+    pub gateways: Vec<GatewayEntry>,
+}
+
+/// `[daemon]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonSection {
+    /// UDP port knocks (or orders) arrive on.
+    #[serde(default = "default_knock_port")]
+    pub knock_port: u16,
+    /// "packet" or "udp".
+    #[serde(default = "default_capture")]
+    pub capture: String,
+    /// Interface for packet capture.
+    pub interface: Option<String>,
+    /// Receiver keys, current first.
+    pub keys: Vec<PathBuf>,
+    /// The replay database.
+    pub replay_db: PathBuf,
+    /// The control socket.
+    #[serde(default = "default_control")]
+    pub control_socket: PathBuf,
+    /// Unprivileged user to run as after setup.
+    pub user: Option<String>,
+    /// "plain" or "json".
+    #[serde(default = "default_log_format")]
+    pub log_format: String,
+}
+
+/// `[trust]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustSection {
+    /// Root CA certificates.
+    pub anchors: Vec<PathBuf>,
+    /// Intermediate CA certificates.
+    #[serde(default)]
+    pub intermediates: Vec<PathBuf>,
+    /// CRLs.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+    /// "allow" or "deny".
+    #[serde(default = "default_allow")]
+    pub unknown_revocation: String,
+    /// "refuse" or "ignore".
+    #[serde(default = "default_refuse")]
+    pub expired_crl: String,
+}
+
+/// `[firewall]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallSection {
+    /// nftables table name (family inet).
+    #[serde(default = "default_table")]
+    pub table: String,
+    /// "blackhole" or "protect".
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    /// Ports closed in protect mode: "tcp/22", "udp/53".
+    #[serde(default)]
+    pub protect_ports: Vec<String>,
+    /// CIDRs always accepted and never blocked.
+    #[serde(default)]
+    pub management: Vec<String>,
+    /// Install blackhole even if it would cut the current SSH session.
+    #[serde(default)]
+    pub force: bool,
+    /// Remove the table on a clean stop.
+    #[serde(default = "default_true")]
+    pub remove_on_exit: bool,
+}
+
+impl Default for FirewallSection {
+    fn default() -> Self {
+        Self {
+            table: default_table(),
+            mode: default_mode(),
+            protect_ports: Vec::new(),
+            management: Vec::new(),
+            force: false,
+            remove_on_exit: true,
+        }
+    }
+}
+
+/// `[time]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeSection {
+    /// SPEC §7.1.
+    #[serde(default = "default_max_age")]
+    pub max_age_ms: u64,
+    /// SPEC §7.1.
+    #[serde(default = "default_skew")]
+    pub max_future_skew_ms: u64,
+}
+
+impl Default for TimeSection {
+    fn default() -> Self {
+        Self {
+            max_age_ms: default_max_age(),
+            max_future_skew_ms: default_skew(),
+        }
+    }
+}
+
+/// `[policy]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    /// SPEC §4.3.
+    #[serde(default)]
+    pub allow_source_mode: bool,
+    /// SPEC §4.3.
+    #[serde(default = "default_true")]
+    pub require_source_match: bool,
+    /// Seconds.
+    #[serde(default = "default_max_lifetime")]
+    pub max_lifetime: u32,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        Self {
+            allow_source_mode: false,
+            require_source_match: true,
+            max_lifetime: default_max_lifetime(),
+        }
+    }
+}
+
+/// `[[services]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceEntry {
+    /// Name used in knocks.
+    pub name: String,
+    /// "tcp" or "udp".
+    #[serde(default = "default_tcp")]
+    pub proto: String,
+    /// Port.
+    pub port: u16,
+}
+
+/// `[[rules]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleEntry {
+    /// `cn:…`, `email:…`, `dns:…`, `uri:…` or `*`.
+    pub identity: String,
+    /// Service names or `*`.
+    pub services: Vec<String>,
+}
+
+/// `[ips]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpsSection {
+    /// Knocks per second per source.
+    #[serde(default = "default_rate")]
+    pub rate: u32,
+    /// Bucket size.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+    /// Failures before a block.
+    #[serde(default = "default_failures")]
+    pub failures: u32,
+    /// Seconds.
+    #[serde(default = "default_failure_window")]
+    pub failure_window: u64,
+    /// Seconds a source stays blocked.
+    #[serde(default = "default_block")]
+    pub block: u64,
+    /// Distinct probed ports before a block; 0 disables scan detection.
+    #[serde(default = "default_scan_ports")]
+    pub scan_ports: u32,
+    /// Seconds.
+    #[serde(default = "default_scan_window")]
+    pub scan_window: u64,
+}
+
+impl Default for IpsSection {
+    fn default() -> Self {
+        Self {
+            rate: default_rate(),
+            burst: default_burst(),
+            failures: default_failures(),
+            failure_window: default_failure_window(),
+            block: default_block(),
+            scan_ports: default_scan_ports(),
+            scan_window: default_scan_window(),
+        }
+    }
+}
+
+/// `[[gateways]]` (red-relay).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayEntry {
+    /// Green's Ed25519 order-signing public key, base64.
+    pub signing_key: String,
+    /// Green's X25519 knock public keys, base64 (current and previous).
+    pub receiver_keys: Vec<String>,
+}
+
+fn default_knock_port() -> u16 {
+    62201
+}
+fn default_capture() -> String {
+    "packet".into()
+}
+fn default_control() -> PathBuf {
+    PathBuf::from("/run/spa/control.sock")
+}
+fn default_log_format() -> String {
+    "plain".into()
+}
+fn default_allow() -> String {
+    "allow".into()
+}
+fn default_refuse() -> String {
+    "refuse".into()
+}
+fn default_table() -> String {
+    "spa".into()
+}
+fn default_mode() -> String {
+    "blackhole".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_age() -> u64 {
+    proto_spec::replay::DEFAULT_MAX_AGE_MS
+}
+fn default_skew() -> u64 {
+    proto_spec::replay::DEFAULT_MAX_FUTURE_SKEW_MS
+}
+fn default_max_lifetime() -> u32 {
+    proto_spec::policy::DEFAULT_MAX_LIFETIME_S
+}
+fn default_tcp() -> String {
+    "tcp".into()
+}
+fn default_rate() -> u32 {
+    20
+}
+fn default_burst() -> u32 {
+    40
+}
+fn default_failures() -> u32 {
+    5
+}
+fn default_failure_window() -> u64 {
+    60
+}
+fn default_block() -> u64 {
+    600
+}
+fn default_scan_ports() -> u32 {
+    10
+}
+fn default_scan_window() -> u64 {
+    10
+}
+
+/// One problem found in a configuration: the key and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key, e.g. `trust.anchors[0]`.
+    pub key: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.problem)
+    }
+}
+
+/// Parses `a.b.c.d/n`, `x::/n`, or a bare address (a host prefix).
+pub fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+/// A transport protocol of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServiceProto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl ServiceProto {
+    /// Parses "tcp" or "udp".
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "tcp" => Some(Self::Tcp),
+            "udp" => Some(Self::Udp),
+            _ => None,
+        }
+    }
+
+    /// "tcp" or "udp".
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
+/// Parses "tcp/22".
+pub fn parse_port_spec(s: &str) -> Option<(ServiceProto, u16)> {
+    let (p, n) = s.split_once('/')?;
+    Some((ServiceProto::parse(p)?, n.parse().ok().filter(|&n| n != 0)?))
+}
+
+/// Reads and parses a file; a TOML error names the line and column.
+pub fn load(path: &Path) -> Result<Config, Vec<Problem>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![Problem {
+            key: path.display().to_string(),
+            problem: format!("cannot read: {e}"),
+        }]
+    })?;
+    parse(&text, path)
+}
+
+/// Parses configuration text.
+pub fn parse(text: &str, path: &Path) -> Result<Config, Vec<Problem>> {
+    toml::from_str(text).map_err(|e| {
+        let key = match e.span() {
+            Some(span) => {
+                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                format!("{} line {line}", path.display())
+            }
+            None => path.display().to_string(),
+        };
+        vec![Problem {
+            key,
+            problem: e.message().to_owned(),
+        }]
+    })
+}
+
+/// The role a configuration is checked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// spa-server.
+    Green,
+    /// red-relay.
+    Red,
+}
+
+impl Config {
+    /// Every semantic problem: files that cannot be read (keys with their
+    /// permissions), values out of range, unknown names. `ssh_connection` is
+    /// `$SSH_CONNECTION` (client address, client port, server address,
+    /// server port) for the management-connection check.
+    pub fn check(&self, role: Role, ssh_connection: Option<&str>) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let mut bad = |key: String, problem: String| p.push(Problem { key, problem });
+        let d = &self.daemon;
+        if d.knock_port == 0 {
+            bad("daemon.knock_port".into(), "must be 1..=65535".into());
+        }
+        if !matches!(d.capture.as_str(), "packet" | "udp") {
+            bad(
+                "daemon.capture".into(),
+                format!("'{}': use \"packet\" or \"udp\"", d.capture),
+            );
+        }
+        if !matches!(d.log_format.as_str(), "plain" | "json") {
+            bad(
+                "daemon.log_format".into(),
+                format!("'{}': use \"plain\" or \"json\"", d.log_format),
+            );
+        }
+        if d.keys.is_empty() {
+            bad(
+                "daemon.keys".into(),
+                "at least one receiver key is needed".into(),
+            );
+        }
+        for (i, k) in d.keys.iter().enumerate() {
+            if let Err(e) = spa_keys::read_receiver_key(k) {
+                bad(format!("daemon.keys[{i}]"), e.to_string());
+            }
+        }
+        if let Some(u) = &d.user
+            && nix::unistd::User::from_name(u).ok().flatten().is_none()
+        {
+            bad("daemon.user".into(), format!("no such user '{u}'"));
+        }
+        let t = &self.trust;
+        if t.anchors.is_empty() {
+            bad(
+                "trust.anchors".into(),
+                "at least one trust anchor is needed".into(),
+            );
+        }
+        for (i, a) in t.anchors.iter().enumerate() {
+            if let Err(e) = spa_keys::read_certificates(a) {
+                bad(format!("trust.anchors[{i}]"), e.to_string());
+            }
+        }
+        for (i, a) in t.intermediates.iter().enumerate() {
+            if let Err(e) = spa_keys::read_certificates(a) {
+                bad(format!("trust.intermediates[{i}]"), e.to_string());
+            }
+        }
+        for (i, c) in t.crls.iter().enumerate() {
+            if let Err(e) = spa_keys::read_crls(c) {
+                bad(format!("trust.crls[{i}]"), e.to_string());
+            }
+        }
+        if !matches!(t.unknown_revocation.as_str(), "allow" | "deny") {
+            bad(
+                "trust.unknown_revocation".into(),
+                format!("'{}': use \"allow\" or \"deny\"", t.unknown_revocation),
+            );
+        }
+        if !matches!(t.expired_crl.as_str(), "refuse" | "ignore") {
+            bad(
+                "trust.expired_crl".into(),
+                format!("'{}': use \"refuse\" or \"ignore\"", t.expired_crl),
+            );
+        }
+        let f = &self.firewall;
+        if f.table.is_empty()
+            || !f
+                .table
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            bad(
+                "firewall.table".into(),
+                format!("'{}': letters, digits, '_' and '-' only", f.table),
+            );
+        }
+        if !matches!(f.mode.as_str(), "blackhole" | "protect") {
+            bad(
+                "firewall.mode".into(),
+                format!("'{}': use \"blackhole\" or \"protect\"", f.mode),
+            );
+        }
+        for (i, s) in f.protect_ports.iter().enumerate() {
+            if parse_port_spec(s).is_none() {
+                bad(
+                    format!("firewall.protect_ports[{i}]"),
+                    format!("'{s}': use tcp/PORT or udp/PORT"),
+                );
+            }
+        }
+        if f.mode == "protect" && f.protect_ports.is_empty() {
+            bad(
+                "firewall.protect_ports".into(),
+                "protect mode needs at least one port".into(),
+            );
+        }
+        let mut mgmt = Vec::new();
+        for (i, s) in f.management.iter().enumerate() {
+            match parse_cidr(s) {
+                Some(c) => mgmt.push(c),
+                None => bad(
+                    format!("firewall.management[{i}]"),
+                    format!("'{s}' is not an address or CIDR"),
+                ),
+            }
+        }
+        if f.mode == "blackhole"
+            && !f.force
+            && let Some(conn) = ssh_connection
+            && let Some(cut) = management_cut(conn, &mgmt)
+        {
+            bad("firewall.mode".into(), cut);
+        }
+        if self.time.max_age_ms == 0 || self.time.max_age_ms > 3_600_000 {
+            bad("time.max_age_ms".into(), "must be 1..=3600000".into());
+        }
+        if self.time.max_future_skew_ms > 3_600_000 {
+            bad(
+                "time.max_future_skew_ms".into(),
+                "must be at most 3600000".into(),
+            );
+        }
+        if self.policy.max_lifetime == 0
+            || self.policy.max_lifetime > proto_spec::body::MAX_LIFETIME_S
+        {
+            bad(
+                "policy.max_lifetime".into(),
+                format!("must be 1..={}", proto_spec::body::MAX_LIFETIME_S),
+            );
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, s) in self.services.iter().enumerate() {
+            if !proto_spec::body::is_valid_service_name(s.name.as_bytes()) {
+                bad(
+                    format!("services[{i}].name"),
+                    format!("'{}': 1-32 of a-z 0-9 . _ -", s.name),
+                );
+            }
+            if !names.insert(s.name.clone()) {
+                bad(
+                    format!("services[{i}].name"),
+                    format!("'{}' is defined twice", s.name),
+                );
+            }
+            if ServiceProto::parse(&s.proto).is_none() {
+                bad(
+                    format!("services[{i}].proto"),
+                    format!("'{}': use \"tcp\" or \"udp\"", s.proto),
+                );
+            }
+            if s.port == 0 {
+                bad(format!("services[{i}].port"), "must be 1..=65535".into());
+            }
+        }
+        for (i, r) in self.rules.iter().enumerate() {
+            let valid_id = r.identity == "*"
+                || ["cn:", "email:", "dns:", "uri:"]
+                    .iter()
+                    .any(|p| r.identity.starts_with(p) && r.identity.len() > p.len());
+            if !valid_id {
+                bad(
+                    format!("rules[{i}].identity"),
+                    format!(
+                        "'{}': use cn:NAME, email:ADDR, dns:NAME, uri:URI or *",
+                        r.identity
+                    ),
+                );
+            }
+            for (j, s) in r.services.iter().enumerate() {
+                if s != "*" && !names.contains(s) {
+                    bad(
+                        format!("rules[{i}].services[{j}]"),
+                        format!("unknown service '{s}'"),
+                    );
+                }
+            }
+        }
+        if self.rules.is_empty() {
+            bad(
+                "rules".into(),
+                "no rule: every knock would be refused".into(),
+            );
+        }
+        if self.ips.rate == 0 || self.ips.burst == 0 {
+            bad(
+                "ips.rate".into(),
+                "rate and burst must be at least 1".into(),
+            );
+        }
+        match role {
+            Role::Red if self.gateways.is_empty() => {
+                bad(
+                    "gateways".into(),
+                    "red-relay needs at least one gateway".into(),
+                );
+            }
+            Role::Green if !self.gateways.is_empty() => {
+                bad("gateways".into(), "only red-relay takes gateways".into());
+            }
+            _ => {}
+        }
+        for (i, g) in self.gateways.iter().enumerate() {
+            if let Err(e) = spa_keys::decode_gateway_public_key(&g.signing_key) {
+                bad(format!("gateways[{i}].signing_key"), e.to_string());
+            }
+            if g.receiver_keys.is_empty() {
+                bad(
+                    format!("gateways[{i}].receiver_keys"),
+                    "at least one key".into(),
+                );
+            }
+            for (j, k) in g.receiver_keys.iter().enumerate() {
+                if let Err(e) = spa_keys::decode_public_key(k) {
+                    bad(format!("gateways[{i}].receiver_keys[{j}]"), e.to_string());
+                }
+            }
+        }
+        p
+    }
+}
+
+/// If a blackhole firewall would cut the SSH session described by
+/// `$SSH_CONNECTION`, the reason.
+pub fn management_cut(ssh_connection: &str, management: &[ipnet::IpNet]) -> Option<String> {
+    let mut parts = ssh_connection.split_whitespace();
+    let client: IpAddr = parts.next()?.parse().ok()?;
+    let _client_port = parts.next()?;
+    let _server = parts.next()?;
+    let server_port = parts.next()?;
+    let client = client.to_canonical();
+    if client.is_loopback() || management.iter().any(|c| c.contains(&client)) {
+        return None;
+    }
+    Some(format!(
+        "blackhole would cut your SSH session from {client} to port {server_port} once it is re-established: add {client} to firewall.management, or set firewall.force = true"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs_and_bare_addresses() {
+        let h = parse_cidr("fd00::1").expect("host");
+        assert_eq!(h.prefix_len(), 128);
+        assert!(parse_cidr("10.0.0.0/33").is_none());
+        assert!(
+            parse_cidr("10.200.0.0/16")
+                .expect("net")
+                .contains(&"10.200.3.4".parse::<IpAddr>().expect("ip"))
+        );
+    }
+
+    #[test]
+    fn management_connection_check() {
+        let mg = [parse_cidr("192.0.2.0/24").expect("c")];
+        assert!(management_cut("192.0.2.9 5555 10.0.0.1 22", &mg).is_none());
+        assert!(
+            management_cut("198.51.100.7 5555 10.0.0.1 22", &mg)
+                .expect("cut")
+                .contains("198.51.100.7")
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let e = parse(
+            "[daemon]\nknock_port = \"x\"\n",
+            Path::new("/etc/spa/x.toml"),
+        )
+        .expect_err("bad");
+        assert!(e[0].key.contains("line 2"), "{e:?}");
+    }
+}

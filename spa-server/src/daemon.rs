@@ -1,0 +1,588 @@
+//! The receive-verify-open loop shared by spa-server (green) and red-relay
+//! (red): capture, cheap checks, rate limit, verification (which commits the
+//! replay floor durably), firewall, sessions, intrusion prevention, logs,
+//! counters, control socket, trust reloads, clean stop.
+//!
+//! Nothing here ever sends a byte toward a knock's source.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use proto_spec::cert::{IdentityKey, TrustStore};
+use proto_spec::{Refusal, UnixMillis};
+use serde_json::{Value, json};
+use tracing::{debug, info, warn};
+
+use crate::capture::{Capture, Event};
+use crate::config::{Config, ServiceProto};
+use crate::counters::Counters;
+use crate::ctl::ControlSocket;
+use crate::gate::{Decision, Gate};
+use crate::ips::{BlockDecision, FailureKind, Offenses, RateLimiter, ScanDetector, Transport};
+use crate::nft::{NftSets, Proto};
+use crate::pki::{TrustFiles, load_trust};
+use crate::store::ReplayDb;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> UnixMillis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// One element the daemon opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opening {
+    /// Service name.
+    pub service: String,
+    /// Protocol.
+    pub proto: ServiceProto,
+    /// Port.
+    pub port: u16,
+    /// Expiry, ms.
+    pub expires_ms: UnixMillis,
+}
+
+/// A session: what one identity opened for one address.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// Who.
+    pub identity: String,
+    /// Replay identity.
+    pub identity_key: IdentityKey,
+    /// For which address.
+    pub addr: IpAddr,
+    /// What is open.
+    pub openings: Vec<Opening>,
+}
+
+/// Hooks a daemon adds to the shared loop (green relays orders to red).
+pub trait Hooks {
+    /// Called after an accepted decision was applied to the firewall.
+    fn after_decision(&mut self, decision: &Decision, source: SocketAddr, now: UnixMillis);
+    /// Called on every loop turn (timers).
+    fn tick(&mut self, _now: UnixMillis) {}
+}
+
+/// No hooks.
+#[derive(Debug, Default)]
+pub struct NoHooks;
+
+impl Hooks for NoHooks {
+    fn after_decision(&mut self, _: &Decision, _: SocketAddr, _: UnixMillis) {}
+}
+
+/// Trust files and their modification times, for reloads.
+#[derive(Debug)]
+pub struct TrustWatch {
+    files: TrustFiles,
+    stamps: Vec<Option<SystemTime>>,
+}
+
+/// The `[trust]` section as files to load.
+pub fn trust_files(c: &Config) -> TrustFiles {
+    TrustFiles {
+        cas: c.trust.anchors.clone(),
+        intermediates: c.trust.intermediates.clone(),
+        crls: c.trust.crls.clone(),
+        unknown_revocation: if c.trust.unknown_revocation == "deny" {
+            proto_spec::cert::UnknownRevocation::Deny
+        } else {
+            proto_spec::cert::UnknownRevocation::Allow
+        },
+        expired_crl: if c.trust.expired_crl == "ignore" {
+            proto_spec::cert::ExpiredCrl::Ignore
+        } else {
+            proto_spec::cert::ExpiredCrl::Refuse
+        },
+    }
+}
+
+impl TrustWatch {
+    /// Records the current modification times.
+    pub fn new(files: TrustFiles) -> Self {
+        let stamps = Self::read_stamps(&files);
+        Self { files, stamps }
+    }
+
+    fn read_stamps(f: &TrustFiles) -> Vec<Option<SystemTime>> {
+        f.cas
+            .iter()
+            .chain(&f.intermediates)
+            .chain(&f.crls)
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    }
+
+    /// Whether any file changed since the last call.
+    pub fn changed(&mut self) -> bool {
+        let now = Self::read_stamps(&self.files);
+        if now != self.stamps {
+            self.stamps = now;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Loads the files (errors name the file).
+    pub fn load(&self) -> Result<TrustStore, crate::pki::PkiError> {
+        load_trust(&self.files)
+    }
+}
+
+/// Signals the loop watches.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    /// SIGTERM / SIGINT.
+    pub stop: Arc<AtomicBool>,
+    /// SIGHUP.
+    pub reload: Arc<AtomicBool>,
+}
+
+impl Flags {
+    /// Registers SIGTERM, SIGINT and SIGHUP.
+    pub fn register() -> std::io::Result<Self> {
+        let f = Self::default();
+        signal_hook::flag::register(signal_hook::consts::SIGTERM, f.stop.clone())?;
+        signal_hook::flag::register(signal_hook::consts::SIGINT, f.stop.clone())?;
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, f.reload.clone())?;
+        Ok(f)
+    }
+}
+
+/// The daemon's state and its loop.
+pub struct Daemon<G: Gate, H: Hooks> {
+    /// The verifier.
+    pub gate: G,
+    /// Durable replay floors.
+    pub db: ReplayDb,
+    /// The firewall's sets.
+    pub fw: NftSets,
+    /// Capture.
+    pub capture: Capture,
+    /// Services by name.
+    pub services: HashMap<String, (ServiceProto, u16)>,
+    /// Open sessions.
+    pub sessions: HashMap<[u8; 16], Session>,
+    /// Per-source token bucket.
+    pub limiter: RateLimiter,
+    /// Invalid knocks per source.
+    pub offenses: Offenses,
+    /// Port scans per source.
+    pub scans: ScanDetector,
+    /// Decision counters.
+    pub counters: Counters,
+    /// Blocked sources and until when.
+    pub blocked: HashMap<IpAddr, UnixMillis>,
+    /// Trust files.
+    pub trust: TrustWatch,
+    /// Control socket.
+    pub control: Option<ControlSocket>,
+    /// Signals.
+    pub flags: Flags,
+    /// Daemon-specific hooks.
+    pub hooks: H,
+    /// Start time.
+    pub started_ms: UnixMillis,
+    /// Pre-MAC refusals since the last summary line.
+    quiet_refusals: u64,
+    last_summary_ms: UnixMillis,
+    last_stamp_check_ms: UnixMillis,
+}
+
+impl<G: Gate, H: Hooks> std::fmt::Debug for Daemon<G, H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("sessions", &self.sessions.len())
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+fn fw_proto(p: ServiceProto) -> Proto {
+    match p {
+        ServiceProto::Tcp => Proto::Tcp,
+        ServiceProto::Udp => Proto::Udp,
+    }
+}
+
+fn transport(p: ServiceProto) -> Transport {
+    match p {
+        ServiceProto::Tcp => Transport::Tcp,
+        ServiceProto::Udp => Transport::Udp,
+    }
+}
+
+fn hex16(s: &[u8; 16]) -> String {
+    s.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parts of a daemon that the constructor takes.
+#[allow(missing_debug_implementations)]
+pub struct Parts<G: Gate, H: Hooks> {
+    /// Verifier.
+    pub gate: G,
+    /// Replay DB.
+    pub db: ReplayDb,
+    /// Firewall.
+    pub fw: NftSets,
+    /// Capture.
+    pub capture: Capture,
+    /// Services.
+    pub services: HashMap<String, (ServiceProto, u16)>,
+    /// IPS.
+    pub limiter: RateLimiter,
+    /// IPS.
+    pub offenses: Offenses,
+    /// IPS.
+    pub scans: ScanDetector,
+    /// Trust files.
+    pub trust: TrustWatch,
+    /// Control socket.
+    pub control: Option<ControlSocket>,
+    /// Signals.
+    pub flags: Flags,
+    /// Hooks.
+    pub hooks: H,
+}
+
+impl<G: Gate, H: Hooks> Daemon<G, H> {
+    /// Assembles a daemon.
+    pub fn new(p: Parts<G, H>, now: UnixMillis) -> Self {
+        Self {
+            gate: p.gate,
+            db: p.db,
+            fw: p.fw,
+            capture: p.capture,
+            services: p.services,
+            sessions: HashMap::new(),
+            limiter: p.limiter,
+            offenses: p.offenses,
+            scans: p.scans,
+            counters: Counters::default(),
+            blocked: HashMap::new(),
+            trust: p.trust,
+            control: p.control,
+            flags: p.flags,
+            hooks: p.hooks,
+            started_ms: now,
+            quiet_refusals: 0,
+            last_summary_ms: now,
+            last_stamp_check_ms: now,
+        }
+    }
+
+    /// Runs until SIGTERM/SIGINT.
+    pub fn run(&mut self) -> Result<(), crate::capture::CaptureError> {
+        while !self.flags.stop.load(Ordering::Relaxed) {
+            let mut events: Vec<Owned> = Vec::new();
+            self.capture.poll(|ev| events.push(Owned::from(ev)))?;
+            let now = now_ms();
+            for ev in events {
+                match ev {
+                    Owned::Knock { src, payload } => self.handle_datagram(src, &payload, now),
+                    Owned::Probe { src, proto, port } => self.handle_probe(src, proto, port, now),
+                }
+            }
+            self.housekeeping(now_ms());
+        }
+        Ok(())
+    }
+
+    /// One datagram to the knock port. SPEC §8: cheap checks first.
+    pub fn handle_datagram(&mut self, src: SocketAddr, payload: &[u8], now: UnixMillis) {
+        let ip = src.ip().to_canonical();
+        if let Err(r) = self.gate.precheck(payload) {
+            // Before the MAC: the sender showed no knowledge of our public
+            // key. Counted, logged at debug only (a flood must not flood the
+            // logs), summarized every 10 s, never used to block (SPEC §9).
+            self.counters.refusal(&r);
+            self.quiet_refusals += 1;
+            debug!(src = %ip, reason = %r, "refused");
+            return;
+        }
+        if !self.limiter.check(ip, now) {
+            self.counters.bump("refused.rate_limited");
+            debug!(src = %ip, reason = "rate_limited", "refused");
+            return;
+        }
+        match self.gate.verify(payload, ip, now, &mut self.db) {
+            Err(r) => {
+                self.counters.refusal(&r);
+                warn!(src = %ip, reason = %r, "refused");
+                if let Some(kind) = FailureKind::of_refusal(&r)
+                    && let Some(b) = self.offenses.record_failure(ip, now, kind)
+                {
+                    self.block(ip, &b, now, "invalid knocks");
+                }
+            }
+            Ok(d) => {
+                self.apply(&d, now);
+                self.hooks.after_decision(&d, src, now);
+            }
+        }
+    }
+
+    fn apply(&mut self, d: &Decision, now: UnixMillis) {
+        match d {
+            Decision::Open {
+                kind,
+                session,
+                identity,
+                identity_key,
+                addr,
+                services,
+                lifetime_s,
+                ..
+            } => {
+                let expires_ms = now.saturating_add(u64::from(*lifetime_s) * 1000);
+                let timeout = Duration::from_secs(u64::from(*lifetime_s));
+                let mut opened = Vec::new();
+                for name in services {
+                    // Services not local to this host (green relays them to
+                    // red) have no entry here.
+                    let Some(&(proto, port)) = self.services.get(name) else {
+                        continue;
+                    };
+                    match self.fw.allow(*addr, fw_proto(proto), port, timeout) {
+                        Ok(()) => {
+                            self.scans
+                                .note_allowed(*addr, transport(proto), port, now, expires_ms);
+                            opened.push(Opening {
+                                service: name.clone(),
+                                proto,
+                                port,
+                                expires_ms,
+                            });
+                        }
+                        Err(e) => {
+                            warn!(src = %addr, identity = %identity, error = %e, "firewall: could not open {name}")
+                        }
+                    }
+                }
+                self.counters.bump(&format!("accepted.{kind}"));
+                info!(
+                    src = %addr, identity = %identity, session = %hex16(session), kind = *kind,
+                    services = %services.join(","), lifetime_s = *lifetime_s, "accepted"
+                );
+                let entry = self.sessions.entry(*session).or_insert_with(|| Session {
+                    identity: identity.clone(),
+                    identity_key: *identity_key,
+                    addr: *addr,
+                    openings: Vec::new(),
+                });
+                if entry.identity_key == *identity_key {
+                    entry
+                        .openings
+                        .retain(|o| !opened.iter().any(|n| n.service == o.service));
+                    entry.openings.extend(opened);
+                }
+            }
+            Decision::Close {
+                session,
+                identity,
+                identity_key,
+                ..
+            } => {
+                self.counters.bump("accepted.close");
+                let owned = self
+                    .sessions
+                    .get(session)
+                    .is_some_and(|s| s.identity_key == *identity_key);
+                if owned {
+                    self.close_session(session, "closed by the client");
+                }
+                info!(identity = %identity, session = %hex16(session), found = owned, "accepted close");
+            }
+        }
+    }
+
+    /// Revokes every element of a session and forgets it.
+    pub fn close_session(&mut self, session: &[u8; 16], why: &str) -> bool {
+        let Some(s) = self.sessions.remove(session) else {
+            return false;
+        };
+        for o in &s.openings {
+            if let Err(e) = self.fw.revoke(s.addr, fw_proto(o.proto), o.port) {
+                warn!(src = %s.addr, error = %e, "firewall: could not close {}", o.service);
+            }
+        }
+        info!(src = %s.addr, identity = %s.identity, session = %hex16(session), "session closed: {why}");
+        true
+    }
+
+    fn handle_probe(&mut self, src: IpAddr, proto: Transport, port: u16, now: UnixMillis) {
+        let ip = src.to_canonical();
+        self.counters.bump("probes");
+        if let Some(b) = self.scans.record_probe(ip, proto, port, now) {
+            self.counters.bump("blocked.scan");
+            self.block(ip, &b, now, "port scan");
+        }
+    }
+
+    /// Blocks the offending address. (The decision may name a wider
+    /// aggregate, e.g. an IPv6 /64; the block sets hold addresses, so the
+    /// address itself is blocked and the aggregate only shares the count.)
+    fn block(&mut self, ip: IpAddr, b: &BlockDecision, now: UnixMillis, why: &str) {
+        let until = b.until_ms;
+        let secs = until.saturating_sub(now).div_ceil(1000).max(1);
+        match self.fw.block(ip, Duration::from_secs(secs)) {
+            Ok(()) => {
+                self.counters.bump("blocked");
+                self.blocked.insert(ip, until);
+                warn!(src = %ip, reason = why, block_s = secs, "blocked");
+            }
+            Err(e) => warn!(src = %ip, error = %e, "firewall: could not block"),
+        }
+    }
+
+    fn housekeeping(&mut self, now: UnixMillis) {
+        // Sessions whose every opening expired (the kernel already removed
+        // the elements).
+        self.sessions.retain(|_, s| {
+            s.openings.retain(|o| o.expires_ms > now);
+            !s.openings.is_empty()
+        });
+        self.blocked.retain(|_, until| *until > now);
+        if self.quiet_refusals > 0 && now.saturating_sub(self.last_summary_ms) >= 10_000 {
+            info!(
+                count = self.quiet_refusals,
+                "refused datagrams before the pre-check MAC in the last period"
+            );
+            self.quiet_refusals = 0;
+            self.last_summary_ms = now;
+        }
+        let hup = self.flags.reload.swap(false, Ordering::Relaxed);
+        let changed = now.saturating_sub(self.last_stamp_check_ms) >= 1000 && {
+            self.last_stamp_check_ms = now;
+            self.trust.changed()
+        };
+        if hup || changed {
+            self.reload_trust(if hup {
+                "SIGHUP"
+            } else {
+                "a trust file changed"
+            });
+        }
+        if let Some(ctl) = self.control.take() {
+            ctl.serve_pending(|req| self.control_request(req, now));
+            self.control = Some(ctl);
+        }
+        self.hooks.tick(now);
+    }
+
+    /// Reloads anchors, intermediates and CRLs; on error keeps the old ones.
+    pub fn reload_trust(&mut self, why: &str) {
+        match self.trust.load() {
+            Ok(store) => {
+                self.gate.replace_trust(store);
+                self.counters.bump("trust.reloads");
+                info!(trigger = why, "trust anchors and CRLs reloaded");
+            }
+            Err(e) => {
+                self.counters.bump("trust.reload_failures");
+                warn!(trigger = why, error = %e, "trust reload failed; keeping the previous trust store");
+            }
+        }
+    }
+
+    /// The status report.
+    pub fn status(&self, now: UnixMillis) -> Value {
+        let sessions: Vec<Value> = self
+            .sessions
+            .iter()
+            .map(|(id, s)| {
+                json!({
+                    "session": hex16(id),
+                    "identity": s.identity,
+                    "address": s.addr.to_string(),
+                    "openings": s.openings.iter().map(|o| json!({
+                        "service": o.service,
+                        "proto": o.proto.name(),
+                        "port": o.port,
+                        "expires_in_s": o.expires_ms.saturating_sub(now).div_ceil(1000),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({
+            "uptime_s": now.saturating_sub(self.started_ms) / 1000,
+            "sessions": sessions,
+            "blocked": self.blocked.iter().map(|(ip, until)| json!({
+                "address": ip.to_string(),
+                "expires_in_s": until.saturating_sub(now).div_ceil(1000),
+            })).collect::<Vec<_>>(),
+            "counters": self.counters.all(),
+        })
+    }
+
+    fn control_request(&mut self, req: &Value, now: UnixMillis) -> Value {
+        match req["cmd"].as_str() {
+            Some("status") => json!({"ok": true, "status": self.status(now)}),
+            Some("revoke-session") => {
+                let id = req["session"]
+                    .as_str()
+                    .and_then(|h| hex::decode(h).ok())
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok());
+                match id {
+                    Some(id) if self.close_session(&id, "revoked by the operator") => {
+                        self.counters.bump("sessions.revoked");
+                        json!({"ok": true})
+                    }
+                    Some(_) => json!({"ok": false, "error": "no such session"}),
+                    None => json!({"ok": false, "error": "session must be 32 hex digits"}),
+                }
+            }
+            _ => json!({"ok": false, "error": "unknown command"}),
+        }
+    }
+
+    /// Refusal counter value (tests).
+    pub fn refusals(&self, r: &Refusal) -> u64 {
+        let name = match r.detail() {
+            Some(d) => format!("refused.{}.{}", r.code(), d),
+            None => format!("refused.{}", r.code()),
+        };
+        self.counters.get(&name)
+    }
+}
+
+/// A captured event detached from the capture buffer.
+enum Owned {
+    Knock {
+        src: SocketAddr,
+        payload: Vec<u8>,
+    },
+    Probe {
+        src: IpAddr,
+        proto: Transport,
+        port: u16,
+    },
+}
+
+impl From<Event<'_>> for Owned {
+    fn from(e: Event<'_>) -> Self {
+        match e {
+            Event::Knock { src, payload, .. } => Self::Knock {
+                src,
+                payload: payload.to_vec(),
+            },
+            Event::Probe {
+                src,
+                dst_port,
+                proto,
+            } => Self::Probe {
+                src,
+                proto: match proto {
+                    crate::capture::Proto::Tcp => Transport::Tcp,
+                    crate::capture::Proto::Udp => Transport::Udp,
+                },
+                port: dst_port,
+            },
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! What a daemon verifies: green's knocks or red's orders, behind one trait
+//! so that capture, rate limiting, replay storage, firewall changes, logging
+//! and counting are written once for both daemons.
+
+use std::net::IpAddr;
+
+use proto_spec::body::MessageType;
+use proto_spec::cert::{IdentityKey, TrustStore};
+use proto_spec::replay::ReplayState;
+use proto_spec::verify::{KnockVerifier, OrderAction, OrderVerifier};
+use proto_spec::{Refusal, UnixMillis};
+
+/// What an accepted datagram asks the daemon to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Open `services` for `addr` for `lifetime_s`, in session `session`.
+    Open {
+        /// Which knock it was (open-tunnel or request-service; order).
+        kind: &'static str,
+        /// The session.
+        session: [u8; 16],
+        /// Who.
+        identity: String,
+        /// Replay identity.
+        identity_key: IdentityKey,
+        /// Where to open for.
+        addr: IpAddr,
+        /// Services by name.
+        services: Vec<String>,
+        /// Seconds.
+        lifetime_s: u32,
+        /// Verbatim client body (green relays it to red).
+        body: Vec<u8>,
+    },
+    /// Close everything of `session`.
+    Close {
+        /// The session.
+        session: [u8; 16],
+        /// Who (only the session's own identity may close it).
+        identity: String,
+        /// Replay identity.
+        identity_key: IdentityKey,
+        /// Verbatim client body.
+        body: Vec<u8>,
+    },
+}
+
+/// A verifier the daemon loop can drive.
+pub trait Gate {
+    /// Size, version and pre-check MAC only (SPEC §8.1 steps 1-3).
+    fn precheck(&self, datagram: &[u8]) -> Result<(), Refusal>;
+    /// The full verification, committing the replay floor on success.
+    fn verify<R: ReplayState>(
+        &mut self,
+        datagram: &[u8],
+        source: IpAddr,
+        now: UnixMillis,
+        replay: &mut R,
+    ) -> Result<Decision, Refusal>;
+    /// Replaces the trust store (SIGHUP or a changed file).
+    fn replace_trust(&mut self, trust: TrustStore);
+}
+
+impl Gate for KnockVerifier {
+    fn precheck(&self, datagram: &[u8]) -> Result<(), Refusal> {
+        self.keys().precheck(datagram)
+    }
+
+    fn verify<R: ReplayState>(
+        &mut self,
+        datagram: &[u8],
+        source: IpAddr,
+        now: UnixMillis,
+        replay: &mut R,
+    ) -> Result<Decision, Refusal> {
+        let k = KnockVerifier::verify(self, datagram, source, now, replay)?;
+        let identity = k.identity.display_name();
+        Ok(match k.msg_type {
+            MessageType::Close => Decision::Close {
+                session: k.session_id,
+                identity,
+                identity_key: k.identity.key,
+                body: k.body,
+            },
+            t => Decision::Open {
+                kind: t.name(),
+                session: k.session_id,
+                identity,
+                identity_key: k.identity.key,
+                addr: k.open_for,
+                services: k.services,
+                lifetime_s: k.lifetime_s,
+                body: k.body,
+            },
+        })
+    }
+
+    fn replace_trust(&mut self, trust: TrustStore) {
+        KnockVerifier::replace_trust(self, trust);
+    }
+}
+
+impl Gate for OrderVerifier {
+    fn precheck(&self, datagram: &[u8]) -> Result<(), Refusal> {
+        self.keys().precheck(datagram)
+    }
+
+    fn verify<R: ReplayState>(
+        &mut self,
+        datagram: &[u8],
+        source: IpAddr,
+        now: UnixMillis,
+        replay: &mut R,
+    ) -> Result<Decision, Refusal> {
+        let o = OrderVerifier::verify(self, datagram, source, now, replay)?;
+        let identity = o.client.display_name();
+        Ok(match o.action {
+            OrderAction::Close => Decision::Close {
+                session: o.session_id,
+                identity,
+                identity_key: o.client.key,
+                body: Vec::new(),
+            },
+            OrderAction::Open => Decision::Open {
+                kind: "order",
+                session: o.session_id,
+                identity,
+                identity_key: o.client.key,
+                addr: o.open_for,
+                services: o.services,
+                lifetime_s: o.lifetime_s,
+                body: Vec::new(),
+            },
+        })
+    }
+
+    fn replace_trust(&mut self, trust: TrustStore) {
+        OrderVerifier::replace_trust(self, trust);
+    }
+}

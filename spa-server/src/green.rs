@@ -1,0 +1,297 @@
+//! Assembling the green daemon from its configuration: load and check,
+//! open everything that needs privileges, drop them, run, clean up.
+//! red-relay assembles its daemon with the same pieces ([`setup`]).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use proto_spec::policy::{IdentityPattern, Policy, Rule, ServiceSet};
+use proto_spec::replay::TimeLimits;
+use proto_spec::verify::KnockVerifier;
+use tracing::{info, warn};
+
+use crate::capture::{Capture, CaptureConfig, CaptureMode};
+use crate::config::{self, Config, Role, ServiceProto};
+use crate::ctl::ControlSocket;
+use crate::daemon::{Daemon, Flags, Hooks, NoHooks, Parts, TrustWatch, now_ms, trust_files};
+use crate::gate::Gate;
+use crate::ips::{
+    OffenseConfig, Offenses, RateLimitConfig, RateLimiter, ScanConfig, ScanDetector, Transport,
+};
+use crate::nft::{FirewallConfig, Mode, NftSets, Proto, Ruleset, TableName};
+use crate::store::ReplayDb;
+
+/// Why the daemon could not start. One line each.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration has problems (all listed).
+    #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
+    Config(Vec<config::Problem>),
+    /// A step failed.
+    #[error("{step}: {cause}")]
+    Step {
+        /// What.
+        step: &'static str,
+        /// Why.
+        cause: String,
+    },
+}
+
+fn step(step: &'static str) -> impl Fn(String) -> StartError {
+    move |cause| StartError::Step { step, cause }
+}
+
+/// Loads and checks a configuration.
+pub fn load_config(path: &Path, role: Role) -> Result<Config, StartError> {
+    let cfg = config::load(path).map_err(StartError::Config)?;
+    let ssh = std::env::var("SSH_CONNECTION").ok();
+    let problems = cfg.check(role, ssh.as_deref());
+    if problems.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(StartError::Config(problems))
+    }
+}
+
+/// The policy of `[policy]` and `[[rules]]`.
+pub fn policy(cfg: &Config) -> Policy {
+    Policy {
+        rules: cfg
+            .rules
+            .iter()
+            .map(|r| Rule {
+                identity: IdentityPattern::parse(&r.identity),
+                services: if r.services.iter().any(|s| s == "*") {
+                    ServiceSet::All
+                } else {
+                    ServiceSet::Named(r.services.clone())
+                },
+            })
+            .collect(),
+        max_lifetime_s: cfg.policy.max_lifetime,
+        allow_source_mode: cfg.policy.allow_source_mode,
+        require_source_match: cfg.policy.require_source_match,
+    }
+}
+
+/// Freshness limits of `[time]`.
+pub fn limits(cfg: &Config) -> TimeLimits {
+    TimeLimits {
+        max_age_ms: cfg.time.max_age_ms,
+        max_future_skew_ms: cfg.time.max_future_skew_ms,
+    }
+}
+
+fn proto(p: ServiceProto) -> Proto {
+    match p {
+        ServiceProto::Tcp => Proto::Tcp,
+        ServiceProto::Udp => Proto::Udp,
+    }
+}
+
+/// The nftables configuration of `[firewall]`.
+pub fn firewall_config(cfg: &Config) -> Result<FirewallConfig, StartError> {
+    let f = &cfg.firewall;
+    let mode = if f.mode == "protect" {
+        Mode::Protect {
+            ports: f
+                .protect_ports
+                .iter()
+                .filter_map(|s| config::parse_port_spec(s))
+                .map(|(p, n)| (proto(p), n))
+                .collect(),
+        }
+    } else {
+        Mode::Blackhole {
+            udp_knock_port: (cfg.daemon.capture == "udp").then_some(cfg.daemon.knock_port),
+        }
+    };
+    let mut fw = FirewallConfig::new(mode);
+    fw.table = TableName::new(&f.table).map_err(|e| step("firewall.table")(e.to_string()))?;
+    fw.management = f
+        .management
+        .iter()
+        .filter_map(|s| config::parse_cidr(s))
+        .collect();
+    Ok(fw)
+}
+
+/// Everything both daemons open before dropping privileges.
+pub struct Setup {
+    /// Configuration.
+    pub cfg: Config,
+    /// Replay store.
+    pub db: ReplayDb,
+    /// Firewall sets.
+    pub fw: NftSets,
+    /// Capture.
+    pub capture: Capture,
+    /// Control socket.
+    pub control: ControlSocket,
+    /// Trust files.
+    pub trust: TrustWatch,
+    /// Signals.
+    pub flags: Flags,
+}
+
+impl std::fmt::Debug for Setup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Setup").finish_non_exhaustive()
+    }
+}
+
+/// Opens the store, installs the firewall, opens capture and the control
+/// socket (all privileged), then drops privileges.
+pub fn setup(cfg: Config) -> Result<Setup, StartError> {
+    let flags = Flags::register().map_err(|e| step("signal handlers")(e.to_string()))?;
+    let now = now_ms();
+    // SPEC §7.2: after lost state nothing sealed before the start may be
+    // accepted (G = now). SPEC §9 notes the residual window: a knock with a
+    // timestamp ahead of our clock, accepted just before the state was lost.
+    let (db, report) = ReplayDb::open(&cfg.daemon.replay_db, now)
+        .map_err(|e| step("replay database")(e.to_string()))?;
+    if report.state.lost_state() {
+        warn!(db = %cfg.daemon.replay_db.display(), state = ?report.state,
+            "replay state lost or new: refusing every knock sealed before now (global floor)");
+    } else {
+        info!(identities = report.identities, "replay state loaded");
+    }
+    let fwc = firewall_config(&cfg)?;
+    Ruleset::install(&fwc).map_err(|e| step("installing the nftables table")(e.to_string()))?;
+    let fw =
+        NftSets::open(&cfg.firewall.table).map_err(|e| step("nftables netlink")(e.to_string()))?;
+    let mut cc = CaptureConfig::new(cfg.daemon.knock_port);
+    cc.mode = if cfg.daemon.capture == "udp" {
+        CaptureMode::Udp {
+            bind: IpAddr::from([0u16; 8]),
+        }
+    } else {
+        CaptureMode::Packet {
+            interface: cfg.daemon.interface.clone(),
+        }
+    };
+    cc.scan_watch = cfg.ips.scan_ports > 0 && cfg.daemon.capture == "packet";
+    cc.read_timeout = Duration::from_millis(100);
+    let capture = Capture::open(&cc).map_err(|e| step("capture")(e.to_string()))?;
+    let control = ControlSocket::bind(&cfg.daemon.control_socket).map_err(|e| {
+        step("control socket")(format!("{}: {e}", cfg.daemon.control_socket.display()))
+    })?;
+    if let Some(user) = &cfg.daemon.user {
+        let (uid, gid) =
+            crate::privdrop::lookup(user).map_err(|e| step("privileges")(e.to_string()))?;
+        control
+            .chown(uid.as_raw(), gid.as_raw())
+            .map_err(|e| step("control socket owner")(e.to_string()))?;
+    }
+    crate::privdrop::drop_privileges(cfg.daemon.user.as_deref())
+        .map_err(|e| step("dropping privileges")(e.to_string()))?;
+    info!(user = cfg.daemon.user.as_deref().unwrap_or("root"), capabilities = ?crate::privdrop::effective(), "privileges dropped");
+    let trust = TrustWatch::new(trust_files(&cfg));
+    Ok(Setup {
+        cfg,
+        db,
+        fw,
+        capture,
+        control,
+        trust,
+        flags,
+    })
+}
+
+/// The intrusion-prevention state of `[ips]` and `[firewall] management`.
+pub fn ips(cfg: &Config) -> Result<(RateLimiter, Offenses, ScanDetector), StartError> {
+    let allow: Vec<ipnet::IpNet> = cfg
+        .firewall
+        .management
+        .iter()
+        .filter_map(|s| config::parse_cidr(s))
+        .collect();
+    let i = &cfg.ips;
+    let limiter = RateLimiter::new(RateLimitConfig {
+        rate_per_s: i.rate,
+        burst: i.burst,
+        ..RateLimitConfig::default()
+    })
+    .map_err(|e| step("ips")(e.to_string()))?;
+    let offenses = Offenses::new(OffenseConfig {
+        threshold: i.failures,
+        window_ms: i.failure_window * 1000,
+        block_ms: i.block * 1000,
+        allowlist: allow.clone(),
+        ..OffenseConfig::default()
+    })
+    .map_err(|e| step("ips")(e.to_string()))?;
+    let scans = ScanDetector::new(ScanConfig {
+        distinct_ports: usize::try_from(i.scan_ports.max(1)).unwrap_or(10),
+        window_ms: i.scan_window * 1000,
+        block_ms: i.block * 1000,
+        allowlist: allow,
+        ignored_ports: vec![(Transport::Udp, cfg.daemon.knock_port)],
+        ..ScanConfig::default()
+    })
+    .map_err(|e| step("ips")(e.to_string()))?;
+    Ok((limiter, offenses, scans))
+}
+
+/// The services of `[[services]]`.
+pub fn services(cfg: &Config) -> HashMap<String, (ServiceProto, u16)> {
+    cfg.services
+        .iter()
+        .filter_map(|s| Some((s.name.clone(), (ServiceProto::parse(&s.proto)?, s.port))))
+        .collect()
+}
+
+/// Builds a daemon around a gate from a finished setup, runs it, and
+/// cleans up (the firewall table on a clean stop, if configured).
+pub fn run_daemon<G: Gate, H: Hooks>(s: Setup, gate: G, hooks: H) -> Result<(), StartError> {
+    let (limiter, offenses, scans) = ips(&s.cfg)?;
+    let remove = s.cfg.firewall.remove_on_exit;
+    let table = s.cfg.firewall.table.clone();
+    let mut d = Daemon::new(
+        Parts {
+            gate,
+            db: s.db,
+            fw: s.fw,
+            capture: s.capture,
+            services: services(&s.cfg),
+            limiter,
+            offenses,
+            scans,
+            trust: s.trust,
+            control: Some(s.control),
+            flags: s.flags,
+            hooks,
+        },
+        now_ms(),
+    );
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    info!(port = s.cfg.daemon.knock_port, capture = %s.cfg.daemon.capture, mode = %s.cfg.firewall.mode, "ready");
+    let result = d.run().map_err(|e| step("capture")(e.to_string()));
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    if remove {
+        match d.fw.delete_table() {
+            Ok(()) => info!(table = %table, "firewall table removed"),
+            Err(e) => warn!(table = %table, error = %e, "could not remove the firewall table"),
+        }
+    }
+    info!("stopped");
+    result
+}
+
+/// `spa-server run`.
+pub fn run(config_path: &Path) -> Result<(), StartError> {
+    let cfg = load_config(config_path, Role::Green)?;
+    crate::logging::init(&cfg.daemon.log_format);
+    let mut keys = Vec::new();
+    for k in &cfg.daemon.keys {
+        keys.push(spa_keys::read_receiver_key(k).map_err(|e| step("receiver key")(e.to_string()))?);
+    }
+    let store = TrustWatch::new(trust_files(&cfg))
+        .load()
+        .map_err(|e| step("trust")(e.to_string()))?;
+    let verifier = KnockVerifier::new(keys, store, policy(&cfg), limits(&cfg));
+    let s = setup(cfg)?;
+    run_daemon(s, verifier, NoHooks)
+}
