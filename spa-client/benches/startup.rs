@@ -37,7 +37,9 @@ fn time_one(cmd: &mut Command, sock: &UdpSocket) -> Duration {
 
 fn setup(dir: &Path, port: u16) -> PathBuf {
     let ca = TestCa::new("spa bench root").expect("ca");
-    let (cert, key) = ca.issue(&ClientCertSpec::new("alice", KeyAlg::Ed25519, 1)).expect("issue");
+    let (cert, key) = ca
+        .issue(&ClientCertSpec::new("alice", KeyAlg::Ed25519, 1))
+        .expect("issue");
     let kp = dir.join("alice.key");
     std::fs::write(&kp, spa_keys::pem_encode("PRIVATE KEY", &key)).expect("write");
     std::fs::set_permissions(&kp, std::fs::Permissions::from_mode(0o600)).expect("chmod");
@@ -63,7 +65,8 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("spa-startup-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    sock.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     let port = sock.local_addr().expect("addr").port();
     let cfg = setup(&dir, port);
 
@@ -93,8 +96,23 @@ fn main() {
             .map(|_| {
                 time_one(
                     Command::new("fwknop")
-                        .args(["-A", "tcp/22", "-a", "127.0.0.1", "-D", "127.0.0.1", "-p", &port_s])
-                        .args(["--use-hmac", "--key-base64-rijndael", key, "--key-base64-hmac", hmac])
+                        .args([
+                            "-A",
+                            "tcp/22",
+                            "-a",
+                            "127.0.0.1",
+                            "-D",
+                            "127.0.0.1",
+                            "-p",
+                            &port_s,
+                        ])
+                        .args([
+                            "--use-hmac",
+                            "--key-base64-rijndael",
+                            key,
+                            "--key-base64-hmac",
+                            hmac,
+                        ])
                         .arg("--no-save-args")
                         .arg("--rc-file")
                         .arg(&rc)

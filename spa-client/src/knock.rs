@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs,
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use proto_spec::body::{MessageType, OpenFor, is_valid_service_name, MAX_SERVICE_NAME};
+use proto_spec::body::{MAX_SERVICE_NAME, MessageType, OpenFor, is_valid_service_name};
 use proto_spec::keys::ReceiverPublicKey;
 use proto_spec::seal::{KnockRequest, SealKnockError, seal_knock};
 use proto_spec::sign::Signer;
@@ -49,7 +49,9 @@ pub fn parse_pin_source(s: &str) -> Result<PinSource, ClientError> {
     if let Some(v) = s.strip_prefix("env:") {
         Ok(PinSource::Env(v.to_owned()))
     } else if let Some(p) = s.strip_prefix("file:") {
-        Ok(PinSource::File(crate::profile::expand_home(std::path::Path::new(p))))
+        Ok(PinSource::File(crate::profile::expand_home(
+            std::path::Path::new(p),
+        )))
     } else if s == "prompt" {
         Ok(PinSource::Prompt)
     } else {

@@ -157,11 +157,7 @@ pub fn load_config(path: Option<&Path>) -> Result<(ConfigFile, Option<PathBuf>),
         }
     };
     let cfg: ConfigFile = toml::from_str(&text).map_err(|e| {
-        ClientError::config(format!(
-            "configuration {}: {}",
-            path.display(),
-            e.message()
-        ))
+        ClientError::config(format!("configuration {}: {}", path.display(), e.message()))
     })?;
     Ok((cfg, Some(path)))
 }
@@ -169,8 +165,15 @@ pub fn load_config(path: Option<&Path>) -> Result<(ConfigFile, Option<PathBuf>),
 impl ConfigFile {
     /// The named profile, or the default one, or an empty profile when the
     /// file names none and no profile was asked for.
-    pub fn select(&self, name: Option<&str>, path: Option<&Path>) -> Result<(String, Profile), ClientError> {
-        let where_ = path.map_or_else(|| "(no configuration file)".to_owned(), |p| p.display().to_string());
+    pub fn select(
+        &self,
+        name: Option<&str>,
+        path: Option<&Path>,
+    ) -> Result<(String, Profile), ClientError> {
+        let where_ = path.map_or_else(
+            || "(no configuration file)".to_owned(),
+            |p| p.display().to_string(),
+        );
         match name.or(self.default.as_deref()) {
             Some(n) => self
                 .profiles

@@ -7,7 +7,9 @@ use proto_spec::body::{MessageType, OpenFor};
 use proto_spec::sign::SignatureAlgorithm;
 use serde_json::{Value, json};
 
-use crate::cli::{Algorithm, Cli, Command, KeygenArgs, SendArgs, SendKind, TokenArgs, TokenCommand};
+use crate::cli::{
+    Algorithm, Cli, Command, KeygenArgs, SendArgs, SendKind, TokenArgs, TokenCommand,
+};
 use crate::exit::{ClientError, ExitCode};
 use crate::knock::{self, KnockPlan, SignerSpec};
 use crate::profile::{self, AllowIp, DEFAULT_LIFETIME_S, DEFAULT_PORT};
@@ -72,22 +74,41 @@ fn send(cli: &Cli, a: &SendArgs) -> Result<Report, ClientError> {
 
     let server = required(a.server.clone().or(p.server.clone()), "server", &pname)?;
     let port = a.port.or(p.port).unwrap_or(DEFAULT_PORT);
-    let key_text = required(a.server_key.clone().or(p.server_key.clone()), "server key", &pname)?;
+    let key_text = required(
+        a.server_key.clone().or(p.server_key.clone()),
+        "server key",
+        &pname,
+    )?;
     let server_key = spa_keys::decode_public_key(&key_text)
         .map_err(|e| ClientError::config(format!("server key: {e}")))?;
-    let allow = AllowIp::parse(a.allow_ip.as_deref().or(p.allow_ip.as_deref()).unwrap_or("auto"))?;
+    let allow = AllowIp::parse(
+        a.allow_ip
+            .as_deref()
+            .or(p.allow_ip.as_deref())
+            .unwrap_or("auto"),
+    )?;
     let lifetime = a.lifetime.or(p.lifetime).unwrap_or(DEFAULT_LIFETIME_S);
 
     let (msg_type, services) = match &a.kind {
-        SendKind::Open { services } if !services.is_empty() => (MessageType::OpenTunnel, services.clone()),
-        SendKind::Open { .. } if !p.services.is_empty() => (MessageType::OpenTunnel, p.services.clone()),
+        SendKind::Open { services } if !services.is_empty() => {
+            (MessageType::OpenTunnel, services.clone())
+        }
+        SendKind::Open { .. } if !p.services.is_empty() => {
+            (MessageType::OpenTunnel, p.services.clone())
+        }
         SendKind::Open { .. } => (MessageType::OpenTunnel, vec!["tunnel".to_owned()]),
         SendKind::Request { services } => (MessageType::RequestService, services.clone()),
         SendKind::Close => (MessageType::Close, vec![]),
     };
     knock::check_services(&services)?;
-    let lifetime_s = if msg_type == MessageType::Close { 0 } else { lifetime };
-    if msg_type != MessageType::Close && !(1..=proto_spec::body::MAX_LIFETIME_S).contains(&lifetime_s) {
+    let lifetime_s = if msg_type == MessageType::Close {
+        0
+    } else {
+        lifetime
+    };
+    if msg_type != MessageType::Close
+        && !(1..=proto_spec::body::MAX_LIFETIME_S).contains(&lifetime_s)
+    {
         return Err(ClientError::config(format!(
             "lifetime {lifetime_s} s is outside 1..={} s",
             proto_spec::body::MAX_LIFETIME_S
@@ -95,7 +116,11 @@ fn send(cli: &Cli, a: &SendArgs) -> Result<Report, ClientError> {
     }
 
     // The signer: flags, then the profile's key file, then its token.
-    let cert = a.cert.clone().or(p.certificate.clone()).map(|c| profile::expand_home(&c));
+    let cert = a
+        .cert
+        .clone()
+        .or(p.certificate.clone())
+        .map(|c| profile::expand_home(&c));
     // A --key flag wins; then the profile's token; then its key file.
     let software = |key: &std::path::Path| -> Result<SignerSpec, ClientError> {
         Ok(SignerSpec::Software {
@@ -116,7 +141,10 @@ fn send(cli: &Cli, a: &SendArgs) -> Result<Report, ClientError> {
 
     // Session and timestamp state (SPEC §4.1, §7.5).
     let state_path = state::state_path(&pname);
-    let mut st = state_path.as_deref().map(ClientState::load).unwrap_or_default();
+    let mut st = state_path
+        .as_deref()
+        .map(ClientState::load)
+        .unwrap_or_default();
     let session_id: [u8; 16] = match (&a.session, msg_type) {
         (Some(h), _) => hex::decode(h)
             .ok()
@@ -179,12 +207,21 @@ fn send(cli: &Cli, a: &SendArgs) -> Result<Report, ClientError> {
             names.join(" "),
             hex::encode(&datagram)
         );
-        return Ok(Report { code: ExitCode::Ok, human, json: out, raw: None });
+        return Ok(Report {
+            code: ExitCode::Ok,
+            human,
+            json: out,
+            raw: None,
+        });
     }
 
     knock::send(&sock, &datagram)?;
     // The state is saved only once the knock is on the wire.
-    st.session_id = if msg_type == MessageType::Close { None } else { Some(session_id) };
+    st.session_id = if msg_type == MessageType::Close {
+        None
+    } else {
+        Some(session_id)
+    };
     let save = |st: &ClientState| match &state_path {
         Some(path) => st.save(path),
         None => Ok(()),
@@ -207,12 +244,19 @@ fn send(cli: &Cli, a: &SendArgs) -> Result<Report, ClientError> {
     if let Some(wait_port) = a.wait {
         let timeout = Duration::from_secs_f64(a.wait_timeout.max(0.0));
         let resend_every = Duration::from_millis(1500).min(timeout / (a.resend + 1).max(1));
-        let result = knock::wait_for_port(addr.ip(), wait_port, timeout, resend_every, a.resend, || {
-            plan.timestamp_ms = st.next_timestamp(knock::now_ms());
-            let d = knock::seal(signer.as_ref(), &server_key, &plan)?;
-            knock::send(&sock, &d)?;
-            save(&st)
-        })?;
+        let result = knock::wait_for_port(
+            addr.ip(),
+            wait_port,
+            timeout,
+            resend_every,
+            a.resend,
+            || {
+                plan.timestamp_ms = st.next_timestamp(knock::now_ms());
+                let d = knock::seal(signer.as_ref(), &server_key, &plan)?;
+                knock::send(&sock, &d)?;
+                save(&st)
+            },
+        )?;
         match result {
             Some(resends) => {
                 out["opened"] = json!(true);
@@ -231,7 +275,12 @@ fn send(cli: &Cli, a: &SendArgs) -> Result<Report, ClientError> {
             }
         }
     }
-    Ok(Report { code, human, json: out, raw: None })
+    Ok(Report {
+        code,
+        human,
+        json: out,
+        raw: None,
+    })
 }
 
 fn keygen(a: &KeygenArgs) -> Result<Report, ClientError> {
@@ -265,14 +314,24 @@ fn keygen(a: &KeygenArgs) -> Result<Report, ClientError> {
         out["csr"] = json!(csr_path.display().to_string());
         human.push_str(&format!(" and {}", csr_path.display()));
     }
-    Ok(Report { code: ExitCode::Ok, human, json: out, raw: None })
+    Ok(Report {
+        code: ExitCode::Ok,
+        human,
+        json: out,
+        raw: None,
+    })
 }
 
 /// Subject CN and optional e-mail SAN.
-pub fn csr_params(name: &str, email: Option<&str>) -> Result<rcgen::CertificateParams, ClientError> {
+pub fn csr_params(
+    name: &str,
+    email: Option<&str>,
+) -> Result<rcgen::CertificateParams, ClientError> {
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
     if let Some(e) = email {
         params.subject_alt_names = vec![rcgen::SanType::Rfc822Name(
             e.to_owned()
@@ -287,7 +346,9 @@ fn token_selector(t: &TokenArgs) -> Result<TokenSelector, ClientError> {
     match (&t.token, &t.token_serial) {
         (Some(l), None) => Ok(TokenSelector::Label(l.clone())),
         (None, Some(s)) => Ok(TokenSelector::Serial(s.clone())),
-        _ => Err(ClientError::config("give --token LABEL or --token-serial SERIAL")),
+        _ => Err(ClientError::config(
+            "give --token LABEL or --token-serial SERIAL",
+        )),
     }
 }
 
@@ -301,45 +362,87 @@ fn token(cmd: &TokenCommand) -> Result<Report, ClientError> {
             let tokens = p11::list_tokens(module).map_err(signer_err)?;
             let human = tokens
                 .iter()
-                .map(|t| format!("slot {}: '{}' serial {} ({} {})", t.slot, t.label, t.serial, t.manufacturer, t.model))
+                .map(|t| {
+                    format!(
+                        "slot {}: '{}' serial {} ({} {})",
+                        t.slot, t.label, t.serial, t.manufacturer, t.model
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join("\n");
             let json = json!({"ok": true, "tokens": tokens.iter().map(|t| json!({
                 "slot": t.slot, "label": t.label, "serial": t.serial,
                 "manufacturer": t.manufacturer, "model": t.model})).collect::<Vec<_>>()});
-            Ok(Report { code: ExitCode::Ok, human, json, raw: None })
+            Ok(Report {
+                code: ExitCode::Ok,
+                human,
+                json,
+                raw: None,
+            })
         }
-        TokenCommand::Keygen { token, label, id, algorithm } => {
+        TokenCommand::Keygen {
+            token,
+            label,
+            id,
+            algorithm,
+        } => {
             let id_bytes = if id.is_empty() {
                 Vec::new()
             } else {
-                hex::decode(id).map_err(|e| ClientError::config(format!("--id '{id}' is not hex: {e}")))?
+                hex::decode(id)
+                    .map_err(|e| ClientError::config(format!("--id '{id}' is not hex: {e}")))?
             };
             let alg = match algorithm {
                 Algorithm::Ed25519 => SignatureAlgorithm::Ed25519,
                 Algorithm::P256 => SignatureAlgorithm::EcdsaP256Sha256,
             };
             let pin = knock::parse_pin_source(&token.pin)?;
-            let key = p11::generate_key_pair(&token.module, &token_selector(token)?, label, &id_bytes, alg, &pin)
-                .map_err(signer_err)?;
+            let key = p11::generate_key_pair(
+                &token.module,
+                &token_selector(token)?,
+                label,
+                &id_bytes,
+                alg,
+                &pin,
+            )
+            .map_err(signer_err)?;
             let human = format!(
                 "generated a {} key '{}' on token '{}'",
-                match alg { SignatureAlgorithm::Ed25519 => "Ed25519", SignatureAlgorithm::EcdsaP256Sha256 => "P-256" },
+                match alg {
+                    SignatureAlgorithm::Ed25519 => "Ed25519",
+                    SignatureAlgorithm::EcdsaP256Sha256 => "P-256",
+                },
                 label,
                 key.token_label()
             );
-            Ok(Report { code: ExitCode::Ok, human, json: json!({"ok": true, "label": label, "id": hex::encode(key.id())}), raw: None })
+            Ok(Report {
+                code: ExitCode::Ok,
+                human,
+                json: json!({"ok": true, "label": label, "id": hex::encode(key.id())}),
+                raw: None,
+            })
         }
-        TokenCommand::Csr { token, label, id, name, email, out } => {
+        TokenCommand::Csr {
+            token,
+            label,
+            id,
+            name,
+            email,
+            out,
+        } => {
             let key = match (label, id) {
                 (Some(l), None) => KeySelector::Label(l.clone()),
-                (None, Some(i)) => KeySelector::id_hex(i).map_err(|e| ClientError::config(format!("--id '{i}' is not hex: {e}")))?,
+                (None, Some(i)) => KeySelector::id_hex(i)
+                    .map_err(|e| ClientError::config(format!("--id '{i}' is not hex: {e}")))?,
                 _ => return Err(ClientError::config("give --label or --id")),
             };
             let pin = knock::parse_pin_source(&token.pin)?;
             let params = csr_params(name, email.as_deref())?;
-            let csr = p11::csr(&token.module, &token_selector(token)?, &key, &pin, &params).map_err(signer_err)?;
-            let pem = csr.pem().map_err(|e| ClientError::failure(format!("encoding the CSR: {e}")))?;
+            let csr = p11::csr(&token.module, &token_selector(token)?, &key, &pin, &params)
+                .map_err(signer_err)?;
+            let pem = csr
+                .pem()
+                .map_err(|e| ClientError::failure(format!("encoding the CSR: {e}")))?;
             spa_keys::write_public_file(out, pem.as_bytes())?;
             Ok(Report {
                 code: ExitCode::Ok,

@@ -32,7 +32,13 @@ pub fn state_dir() -> Option<PathBuf> {
 pub fn state_path(profile: &str) -> Option<PathBuf> {
     let safe: String = profile
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     state_dir().map(|d| d.join(format!("{safe}.state")))
 }

@@ -32,7 +32,10 @@ impl Env {
         let dir = std::env::temp_dir().join(format!("spa-client-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("state")).expect("dir");
-        Self { dir, ca: TestCa::new("spa test root").expect("ca") }
+        Self {
+            dir,
+            ca: TestCa::new("spa test root").expect("ca"),
+        }
     }
 
     fn path(&self, f: &str) -> PathBuf {
@@ -41,7 +44,10 @@ impl Env {
 
     /// Writes alice's key (0600) and certificate; returns (key, cert).
     fn client(&self, alg: KeyAlg, cn: &str) -> (PathBuf, PathBuf) {
-        let (cert, key) = self.ca.issue(&ClientCertSpec::new(cn, alg, 77)).expect("issue");
+        let (cert, key) = self
+            .ca
+            .issue(&ClientCertSpec::new(cn, alg, 77))
+            .expect("issue");
         let kp = self.path(&format!("{cn}-{alg:?}.key"));
         let cp = self.path(&format!("{cn}-{alg:?}.crt"));
         std::fs::write(&kp, pem("PRIVATE KEY", &key)).expect("write");
@@ -102,7 +108,8 @@ impl Drop for Env {
 
 fn listener() -> (UdpSocket, u16) {
     let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     let port = s.local_addr().expect("addr").port();
     (s, port)
 }
@@ -120,7 +127,13 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-fn verify(env: &Env, v: &mut KnockVerifier, r: &mut MemoryReplayState, d: &[u8], from: IpAddr) -> Knock {
+fn verify(
+    env: &Env,
+    v: &mut KnockVerifier,
+    r: &mut MemoryReplayState,
+    d: &[u8],
+    from: IpAddr,
+) -> Knock {
     let _ = env;
     v.verify(d, from, now_ms(), r).expect("the knock verifies")
 }
@@ -145,7 +158,11 @@ fn send_open_request_close_verify_for_software_keys() {
         let k = verify(&env, &mut green, &mut replay, &d, from.ip());
         assert_eq!(k.msg_type, MessageType::OpenTunnel);
         assert_eq!(k.services, vec!["tunnel"]);
-        assert_eq!(k.open_for, "127.0.0.1".parse::<IpAddr>().expect("ip"), "auto = the source address");
+        assert_eq!(
+            k.open_for,
+            "127.0.0.1".parse::<IpAddr>().expect("ip"),
+            "auto = the source address"
+        );
         assert!(!k.source_mode);
 
         let o = env.run(&cfg, &["--json", "send", "request", "ssh", "web"]);
@@ -154,7 +171,10 @@ fn send_open_request_close_verify_for_software_keys() {
         assert_eq!(j["ok"], true);
         let (d, from) = receive(&sock);
         let r = verify(&env, &mut green, &mut replay, &d, from.ip());
-        assert_eq!(r.session_id, k.session_id, "request carries the open's session");
+        assert_eq!(
+            r.session_id, k.session_id,
+            "request carries the open's session"
+        );
         assert_eq!(r.services, vec!["ssh", "web"]);
         assert!(r.timestamp_ms > k.timestamp_ms);
 
@@ -186,14 +206,27 @@ fn dry_run_prints_and_sends_nothing() {
     assert_eq!(j["dry_run"], true);
     let d = hex::decode(j["datagram"].as_str().expect("hex")).expect("hex");
     assert_eq!(d.len() as u64, j["bytes"].as_u64().expect("n"));
-    assert!(j["identity"].as_array().expect("names").iter().any(|n| n == "cn:alice"));
-    sock.set_read_timeout(Some(Duration::from_millis(300))).expect("t");
+    assert!(
+        j["identity"]
+            .as_array()
+            .expect("names")
+            .iter()
+            .any(|n| n == "cn:alice")
+    );
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("t");
     let mut buf = [0u8; 16];
     assert!(sock.recv_from(&mut buf).is_err(), "dry run sends nothing");
     // The printed datagram is a valid knock.
     let mut green = env.green();
     let mut replay = MemoryReplayState::default();
-    verify(&env, &mut green, &mut replay, &d, "127.0.0.1".parse().expect("ip"));
+    verify(
+        &env,
+        &mut green,
+        &mut replay,
+        &d,
+        "127.0.0.1".parse().expect("ip"),
+    );
 }
 
 #[test]
@@ -211,22 +244,46 @@ fn wait_succeeds_when_the_port_opens_after_the_knock() {
     let server = std::thread::spawn(move || {
         let mut green = KnockVerifier::new(
             vec![testkit::receiver_key("green")],
-            TrustStore::new(&TrustConfig { anchors: vec![ca_der], ..TrustConfig::default() }).expect("trust"),
+            TrustStore::new(&TrustConfig {
+                anchors: vec![ca_der],
+                ..TrustConfig::default()
+            })
+            .expect("trust"),
             Policy {
-                rules: vec![Rule { identity: IdentityPattern::Any, services: ServiceSet::All }],
+                rules: vec![Rule {
+                    identity: IdentityPattern::Any,
+                    services: ServiceSet::All,
+                }],
                 ..Policy::default()
             },
             TimeLimits::default(),
         );
         let mut replay = MemoryReplayState::default();
         let (d, from) = receive(&sock);
-        green.verify(&d, from.ip(), now_ms(), &mut replay).expect("valid");
+        green
+            .verify(&d, from.ip(), now_ms(), &mut replay)
+            .expect("valid");
         std::thread::sleep(Duration::from_millis(400));
         let l = TcpListener::bind(("127.0.0.1", tcp_port)).expect("rebind");
         let _ = l.accept();
     });
-    let o = env.run(&cfg, &["send", "--wait", &tcp_port.to_string(), "--wait-timeout", "8", "open"]);
-    assert!(o.status.success(), "exit {:?}: {}", o.status.code(), stderr(&o));
+    let o = env.run(
+        &cfg,
+        &[
+            "send",
+            "--wait",
+            &tcp_port.to_string(),
+            "--wait-timeout",
+            "8",
+            "open",
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "exit {:?}: {}",
+        o.status.code(),
+        stderr(&o)
+    );
     assert!(String::from_utf8_lossy(&o.stdout).contains("is open"));
     server.join().expect("server thread");
 }
@@ -241,7 +298,19 @@ fn wait_times_out_with_exit_5_and_resends_fresh_knocks() {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
     };
-    let o = env.run(&cfg, &["send", "--wait", &closed.to_string(), "--wait-timeout", "2", "--resend", "2", "open"]);
+    let o = env.run(
+        &cfg,
+        &[
+            "send",
+            "--wait",
+            &closed.to_string(),
+            "--wait-timeout",
+            "2",
+            "--resend",
+            "2",
+            "open",
+        ],
+    );
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
     assert!(stderr(&o).contains("did not open"));
     // The first knock and two fresh resends, each valid and newer.
@@ -267,32 +336,86 @@ fn bad_inputs_give_one_line_and_their_exit_code() {
         assert!(e.contains(needle), "{args:?}: expected '{needle}' in: {e}");
         assert_eq!(e.trim_end().lines().count(), 1, "{args:?}: one line: {e}");
     };
-    check(&["-p", "nope", "send", "open"], &cfg, 2, "unknown profile 'nope'");
-    check(&["send", "--server-key", "not base64!", "open"], &cfg, 2, "server key");
-    check(&["send", "--server-key", "AAAA", "open"], &cfg, 2, "server key");
-    check(&["send", "--key", "/nonexistent/key.pem", "open"], &cfg, 2, "/nonexistent/key.pem");
+    check(
+        &["-p", "nope", "send", "open"],
+        &cfg,
+        2,
+        "unknown profile 'nope'",
+    );
+    check(
+        &["send", "--server-key", "not base64!", "open"],
+        &cfg,
+        2,
+        "server key",
+    );
+    check(
+        &["send", "--server-key", "AAAA", "open"],
+        &cfg,
+        2,
+        "server key",
+    );
+    check(
+        &["send", "--key", "/nonexistent/key.pem", "open"],
+        &cfg,
+        2,
+        "/nonexistent/key.pem",
+    );
     let open_key = env.path("open.key");
     std::fs::copy(&key, &open_key).expect("copy");
     std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    check(&["send", "--key", open_key.to_str().expect("utf8"), "open"], &cfg, 2, "chmod 600");
-    check(&["send", "--cert", p256_cert.to_str().expect("utf8"), "open"], &cfg, 2, "match");
-    check(&["send", "request", &"a".repeat(33)], &cfg, 2, "service name");
+    check(
+        &["send", "--key", open_key.to_str().expect("utf8"), "open"],
+        &cfg,
+        2,
+        "chmod 600",
+    );
+    check(
+        &["send", "--cert", p256_cert.to_str().expect("utf8"), "open"],
+        &cfg,
+        2,
+        "match",
+    );
+    check(
+        &["send", "request", &"a".repeat(33)],
+        &cfg,
+        2,
+        "service name",
+    );
     check(&["send", "open", "Bad_Name"], &cfg, 2, "service name");
     check(&["send", "--lifetime", "0", "open"], &cfg, 2, "lifetime");
-    check(&["send", "--allow-ip", "nowhere", "open"], &cfg, 2, "allow-ip");
-    check(&["send", "--session", "xyz", "request", "ssh"], &cfg, 2, "--session");
+    check(
+        &["send", "--allow-ip", "nowhere", "open"],
+        &cfg,
+        2,
+        "allow-ip",
+    );
+    check(
+        &["send", "--session", "xyz", "request", "ssh"],
+        &cfg,
+        2,
+        "--session",
+    );
 
     // A certificate so large that the knock would exceed the size limit.
     let kp = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&key).expect("key")).expect("kp");
     let mut params = rcgen::CertificateParams::new(
-        (0..40).map(|i| format!("host{i}.a-rather-long-domain-name.example.org")).collect::<Vec<_>>(),
+        (0..40)
+            .map(|i| format!("host{i}.a-rather-long-domain-name.example.org"))
+            .collect::<Vec<_>>(),
     )
     .expect("params");
-    params.distinguished_name.push(rcgen::DnType::CommonName, "alice");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "alice");
     let big = params.self_signed(&kp).expect("cert");
     let big_path = env.path("big.crt");
     std::fs::write(&big_path, big.pem()).expect("write");
-    check(&["send", "--cert", big_path.to_str().expect("utf8"), "open"], &cfg, 2, "byte limit");
+    check(
+        &["send", "--cert", big_path.to_str().expect("utf8"), "open"],
+        &cfg,
+        2,
+        "byte limit",
+    );
     // A configuration file that does not parse.
     let broken = env.path("broken.toml");
     std::fs::write(&broken, "[profiles.x\nserver=").expect("write");
@@ -303,7 +426,12 @@ fn bad_inputs_give_one_line_and_their_exit_code() {
 fn unresolvable_host_is_a_network_error() {
     // Run in a new network namespace with no interfaces up: resolution fails
     // at once and no query can leave this machine.
-    if Command::new("unshare").args(["--net", "true"]).status().map(|s| !s.success()).unwrap_or(true) {
+    if Command::new("unshare")
+        .args(["--net", "true"])
+        .status()
+        .map(|s| !s.success())
+        .unwrap_or(true)
+    {
         panic!("this test needs `unshare --net` (util-linux) and root, as CI has");
     }
     let env = Env::new("dns");
@@ -317,12 +445,19 @@ fn unresolvable_host_is_a_network_error() {
         .output()
         .expect("run");
     assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
-    assert!(stderr(&o).contains("cannot resolve server 'green.spa-test.invalid'"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cannot resolve server 'green.spa-test.invalid'"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn help_man_and_completions_come_from_the_same_definitions() {
-    let o = Command::new(BIN).args(["send", "--help"]).output().expect("run");
+    let o = Command::new(BIN)
+        .args(["send", "--help"])
+        .output()
+        .expect("run");
     assert!(o.status.success());
     let h = String::from_utf8_lossy(&o.stdout);
     assert!(h.contains("Examples:") && h.contains("--wait"));
@@ -331,7 +466,10 @@ fn help_man_and_completions_come_from_the_same_definitions() {
     let o = Command::new(BIN).arg("man").output().expect("run");
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains(".TH spa-client"));
     for shell in ["bash", "zsh", "fish"] {
-        let o = Command::new(BIN).args(["completions", shell]).output().expect("run");
+        let o = Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .expect("run");
         assert!(o.status.success() && !o.stdout.is_empty(), "{shell}");
     }
 }

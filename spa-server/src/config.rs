@@ -378,38 +378,18 @@ pub fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
         .or_else(|| s.parse::<IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
-/// A transport protocol of a service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ServiceProto {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
+/// A service's transport protocol: the crate's one protocol type.
+pub use crate::nft::Proto as ServiceProto;
 
-impl ServiceProto {
-    /// Parses "tcp" or "udp".
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "tcp" => Some(Self::Tcp),
-            "udp" => Some(Self::Udp),
-            _ => None,
-        }
-    }
-
-    /// "tcp" or "udp".
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Tcp => "tcp",
-            Self::Udp => "udp",
-        }
-    }
+/// Parses "tcp" or "udp".
+pub fn parse_proto(s: &str) -> Option<ServiceProto> {
+    s.parse().ok()
 }
 
 /// Parses "tcp/22".
 pub fn parse_port_spec(s: &str) -> Option<(ServiceProto, u16)> {
     let (p, n) = s.split_once('/')?;
-    Some((ServiceProto::parse(p)?, n.parse().ok().filter(|&n| n != 0)?))
+    Some((parse_proto(p)?, n.parse().ok().filter(|&n| n != 0)?))
 }
 
 /// Reads and parses a file; a TOML error names the line and column.
@@ -603,7 +583,7 @@ impl Config {
                     format!("'{}' is defined twice", s.name),
                 );
             }
-            if ServiceProto::parse(&s.proto).is_none() {
+            if parse_proto(&s.proto).is_none() {
                 bad(
                     format!("services[{i}].proto"),
                     format!("'{}': use \"tcp\" or \"udp\"", s.proto),

@@ -22,7 +22,7 @@ use crate::counters::Counters;
 use crate::ctl::ControlSocket;
 use crate::gate::{Decision, Gate};
 use crate::ips::{BlockDecision, FailureKind, Offenses, RateLimiter, ScanDetector, Transport};
-use crate::nft::{NftSets, Proto};
+use crate::nft::NftSets;
 use crate::pki::{TrustFiles, load_trust};
 use crate::store::ReplayDb;
 
@@ -203,20 +203,6 @@ impl<G: Gate, H: Hooks> std::fmt::Debug for Daemon<G, H> {
     }
 }
 
-fn fw_proto(p: ServiceProto) -> Proto {
-    match p {
-        ServiceProto::Tcp => Proto::Tcp,
-        ServiceProto::Udp => Proto::Udp,
-    }
-}
-
-fn transport(p: ServiceProto) -> Transport {
-    match p {
-        ServiceProto::Tcp => Transport::Tcp,
-        ServiceProto::Udp => Transport::Udp,
-    }
-}
-
 fn hex16(s: &[u8; 16]) -> String {
     s.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -348,10 +334,9 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
                     let Some(&(proto, port)) = self.services.get(name) else {
                         continue;
                     };
-                    match self.fw.allow(*addr, fw_proto(proto), port, timeout) {
+                    match self.fw.allow(*addr, proto, port, timeout) {
                         Ok(()) => {
-                            self.scans
-                                .note_allowed(*addr, transport(proto), port, now, expires_ms);
+                            self.scans.note_allowed(*addr, proto, port, now, expires_ms);
                             opened.push(Opening {
                                 service: name.clone(),
                                 proto,
@@ -407,7 +392,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             return false;
         };
         for o in &s.openings {
-            if let Err(e) = self.fw.revoke(s.addr, fw_proto(o.proto), o.port) {
+            if let Err(e) = self.fw.revoke(s.addr, o.proto, o.port) {
                 warn!(src = %s.addr, error = %e, "firewall: could not close {}", o.service);
             }
         }

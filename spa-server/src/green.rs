@@ -20,7 +20,7 @@ use crate::gate::Gate;
 use crate::ips::{
     OffenseConfig, Offenses, RateLimitConfig, RateLimiter, ScanConfig, ScanDetector, Transport,
 };
-use crate::nft::{FirewallConfig, Mode, NftSets, Proto, Ruleset, TableName};
+use crate::nft::{FirewallConfig, Mode, NftSets, Ruleset, TableName};
 use crate::store::ReplayDb;
 
 /// Why the daemon could not start. One line each.
@@ -84,13 +84,6 @@ pub fn limits(cfg: &Config) -> TimeLimits {
     }
 }
 
-fn proto(p: ServiceProto) -> Proto {
-    match p {
-        ServiceProto::Tcp => Proto::Tcp,
-        ServiceProto::Udp => Proto::Udp,
-    }
-}
-
 /// The nftables configuration of `[firewall]`.
 pub fn firewall_config(cfg: &Config) -> Result<FirewallConfig, StartError> {
     let f = &cfg.firewall;
@@ -100,7 +93,6 @@ pub fn firewall_config(cfg: &Config) -> Result<FirewallConfig, StartError> {
                 .protect_ports
                 .iter()
                 .filter_map(|s| config::parse_port_spec(s))
-                .map(|(p, n)| (proto(p), n))
                 .collect(),
         }
     } else {
@@ -239,7 +231,7 @@ pub fn ips(cfg: &Config) -> Result<(RateLimiter, Offenses, ScanDetector), StartE
 pub fn services(cfg: &Config) -> HashMap<String, (ServiceProto, u16)> {
     cfg.services
         .iter()
-        .filter_map(|s| Some((s.name.clone(), (ServiceProto::parse(&s.proto)?, s.port))))
+        .filter_map(|s| Some((s.name.clone(), (config::parse_proto(&s.proto)?, s.port))))
         .collect()
 }
 

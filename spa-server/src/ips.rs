@@ -768,14 +768,8 @@ impl Offenses {
 // ---------------------------------------------------------------------------
 // Scans
 
-/// The transport of a probe or an allowance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    /// TCP (a SYN to a closed port).
-    Tcp,
-    /// UDP (a datagram to a closed port).
-    Udp,
-}
+/// The transport of a probe or an allowance: the crate's one protocol type.
+pub use crate::nft::Proto as Transport;
 
 fn port_key(t: Transport, port: u16) -> u32 {
     let hi = match t {

@@ -115,14 +115,9 @@ impl CaptureConfig {
     }
 }
 
-/// Transport protocol of a probe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Proto {
-    /// A TCP SYN without ACK.
-    Tcp,
-    /// A UDP datagram to a port other than the knock port.
-    Udp,
-}
+/// Transport protocol of a probe (a TCP SYN without ACK, or a UDP datagram
+/// to a port other than the knock port): the crate's one protocol type.
+pub use crate::nft::Proto;
 
 /// Something seen on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
