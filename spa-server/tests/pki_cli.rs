@@ -483,7 +483,7 @@ fn other_mistakes_are_one_clear_line() {
 }
 
 #[test]
-fn list_and_the_missing_daemon() {
+fn list_and_no_command() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let d = tmp.path();
     setup(d);
@@ -507,7 +507,8 @@ fn list_and_the_missing_daemon() {
     assert!(lines[0].ends_with("\tclient\talice"), "{out}");
     assert!(lines[1].starts_with("2\trevoked "), "{out}");
     assert!(lines[1].contains("(superseded)"), "{out}");
+    // Without a command: usage on stderr, exit 2 (clap).
     let out = spa(d, &[]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented yet"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Usage"));
 }
