@@ -162,8 +162,9 @@ pub struct Daemon<G: Gate, H: Hooks> {
     pub db: ReplayDb,
     /// The firewall's sets.
     pub fw: NftSets,
-    /// Capture.
-    pub capture: Capture,
+    /// Capture (taken out while a batch is handled, so events are handled
+    /// straight from the capture buffer without copying).
+    pub capture: Option<Capture>,
     /// Services by name.
     pub services: HashMap<String, (ServiceProto, u16)>,
     /// Open sessions.
@@ -243,7 +244,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             gate: p.gate,
             db: p.db,
             fw: p.fw,
-            capture: p.capture,
+            capture: Some(p.capture),
             services: p.services,
             sessions: HashMap::new(),
             limiter: p.limiter,
@@ -265,15 +266,17 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
     /// Runs until SIGTERM/SIGINT.
     pub fn run(&mut self) -> Result<(), crate::capture::CaptureError> {
         while !self.flags.stop.load(Ordering::Relaxed) {
-            let mut events: Vec<Owned> = Vec::new();
-            self.capture.poll(|ev| events.push(Owned::from(ev)))?;
-            let now = now_ms();
-            for ev in events {
-                match ev {
-                    Owned::Knock { src, payload } => self.handle_datagram(src, &payload, now),
-                    Owned::Probe { src, proto, port } => self.handle_probe(src, proto, port, now),
+            let Some(mut capture) = self.capture.take() else {
+                break;
+            };
+            let polled = capture.poll(|ev| match ev {
+                Event::Knock { src, payload, .. } => self.handle_datagram(src, payload, now_ms()),
+                Event::Probe { src, dst_port, proto } => {
+                    self.handle_probe(src, proto, dst_port, now_ms())
                 }
-            }
+            });
+            self.capture = Some(capture);
+            polled?;
             self.housekeeping(now_ms());
         }
         Ok(())
@@ -502,6 +505,16 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
                 "expires_in_s": until.saturating_sub(now).div_ceil(1000),
             })).collect::<Vec<_>>(),
             "counters": self.counters.all(),
+            "capture": self.capture.as_ref().map(|c| {
+                let st = c.stats();
+                json!({
+                    "frames": st.frames,
+                    "knocks": st.knocks,
+                    "probes": st.probes,
+                    "malformed": st.malformed,
+                    "kernel_drops": st.kernel_drops,
+                })
+            }),
         })
     }
 
@@ -533,41 +546,5 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             None => format!("refused.{}", r.code()),
         };
         self.counters.get(&name)
-    }
-}
-
-/// A captured event detached from the capture buffer.
-enum Owned {
-    Knock {
-        src: SocketAddr,
-        payload: Vec<u8>,
-    },
-    Probe {
-        src: IpAddr,
-        proto: Transport,
-        port: u16,
-    },
-}
-
-impl From<Event<'_>> for Owned {
-    fn from(e: Event<'_>) -> Self {
-        match e {
-            Event::Knock { src, payload, .. } => Self::Knock {
-                src,
-                payload: payload.to_vec(),
-            },
-            Event::Probe {
-                src,
-                dst_port,
-                proto,
-            } => Self::Probe {
-                src,
-                proto: match proto {
-                    crate::capture::Proto::Tcp => Transport::Tcp,
-                    crate::capture::Proto::Udp => Transport::Udp,
-                },
-                port: dst_port,
-            },
-        }
     }
 }
