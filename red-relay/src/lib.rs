@@ -1,35 +1,148 @@
-//! `red-relay`: red, the hidden server that verifies green's orders and
-//! opens its firewall for the services they carry. For now this library
-//! holds the command line definitions ([`Cli`], so a man page and
-//! completions can be generated from them) and key generation; the daemon
-//! arrives with its issue (see README.md, Status).
+//! `red-relay`: red, the hidden server that verifies green's orders (SPEC
+//! §5, §8.2) and opens its firewall for green's address and the services
+//! they carry. Red never answers an order.
+//!
+//! The daemon is spa-server's receive-verify-open loop
+//! ([`spa_server::daemon::Daemon`]) around red's
+//! [`OrderVerifier`]: the same configuration file format (checked for
+//! [`Role::Red`]: `[[gateways]]` instead of `[relay]`), capture, replay
+//! store, firewall, sessions, intrusion prevention, control socket and
+//! trust reloads. This library holds the command line definitions ([`Cli`],
+//! so that a man page and completions can be generated from them), the
+//! verifier's assembly ([`verifier`]), [`run`], and key generation.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
+use proto_spec::verify::{Gateway, OrderVerifier};
 use spa_keys::{
     KeyFileError, encode_public_key, generate_receiver_key, read_receiver_key, write_receiver_key,
 };
+use spa_server::config::{Config, Role};
+use spa_server::daemon::{NoHooks, TrustWatch, trust_files};
+use spa_server::green::{self, StartError};
+
+/// The default configuration file.
+pub const DEFAULT_CONFIG: &str = "/etc/spa/red-relay.toml";
 
 /// red, the hidden spa server: verifies green's orders and opens its
-/// firewall for the services they carry.
+/// firewall for green's address and the services they carry; never
+/// answers.
 #[derive(Debug, Parser)]
 #[command(name = "red-relay", version, about, long_about = None)]
 pub struct Cli {
-    /// What to do. Without a command: run red (not implemented yet).
+    /// What to do.
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub command: Command,
 }
 
 /// Commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run red (as root; it drops to `daemon.user` once set up).
+    Run(ConfigArg),
+    /// Check a configuration: every problem, with its key, one per line.
+    CheckConfig(ConfigArg),
+    /// Show active openings (client identity, green's address, service,
+    /// expiry) and the counters of every decision, from the running daemon.
+    Status(ControlArgs),
+    /// Close a session now: its firewall elements are removed.
+    RevokeSession {
+        /// The session id (32 hex digits, as `status` shows it).
+        session: String,
+        /// How to reach the daemon.
+        #[command(flatten)]
+        control: ControlArgs,
+    },
     /// Generate red's X25519 receiver key (what green seals orders to) and
     /// print its public key.
     Keygen(KeygenArgs),
     /// Print the one-line public key of red's existing key file.
     Pubkey(PubkeyArgs),
+}
+
+/// `--config`.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The configuration file.
+    #[arg(short, long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+}
+
+/// How to reach a running red-relay.
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// The control socket [default: from the configuration file].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// The configuration file (for its control socket path).
+    #[arg(short, long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Print the raw JSON reply.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ControlArgs {
+    /// The same, as spa-server's shared admin commands take it.
+    pub fn to_spa(&self) -> spa_server::cli::ControlArgs {
+        spa_server::cli::ControlArgs {
+            socket: self.socket.clone(),
+            config: self.config.clone(),
+            json: self.json,
+        }
+    }
+}
+
+fn step(step: &'static str) -> impl Fn(String) -> StartError {
+    move |cause| StartError::Step { step, cause }
+}
+
+/// Red's verifier from a checked configuration: red's receiver keys
+/// (`[daemon] keys`), the greens of `[[gateways]]`, the trust files, the
+/// policy of `[[rules]]` and `[policy]`, and `[time]` for both the order
+/// and the client body. SPEC §5.2, §8.2.
+pub fn verifier(cfg: &Config) -> Result<OrderVerifier, StartError> {
+    let mut keys = Vec::new();
+    for k in &cfg.daemon.keys {
+        keys.push(read_receiver_key(k).map_err(|e| step("receiver key")(e.to_string()))?);
+    }
+    let mut gateways = Vec::new();
+    for (i, g) in cfg.gateways.iter().enumerate() {
+        let signing_key = spa_keys::decode_gateway_public_key(&g.signing_key)
+            .map_err(|e| step("gateways")(format!("gateways[{i}].signing_key: {e}")))?;
+        let receiver_keys = g
+            .receiver_keys
+            .iter()
+            .enumerate()
+            .map(|(j, k)| {
+                spa_keys::decode_public_key(k)
+                    .map_err(|e| step("gateways")(format!("gateways[{i}].receiver_keys[{j}]: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        gateways.push(Gateway {
+            signing_key,
+            receiver_keys,
+        });
+    }
+    let trust = TrustWatch::new(trust_files(cfg))
+        .load()
+        .map_err(|e| step("trust")(e.to_string()))?;
+    let limits = green::limits(cfg);
+    OrderVerifier::new(keys, gateways, trust, green::policy(cfg), limits, limits)
+        .map_err(|e| step("gateways")(e.to_string()))
+}
+
+/// `red-relay run`: loads and checks the configuration, builds the
+/// verifier, sets up (store, firewall, capture, control socket, privilege
+/// drop) and runs until SIGTERM or SIGINT.
+pub fn run(config_path: &Path) -> Result<(), StartError> {
+    let cfg = green::load_config(config_path, Role::Red)?;
+    spa_server::logging::init(&cfg.daemon.log_format);
+    let verifier = verifier(&cfg)?;
+    let s = green::setup(cfg)?;
+    green::run_daemon(s, verifier, NoHooks)
 }
 
 /// `red-relay keygen`.

@@ -1,26 +1,18 @@
-//! `red-relay`: red, the hidden server that verifies green's orders and opens its
-//! firewall for the services they carry.
-//!
-//! Only the key commands exist yet; the daemon arrives with its issue (see
-//! README.md, Status). This file only dispatches.
+//! `red-relay`: red, the hidden server that verifies green's orders and
+//! opens its firewall for green's address and the services they carry;
+//! never answers. This file only dispatches: the work is in the library
+//! (and in spa-server's, which it shares).
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
 use red_relay::{Cli, Command};
+use spa_server::config::Role;
 
 fn main() -> ExitCode {
-    let Some(command) = Cli::parse().command else {
-        eprintln!(
-            "{} {}: not implemented yet; see README.md (Status). Key commands: red-relay --help",
-            env!("CARGO_PKG_NAME"),
-            env!("CARGO_PKG_VERSION")
-        );
-        return ExitCode::from(2);
-    };
-    match run(command) {
-        Ok(()) => ExitCode::SUCCESS,
+    match run(Cli::parse().command) {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("red-relay: error: {e:#}");
             ExitCode::FAILURE
@@ -28,8 +20,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Run(a) => red_relay::run(&a.config)?,
+        Command::CheckConfig(a) => {
+            return Ok(spa_server::admin::check_config(&a.config, Role::Red));
+        }
+        Command::Status(c) => return spa_server::admin::status(&c.to_spa()),
+        Command::RevokeSession { session, control } => {
+            return spa_server::admin::revoke_session(&control.to_spa(), &session);
+        }
         Command::Keygen(a) => {
             let line = red_relay::keygen(&a.out, a.force)?;
             eprintln!(
@@ -40,5 +40,5 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Pubkey(a) => println!("{}", red_relay::pubkey(&a.key)?),
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

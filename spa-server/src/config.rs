@@ -54,6 +54,27 @@
 //! block = 600                   # … block the source for this many seconds
 //! scan_ports = 10               # distinct closed ports …
 //! scan_window = 10              # … within this many seconds: block
+//!
+//! [relay]                       # spa-server only: services that live on red
+//! red = "10.200.60.2:62202"     # red's order port
+//! red_key = "base64…"           # red's X25519 public key (red-relay pubkey)
+//! signing_key = "/etc/spa/green-signing.key" # spa-server keygen --signing
+//! source = "10.200.60.1"        # green's address toward red: red opens for it
+//! services = [                  # a name, or a table with the port green probes
+//!   { name = "web", proto = "tcp", port = 80 },
+//!   "red-dns",                  # no probe: the order is repeated blindly
+//! ]
+//! resend_ms = 300               # resend a fresh order this often …
+//! resends = 5                   # … at most this many times, until the probe connects
+//! ```
+//!
+//! red-relay takes the same file without `[relay]` and with, for each
+//! green whose orders it accepts:
+//!
+//! ```toml
+//! [[gateways]]
+//! signing_key = "base64…"       # green's Ed25519 public key (spa-server pubkey)
+//! receiver_keys = ["base64…"]   # green's X25519 public key(s), current first
 //! ```
 
 use std::net::IpAddr;
@@ -90,6 +111,9 @@ pub struct Config {
     /// red-relay only: the gateways whose orders are accepted.
     #[serde(default)]
     pub gateways: Vec<GatewayEntry>,
+    /// spa-server only: relaying request-service and close knocks to red.
+    #[serde(default)]
+    pub relay: Option<RelaySection>,
 }
 
 /// `[daemon]`.
@@ -295,6 +319,71 @@ pub struct GatewayEntry {
     pub receiver_keys: Vec<String>,
 }
 
+/// `[relay]` (spa-server): where red is and which services live there.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySection {
+    /// Red's order port, `address:port` (no host names: no DNS in the
+    /// daemon).
+    pub red: String,
+    /// Red's X25519 public key, base64.
+    pub red_key: String,
+    /// Green's Ed25519 order-signing key file.
+    pub signing_key: PathBuf,
+    /// Green's address toward red: orders leave from it, and red opens for
+    /// it (SPEC §5.1 `addr`).
+    pub source: String,
+    /// The services that live on red.
+    pub services: Vec<RelayService>,
+    /// Milliseconds between fresh copies of an order while red's service
+    /// does not answer.
+    #[serde(default = "default_resend_ms")]
+    pub resend_ms: u64,
+    /// How many fresh copies at most, after the first order.
+    #[serde(default = "default_resends")]
+    pub resends: u32,
+}
+
+/// One service on red: a bare name, or a name with the port green probes
+/// (through red's firewall, from `source`) to confirm that red opened.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RelayService {
+    /// A name; no probe.
+    Name(String),
+    /// A name and its port.
+    Port(RelayPort),
+}
+
+/// A service on red with its port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayPort {
+    /// Name used in knocks.
+    pub name: String,
+    /// "tcp" or "udp" (only TCP is probed).
+    #[serde(default = "default_tcp")]
+    pub proto: String,
+    /// Port on red.
+    pub port: u16,
+}
+
+impl RelayService {
+    /// The service name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Name(n) => n,
+            Self::Port(p) => &p.name,
+        }
+    }
+}
+
+fn default_resend_ms() -> u64 {
+    300
+}
+fn default_resends() -> u32 {
+    5
+}
 fn default_knock_port() -> u16 {
     62201
 }
@@ -593,6 +682,11 @@ impl Config {
                 bad(format!("services[{i}].port"), "must be 1..=65535".into());
             }
         }
+        let relay_names: std::collections::HashSet<&str> = self
+            .relay
+            .iter()
+            .flat_map(|r| r.services.iter().map(RelayService::name))
+            .collect();
         for (i, r) in self.rules.iter().enumerate() {
             let valid_id = r.identity == "*"
                 || ["cn:", "email:", "dns:", "uri:"]
@@ -608,7 +702,7 @@ impl Config {
                 );
             }
             for (j, s) in r.services.iter().enumerate() {
-                if s != "*" && !names.contains(s) {
+                if s != "*" && !names.contains(s) && !relay_names.contains(s.as_str()) {
                     bad(
                         format!("rules[{i}].services[{j}]"),
                         format!("unknown service '{s}'"),
@@ -640,6 +734,18 @@ impl Config {
             }
             _ => {}
         }
+        match (&self.relay, role) {
+            (Some(_), Role::Red) => bad(
+                "relay".into(),
+                "only spa-server relays to red; red-relay takes [[gateways]]".into(),
+            ),
+            (Some(r), Role::Green) => {
+                for (key, problem) in r.check(&names, self.time.max_age_ms) {
+                    bad(key, problem);
+                }
+            }
+            (None, _) => {}
+        }
         for (i, g) in self.gateways.iter().enumerate() {
             if let Err(e) = spa_keys::decode_gateway_public_key(&g.signing_key) {
                 bad(format!("gateways[{i}].signing_key"), e.to_string());
@@ -655,6 +761,125 @@ impl Config {
                     bad(format!("gateways[{i}].receiver_keys[{j}]"), e.to_string());
                 }
             }
+        }
+        p
+    }
+}
+
+impl RelaySection {
+    /// Problems of `[relay]`, keys included. `local` are the names of
+    /// `[[services]]`; `max_age_ms` is `[time] max_age_ms`.
+    pub fn check(
+        &self,
+        local: &std::collections::HashSet<String>,
+        max_age_ms: u64,
+    ) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        let red = match self.red.parse::<std::net::SocketAddr>() {
+            Ok(a) if a.port() == 0 => {
+                p.push(("relay.red".into(), "the port must be 1..=65535".into()));
+                None
+            }
+            Ok(a) if a.ip().is_unspecified() || a.ip().is_multicast() => {
+                p.push((
+                    "relay.red".into(),
+                    format!("'{}': not a unicast address", self.red),
+                ));
+                None
+            }
+            Ok(a) => Some(a),
+            Err(_) => {
+                p.push((
+                    "relay.red".into(),
+                    format!(
+                        "'{}': use ADDRESS:PORT, e.g. 10.0.0.2:62202 or [fd00::2]:62202",
+                        self.red
+                    ),
+                ));
+                None
+            }
+        };
+        if let Err(e) = spa_keys::decode_public_key(&self.red_key) {
+            p.push(("relay.red_key".into(), e.to_string()));
+        }
+        if let Err(e) = spa_keys::read_gateway_signer(&self.signing_key) {
+            p.push(("relay.signing_key".into(), e.to_string()));
+        }
+        match self.source.parse::<IpAddr>() {
+            Ok(a) if a.is_unspecified() || a.is_multicast() || a.to_canonical() != a => {
+                p.push((
+                    "relay.source".into(),
+                    format!(
+                        "'{}': green's own unicast address toward red (not IPv4-mapped)",
+                        self.source
+                    ),
+                ));
+            }
+            Ok(a) if red.is_some_and(|r| r.is_ipv4() != a.is_ipv4()) => p.push((
+                "relay.source".into(),
+                format!("'{}' and relay.red are of different families", self.source),
+            )),
+            Ok(_) => {}
+            Err(_) => p.push((
+                "relay.source".into(),
+                format!("'{}' is not an IP address", self.source),
+            )),
+        }
+        if self.services.is_empty() {
+            p.push((
+                "relay.services".into(),
+                "at least one service on red".into(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let name = s.name();
+            if !proto_spec::body::is_valid_service_name(name.as_bytes()) {
+                p.push((
+                    format!("relay.services[{i}]"),
+                    format!("'{name}': 1-32 of a-z 0-9 . _ -"),
+                ));
+            }
+            if !seen.insert(name) {
+                p.push((
+                    format!("relay.services[{i}]"),
+                    format!("'{name}' is listed twice"),
+                ));
+            }
+            if local.contains(name) {
+                p.push((
+                    format!("relay.services[{i}]"),
+                    format!("'{name}' is also a local service in [[services]]: name it once"),
+                ));
+            }
+            if let RelayService::Port(RelayPort { proto, port, .. }) = s {
+                if parse_proto(proto).is_none() {
+                    p.push((
+                        format!("relay.services[{i}].proto"),
+                        format!("'{proto}': use \"tcp\" or \"udp\""),
+                    ));
+                }
+                if *port == 0 {
+                    p.push((
+                        format!("relay.services[{i}].port"),
+                        "must be 1..=65535".into(),
+                    ));
+                }
+            }
+        }
+        if !(10..=10_000).contains(&self.resend_ms) {
+            p.push(("relay.resend_ms".into(), "must be 10..=10000".into()));
+        }
+        if self.resends > 20 {
+            p.push(("relay.resends".into(), "must be 0..=20".into()));
+        }
+        // SPEC §5.1: green stops repeating a body once it is older than
+        // MAX_AGE; every copy should still be fresh at red.
+        if self.resend_ms.saturating_mul(u64::from(self.resends)) >= max_age_ms {
+            p.push((
+                "relay.resends".into(),
+                format!("resends × resend_ms must stay below time.max_age_ms ({max_age_ms} ms)"),
+            ));
         }
         p
     }
@@ -701,6 +926,95 @@ mod tests {
             management_cut("198.51.100.7 5555 10.0.0.1 22", &mg)
                 .expect("cut")
                 .contains("198.51.100.7")
+        );
+    }
+
+    #[test]
+    fn relay_section_parses_names_and_ports() {
+        let text = r#"
+[daemon]
+keys = ["/k"]
+replay_db = "/r"
+[trust]
+anchors = ["/a"]
+[relay]
+red = "10.200.60.2:62202"
+red_key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+signing_key = "/etc/spa/green-signing.key"
+source = "10.200.60.1"
+services = ["red-dns", { name = "web", port = 80 }]
+"#;
+        let cfg = parse(text, Path::new("x.toml")).expect("parses");
+        let r = cfg.relay.expect("relay");
+        assert_eq!(r.services[0].name(), "red-dns");
+        assert!(
+            matches!(&r.services[1], RelayService::Port(p) if p.port == 80 && p.proto == "tcp")
+        );
+        assert_eq!((r.resend_ms, r.resends), (300, 5));
+        let typo = text.replace("port = 80", "prot = 80");
+        assert!(parse(&typo, Path::new("x.toml")).is_err());
+    }
+
+    #[test]
+    fn relay_problems_name_their_keys() {
+        let r = RelaySection {
+            red: "red.example:62202".into(),
+            red_key: "short".into(),
+            signing_key: PathBuf::from("/nonexistent/green-signing.key"),
+            source: "fd00:200::1".into(),
+            services: vec![
+                RelayService::Name("ssh".into()),
+                RelayService::Name("Web".into()),
+                RelayService::Port(RelayPort {
+                    name: "db".into(),
+                    proto: "sctp".into(),
+                    port: 0,
+                }),
+                RelayService::Name("db".into()),
+            ],
+            resend_ms: 5,
+            resends: 30,
+        };
+        let local = ["ssh".to_owned()].into_iter().collect();
+        let keys: Vec<String> = r
+            .check(&local, 60_000)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        for k in [
+            "relay.red",
+            "relay.red_key",
+            "relay.signing_key",
+            "relay.services[0]",
+            "relay.services[1]",
+            "relay.services[2].proto",
+            "relay.services[2].port",
+            "relay.services[3]",
+            "relay.resend_ms",
+            "relay.resends",
+        ] {
+            assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
+        }
+        let mixed = RelaySection {
+            red: "10.200.60.2:62202".into(),
+            ..r.clone()
+        };
+        let problems = mixed.check(&local, 60_000);
+        assert!(
+            problems
+                .iter()
+                .any(|(k, p)| k == "relay.source" && p.contains("families")),
+            "{problems:?}"
+        );
+        let slow = RelaySection {
+            resend_ms: 10_000,
+            resends: 6,
+            ..mixed
+        };
+        assert!(
+            slow.check(&local, 60_000)
+                .iter()
+                .any(|(k, p)| k == "relay.resends" && p.contains("max_age_ms"))
         );
     }
 

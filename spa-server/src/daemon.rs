@@ -65,6 +65,10 @@ pub trait Hooks {
     fn after_decision(&mut self, decision: &Decision, source: SocketAddr, now: UnixMillis);
     /// Called on every loop turn (timers).
     fn tick(&mut self, _now: UnixMillis) {}
+    /// The hooks' own counters, reported by `status` beside the daemon's.
+    fn counters(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
 }
 
 /// No hooks.
@@ -271,9 +275,11 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             };
             let polled = capture.poll(|ev| match ev {
                 Event::Knock { src, payload, .. } => self.handle_datagram(src, payload, now_ms()),
-                Event::Probe { src, dst_port, proto } => {
-                    self.handle_probe(src, proto, dst_port, now_ms())
-                }
+                Event::Probe {
+                    src,
+                    dst_port,
+                    proto,
+                } => self.handle_probe(src, proto, dst_port, now_ms()),
             });
             self.capture = Some(capture);
             polled?;
@@ -304,6 +310,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
                 self.counters.refusal(&r);
                 warn!(src = %ip, reason = %r, "refused");
                 if let Some(kind) = FailureKind::of_refusal(&r)
+                    && self.gate.blames_source(&r)
                     && let Some(b) = self.offenses.record_failure(ip, now, kind)
                 {
                     self.block(ip, &b, now, "invalid knocks");
@@ -497,6 +504,8 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
                 })
             })
             .collect();
+        let mut counters = self.counters.all().clone();
+        counters.extend(self.hooks.counters());
         json!({
             "uptime_s": now.saturating_sub(self.started_ms) / 1000,
             "sessions": sessions,
@@ -504,7 +513,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
                 "address": ip.to_string(),
                 "expires_in_s": until.saturating_sub(now).div_ceil(1000),
             })).collect::<Vec<_>>(),
-            "counters": self.counters.all(),
+            "counters": counters,
             "capture": self.capture.as_ref().map(|c| {
                 let st = c.stats();
                 json!({

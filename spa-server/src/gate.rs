@@ -59,6 +59,12 @@ pub trait Gate {
     ) -> Result<Decision, Refusal>;
     /// Replaces the trust store (SIGHUP or a changed file).
     fn replace_trust(&mut self, trust: TrustStore);
+    /// Whether a refusal counts against the datagram's source address for
+    /// intrusion prevention (blocking). Default: every refusal the IPS
+    /// counts does.
+    fn blames_source(&self, _refusal: &Refusal) -> bool {
+        true
+    }
 }
 
 impl Gate for KnockVerifier {
@@ -136,5 +142,22 @@ impl Gate for OrderVerifier {
 
     fn replace_trust(&mut self, trust: TrustStore) {
         OrderVerifier::replace_trust(self, trust);
+    }
+
+    /// Refusals that only arise after the gateway signature and the source
+    /// check passed (SPEC §8.2 O13-O21) are about the client whose body a
+    /// configured green relayed, not about green: counting them against
+    /// green's address would let one client get every relayed request
+    /// blocked. Refusals that may come earlier still count.
+    fn blames_source(&self, refusal: &Refusal) -> bool {
+        !matches!(
+            refusal,
+            Refusal::WrongMessageType
+                | Refusal::SessionMismatch
+                | Refusal::Certificate(_)
+                | Refusal::BadSignature
+                | Refusal::UnknownIdentity
+                | Refusal::UnauthorizedService
+        )
     }
 }

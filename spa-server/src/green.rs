@@ -284,6 +284,10 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         .load()
         .map_err(|e| step("trust")(e.to_string()))?;
     let verifier = KnockVerifier::new(keys, store, policy(&cfg), limits(&cfg));
+    let relay = crate::relay::Relay::from_config(&cfg).map_err(|e| step("relay")(e.to_string()))?;
     let s = setup(cfg)?;
-    run_daemon(s, verifier, NoHooks)
+    match relay {
+        Some(relay) => run_daemon(s, verifier, relay),
+        None => run_daemon(s, verifier, NoHooks),
+    }
 }

@@ -4,7 +4,8 @@
 //!   [`gate`] (what is verified), [`daemon`] (the receive-verify-open loop),
 //!   [`nft`] (the kernel firewall), [`store`] (durable replay floors),
 //!   [`ips`] (rate limits, blocks, scans), [`ctl`] (control socket),
-//!   [`privdrop`], [`logging`], [`green`] (assembly).
+//!   [`privdrop`], [`logging`], [`green`] (assembly), [`relay`] (green's
+//!   orders to red).
 //! - The CA tooling ([`pki`]), key generation ([`keygen`]) and the command
 //!   line definitions ([`cli`]).
 #![forbid(unsafe_code)]
@@ -24,4 +25,5 @@ pub mod logging;
 pub mod nft;
 pub mod pki;
 pub mod privdrop;
+pub mod relay;
 pub mod store;
