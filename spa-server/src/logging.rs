@@ -3,13 +3,17 @@
 //! standard error (journald takes it under systemd). `RUST_LOG` overrides
 //! the level (default `info`).
 
-/// Installs the subscriber; a second call is ignored.
+/// Installs the subscriber; a second call is ignored. Colours only on a
+/// terminal: a log file or the journal gets plain `key=value` text that
+/// fail2ban can match.
 pub fn init(format: &str) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let _ = if format == "json" {
         builder.json().flatten_event(true).try_init()
