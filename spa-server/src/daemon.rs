@@ -291,6 +291,12 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
     /// One datagram to the knock port. SPEC §8: cheap checks first.
     pub fn handle_datagram(&mut self, src: SocketAddr, payload: &[u8], now: UnixMillis) {
         let ip = src.ip().to_canonical();
+        // A blocked source: the capture sees packets before the firewall
+        // drops them, so drop its knocks here too, before any work.
+        if self.blocked.get(&ip).is_some_and(|until| *until > now) {
+            self.counters.bump("refused.blocked_source");
+            return;
+        }
         if let Err(r) = self.gate.precheck(payload) {
             // Before the MAC: the sender showed no knowledge of our public
             // key. Counted, logged at debug only (a flood must not flood the
