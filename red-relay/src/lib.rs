@@ -189,6 +189,15 @@ mod tests {
     }
 
     #[test]
+    fn example_configuration_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/red-relay.toml.example");
+        let text = std::fs::read_to_string(&path).expect("example");
+        let cfg = spa_server::config::parse(&text, &path).expect("parses");
+        assert_eq!(cfg.gateways.len(), 1);
+        assert!(cfg.relay.is_none());
+    }
+
+    #[test]
     fn keygen_then_pubkey() {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("red.pem");

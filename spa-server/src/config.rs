@@ -953,6 +953,21 @@ services = ["red-dns", { name = "web", port = 80 }]
         assert_eq!((r.resend_ms, r.resends), (300, 5));
         let typo = text.replace("port = 80", "prot = 80");
         assert!(parse(&typo, Path::new("x.toml")).is_err());
+        // red-relay refuses the section; spa-server checks it (here: the
+        // key file is missing), and its services count as known in rules.
+        let with_rule = format!("{text}\n[[rules]]\nidentity = \"*\"\nservices = [\"web\"]\n");
+        let cfg = parse(&with_rule, Path::new("x.toml")).expect("parses");
+        let red = cfg.check(Role::Red, None);
+        assert!(red.iter().any(|p| p.key == "relay"), "{red:?}");
+        let green = cfg.check(Role::Green, None);
+        assert!(
+            green.iter().any(|p| p.key == "relay.signing_key"),
+            "{green:?}"
+        );
+        assert!(
+            !green.iter().any(|p| p.key.starts_with("rules")),
+            "{green:?}"
+        );
     }
 
     #[test]
