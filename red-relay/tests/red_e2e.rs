@@ -937,7 +937,7 @@ fn red_refuses_forged_replayed_and_unauthorized_orders() {
 
 /// red-relay killed with SIGKILL mid-session and restarted: its table is
 /// reinstalled (the opening is gone), its replay floors survive, and the
-/// next relayed request opens again.
+/// next relayed request opens again; `red-relay revoke-session` closes it.
 #[test]
 fn red_killed_mid_session_restarts_and_serves_the_next_request() {
     if !runnable() {
@@ -967,4 +967,16 @@ fn red_killed_mid_session_restarts_and_serves_the_next_request() {
     assert!(bed.red.counter("accepted.order") >= 1);
     bed.green
         .wait_counter("relay.confirmed", 2, Duration::from_secs(5));
+
+    // The operator closes it at red.
+    let status = bed.red.status();
+    let session = status["sessions"][0]["session"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no session at red: {status}"))
+        .to_owned();
+    run(Command::new(bin("red-relay"))
+        .args(["revoke-session", &session, "--socket"])
+        .arg(&bed.red.socket));
+    assert!(!bed.red_allows_green(), "revoke-session left the element");
+    assert_eq!(bed.red.counter("sessions.revoked"), 1);
 }
