@@ -8,8 +8,10 @@
 //! - [`Tcpdump`] and [`pcap`]: captures on a namespace's interfaces and
 //!   reading them back.
 //! - [`TcpService`]: an echo server inside a namespace.
-//! - [`Green`]: a running `spa-server run`, with its status over the
-//!   control socket (through the `spa-server status` command).
+//! - [`Daemon`] ([`Green`]): a running `spa-server run` (or another
+//!   workspace daemon with the same command line, such as `red-relay run`),
+//!   with its status over the control socket (through its `status`
+//!   command).
 //!
 //! Needs root, iproute2, nftables, tcpdump and nmap (CI runs as root and
 //! installs them; [`require_tools`] fails with the apt-get line).
@@ -17,7 +19,7 @@
 
 use std::fs::File;
 use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -55,6 +57,21 @@ fn run(cmd: &mut Command) -> Output {
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs a command on the host; panics with its stdout and stderr unless it
+/// succeeds.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     out
@@ -216,10 +233,7 @@ pub fn link(a: &Netns, a_if: &str, a4: &str, a6: &str, b: &Netns, b_if: &str, b4
             "test addresses stay in fd00:200::/48"
         );
     }
-    run(Command::new("ip").args([
-        "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns",
-        &b.name,
-    ]));
+    veth(a, a_if, b, b_if);
     for (ns, ifn, v4, v6) in [(a, a_if, a4, a6), (b, b_if, b4, b6)] {
         ns.ok(&[
             "sysctl",
@@ -239,6 +253,28 @@ pub fn link(a: &Netns, a_if: &str, a4: &str, a6: &str, b: &Netns, b_if: &str, b4
         ]);
         ns.ok(&["ip", "link", "set", ifn, "up"]);
     }
+}
+
+/// Joins `a` and `b` with a veth pair and addresses them with IPv4 only
+/// (/24 on each end).
+pub fn link4(a: &Netns, a_if: &str, a4: Ipv4Addr, b: &Netns, b_if: &str, b4: Ipv4Addr) {
+    assert!(
+        a4.octets()[..2] == [10, 200] && b4.octets()[..2] == [10, 200],
+        "test addresses stay in 10.200.0.0/16"
+    );
+    veth(a, a_if, b, b_if);
+    for (ns, ifn, v4) in [(a, a_if, a4), (b, b_if, b4)] {
+        ns.ok(&["ip", "addr", "add", &format!("{v4}/24"), "dev", ifn]);
+        ns.ok(&["ip", "link", "set", ifn, "up"]);
+    }
+}
+
+/// A veth pair, `a_if` in `a` and `b_if` in `b`.
+fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
+    run(Command::new("ip").args([
+        "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns",
+        &b.name,
+    ]));
 }
 
 /// The directory of the workspace's built binaries (target/debug).
@@ -393,6 +429,12 @@ impl TempDir {
     /// A path inside.
     pub fn join(&self, f: &str) -> PathBuf {
         self.0.join(f)
+    }
+
+    /// A path inside, as a string (for command arguments and configuration
+    /// files).
+    pub fn s(&self, f: &str) -> String {
+        self.join(f).to_str().expect("utf-8").to_owned()
     }
 }
 
@@ -669,8 +711,14 @@ pub fn echo(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
 }
 
 /// A running `spa-server run` inside a namespace (killed on drop).
+pub type Green = Daemon;
+
+/// A running `<program> run --config …` inside a namespace (killed on
+/// drop): `spa-server` ([`Daemon::start`]) or another daemon with the same
+/// command line ([`Daemon::start_program`]).
 #[derive(Debug)]
-pub struct Green {
+pub struct Daemon {
+    program: PathBuf,
     child: Option<Child>,
     /// Its log (stdout and stderr).
     pub log: PathBuf,
@@ -678,14 +726,25 @@ pub struct Green {
     pub socket: PathBuf,
 }
 
-impl Green {
+impl Daemon {
     /// Starts `spa-server run --config <config>` inside `ns` and waits for
     /// its "ready" line; panics with the log if it exits or stays silent.
     pub fn start(ns: &Netns, config: &Path, socket: &Path, log: &Path) -> Self {
-        let server = bin("spa-server");
+        Self::start_program(ns, &bin("spa-server"), config, socket, log)
+    }
+
+    /// Starts `<program> run --config <config>` inside `ns` and waits for
+    /// its "ready" line; panics with the log if it exits or stays silent.
+    pub fn start_program(
+        ns: &Netns,
+        program: &Path,
+        config: &Path,
+        socket: &Path,
+        log: &Path,
+    ) -> Self {
         let child = ns.spawn(
             &[
-                server.to_str().expect("utf-8"),
+                program.to_str().expect("utf-8"),
                 "run",
                 "--config",
                 config.to_str().expect("utf-8"),
@@ -693,6 +752,7 @@ impl Green {
             log,
         );
         let mut g = Self {
+            program: program.to_path_buf(),
             child: Some(child),
             log: log.to_path_buf(),
             socket: socket.to_path_buf(),
@@ -709,10 +769,20 @@ impl Green {
         });
         assert!(
             ready && exited.is_none(),
-            "spa-server did not become ready (exit {exited:?}); log:\n{}",
+            "{} did not become ready (exit {exited:?}); log:\n{}",
+            g.name(),
             g.log_text()
         );
         g
+    }
+
+    /// The program's file name, for messages.
+    fn name(&self) -> String {
+        self.program
+            .file_name()
+            .unwrap_or(self.program.as_os_str())
+            .to_string_lossy()
+            .into_owned()
     }
 
     /// The process id.
@@ -725,16 +795,17 @@ impl Green {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// `spa-server status --socket … --json`: the `status` object.
+    /// `<program> status --socket … --json`: the `status` object.
     pub fn status(&self) -> Value {
-        let out = Command::new(bin("spa-server"))
+        let out = Command::new(&self.program)
             .args(["status", "--json", "--socket"])
             .arg(&self.socket)
             .output()
-            .expect("spa-server status");
+            .unwrap_or_else(|e| panic!("{} status: {e}", self.name()));
         assert!(
             out.status.success(),
-            "spa-server status: {}\nlog:\n{}",
+            "{} status: {}\nlog:\n{}",
+            self.name(),
             String::from_utf8_lossy(&out.stderr),
             self.log_text()
         );
@@ -751,10 +822,17 @@ impl Green {
     /// Waits until counter `name` reaches `at_least`; panics with the
     /// counters and the log when it does not within 5 s.
     pub fn wait_counter(&self, name: &str, at_least: u64) {
-        let ok = wait_until(Duration::from_secs(5), || self.counter(name) >= at_least);
+        self.wait_counter_within(name, at_least, Duration::from_secs(5));
+    }
+
+    /// Waits until counter `name` reaches `at_least`; panics with the
+    /// counters and the log when it does not within `timeout`.
+    pub fn wait_counter_within(&self, name: &str, at_least: u64, timeout: Duration) {
+        let ok = wait_until(timeout, || self.counter(name) >= at_least);
         assert!(
             ok,
-            "counter {name} did not reach {at_least}: counters {}\nlog:\n{}",
+            "{}: counter {name} did not reach {at_least}: counters {}\nlog:\n{}",
+            self.name(),
             self.status()["counters"],
             self.log_text()
         );
@@ -777,7 +855,7 @@ impl Green {
             Some(s) => s,
             None => {
                 let _ = c.kill();
-                panic!("spa-server did not exit; log:\n{}", self.log_text())
+                panic!("{} did not exit; log:\n{}", self.name(), self.log_text())
             }
         }
     }
@@ -791,7 +869,7 @@ impl Green {
     }
 }
 
-impl Drop for Green {
+impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
     }
