@@ -19,6 +19,7 @@ use proto_spec::verify::{Gateway, OrderVerifier};
 use spa_keys::{
     KeyFileError, encode_public_key, generate_receiver_key, read_receiver_key, write_receiver_key,
 };
+use spa_server::cli::{ConfigArg, ControlArgs, PubkeyArgs};
 use spa_server::config::{Config, Role};
 use spa_server::daemon::{NoHooks, TrustWatch, trust_files};
 use spa_server::green::{self, StartError};
@@ -41,13 +42,17 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run red (as root; it drops to `daemon.user` once set up).
+    #[command(mut_arg("config", red_config))]
     Run(ConfigArg),
     /// Check a configuration: every problem, with its key, one per line.
+    #[command(mut_arg("config", red_config))]
     CheckConfig(ConfigArg),
     /// Show active openings (client identity, green's address, service,
     /// expiry) and the counters of every decision, from the running daemon.
+    #[command(mut_arg("config", red_config))]
     Status(ControlArgs),
     /// Close a session now: its firewall elements are removed.
+    #[command(mut_arg("config", red_config))]
     RevokeSession {
         /// The session id (32 hex digits, as `status` shows it).
         session: String,
@@ -62,37 +67,10 @@ pub enum Command {
     Pubkey(PubkeyArgs),
 }
 
-/// `--config`.
-#[derive(Debug, Args)]
-pub struct ConfigArg {
-    /// The configuration file.
-    #[arg(short, long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
-    pub config: PathBuf,
-}
-
-/// How to reach a running red-relay.
-#[derive(Debug, Args)]
-pub struct ControlArgs {
-    /// The control socket [default: from the configuration file].
-    #[arg(long, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
-    /// The configuration file (for its control socket path).
-    #[arg(short, long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
-    pub config: PathBuf,
-    /// Print the raw JSON reply.
-    #[arg(long)]
-    pub json: bool,
-}
-
-impl ControlArgs {
-    /// The same, as spa-server's shared admin commands take it.
-    pub fn to_spa(&self) -> spa_server::cli::ControlArgs {
-        spa_server::cli::ControlArgs {
-            socket: self.socket.clone(),
-            config: self.config.clone(),
-            json: self.json,
-        }
-    }
+/// spa-server's `--config` (in [`ConfigArg`] and [`ControlArgs`]), with
+/// red's default file.
+fn red_config(arg: clap::Arg) -> clap::Arg {
+    arg.default_value(DEFAULT_CONFIG)
 }
 
 fn step(step: &'static str) -> impl Fn(String) -> StartError {
@@ -156,14 +134,6 @@ pub struct KeygenArgs {
     pub force: bool,
 }
 
-/// `red-relay pubkey`.
-#[derive(Debug, Args)]
-pub struct PubkeyArgs {
-    /// The private key file.
-    #[arg(long, value_name = "FILE")]
-    pub key: PathBuf,
-}
-
 /// Generates red's X25519 receiver key, writes it to `out` (0600; an
 /// existing file only with `force`) and returns its public key as one line
 /// of base64, for green's configuration.
@@ -186,6 +156,23 @@ mod tests {
     #[test]
     fn definitions_are_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn commands_default_to_reds_configuration() {
+        for args in [
+            &["red-relay", "run"][..],
+            &["red-relay", "check-config"],
+            &["red-relay", "status"],
+            &["red-relay", "revoke-session", "00"],
+        ] {
+            let config = match Cli::try_parse_from(args).expect("parses").command {
+                Command::Run(a) | Command::CheckConfig(a) => a.config,
+                Command::Status(c) | Command::RevokeSession { control: c, .. } => c.config,
+                Command::Keygen(_) | Command::Pubkey(_) => unreachable!(),
+            };
+            assert_eq!(config, Path::new(DEFAULT_CONFIG), "{args:?}");
+        }
     }
 
     #[test]

@@ -26,9 +26,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::CheckConfig(a) => {
             return Ok(spa_server::admin::check_config(&a.config, Role::Red));
         }
-        Command::Status(c) => return spa_server::admin::status(&c.to_spa()),
+        Command::Status(c) => return spa_server::admin::status(&c),
         Command::RevokeSession { session, control } => {
-            return spa_server::admin::revoke_session(&control.to_spa(), &session);
+            return spa_server::admin::revoke_session(&control, &session);
         }
         Command::Keygen(a) => {
             let line = red_relay::keygen(&a.out, a.force)?;
