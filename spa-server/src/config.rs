@@ -66,6 +66,12 @@
 //! ]
 //! resend_ms = 300               # resend a fresh order this often …
 //! resends = 5                   # … at most this many times, until the probe connects
+//!
+//! [tunnel]                      # spa-server only: the mutual-TLS endpoint
+//! listen_port = 8443            # must be the tcp port of [[services]] `service`
+//! certificate = "/etc/spa/green-tls.pem" # spa-server pki issue --server
+//! key = "/etc/spa/green-tls.key"
+//! service = "tunnel"            # opened by open-tunnel knocks
 //! ```
 //!
 //! red-relay takes the same file without `[relay]` and with, for each
@@ -114,6 +120,9 @@ pub struct Config {
     /// spa-server only: relaying request-service and close knocks to red.
     #[serde(default)]
     pub relay: Option<RelaySection>,
+    /// spa-server only: the mutual-TLS tunnel endpoint.
+    #[serde(default)]
+    pub tunnel: Option<TunnelSection>,
 }
 
 /// `[daemon]`.
@@ -342,6 +351,32 @@ pub struct RelaySection {
     /// How many fresh copies at most, after the first order.
     #[serde(default = "default_resends")]
     pub resends: u32,
+}
+
+/// `[tunnel]` (spa-server): green's mutual-TLS endpoint. Its port is the
+/// `[[services]]` entry named `service` (tcp), which an open-tunnel knock
+/// opens for the client's address.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelSection {
+    /// TCP port of the TLS listener.
+    #[serde(default = "default_tunnel_port")]
+    pub listen_port: u16,
+    /// Green's server certificate (PEM, chain allowed), from
+    /// `spa-server pki issue --server`.
+    pub certificate: PathBuf,
+    /// Its private key (PKCS#8 PEM).
+    pub key: PathBuf,
+    /// The `[[services]]` name of the tunnel port.
+    #[serde(default = "default_tunnel_service")]
+    pub service: String,
+}
+
+fn default_tunnel_port() -> u16 {
+    8443
+}
+fn default_tunnel_service() -> String {
+    "tunnel".into()
 }
 
 /// One service on red: a bare name, or a name with the port green probes
@@ -746,6 +781,31 @@ impl Config {
             }
             (None, _) => {}
         }
+        if let Some(t) = &self.tunnel {
+            if role == Role::Red {
+                bad("tunnel".into(), "only spa-server ends the tunnel".into());
+            }
+            if t.listen_port == 0 {
+                bad("tunnel.listen_port".into(), "must be 1..=65535".into());
+            }
+            let entry = self.services.iter().find(|s| s.name == t.service);
+            match entry {
+                Some(s) if s.proto == "tcp" && s.port == t.listen_port => {}
+                _ => bad(
+                    "tunnel.service".into(),
+                    format!(
+                        "needs a [[services]] entry name = \"{}\", proto = \"tcp\", port = {}",
+                        t.service, t.listen_port
+                    ),
+                ),
+            }
+            if let Err(e) = spa_keys::read_certificates(&t.certificate) {
+                bad("tunnel.certificate".into(), e.to_string());
+            }
+            if let Err(e) = spa_keys::read_secret_file(&t.key) {
+                bad("tunnel.key".into(), e.to_string());
+            }
+        }
         for (i, g) in self.gateways.iter().enumerate() {
             if let Err(e) = spa_keys::decode_gateway_public_key(&g.signing_key) {
                 bad(format!("gateways[{i}].signing_key"), e.to_string());
@@ -927,6 +987,43 @@ mod tests {
                 .expect("cut")
                 .contains("198.51.100.7")
         );
+    }
+
+    #[test]
+    fn tunnel_section_problems() {
+        let text = r#"
+[daemon]
+keys = ["/k"]
+replay_db = "/r"
+[trust]
+anchors = ["/a"]
+[[services]]
+name = "tunnel"
+port = 8444
+[[rules]]
+identity = "*"
+services = ["tunnel"]
+[tunnel]
+certificate = "/nonexistent/c.pem"
+key = "/nonexistent/c.key"
+"#;
+        let cfg = parse(text, Path::new("t.toml")).expect("parses");
+        let t = cfg.tunnel.as_ref().expect("tunnel");
+        assert_eq!((t.listen_port, t.service.as_str()), (8443, "tunnel"));
+        let keys: Vec<String> = cfg
+            .check(Role::Green, None)
+            .into_iter()
+            .map(|p| p.key)
+            .collect();
+        for k in ["tunnel.service", "tunnel.certificate", "tunnel.key"] {
+            assert!(keys.iter().any(|x| x == k), "{k} in {keys:?}");
+        }
+        let red: Vec<String> = cfg
+            .check(Role::Red, None)
+            .into_iter()
+            .map(|p| p.key)
+            .collect();
+        assert!(red.iter().any(|x| x == "tunnel"), "{red:?}");
     }
 
     #[test]

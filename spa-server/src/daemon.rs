@@ -79,6 +79,39 @@ impl Hooks for NoHooks {
     fn after_decision(&mut self, _: &Decision, _: SocketAddr, _: UnixMillis) {}
 }
 
+impl<H: Hooks> Hooks for Option<H> {
+    fn after_decision(&mut self, d: &Decision, source: SocketAddr, now: UnixMillis) {
+        if let Some(h) = self {
+            h.after_decision(d, source, now);
+        }
+    }
+    fn tick(&mut self, now: UnixMillis) {
+        if let Some(h) = self {
+            h.tick(now);
+        }
+    }
+    fn counters(&self) -> Vec<(String, u64)> {
+        self.as_ref().map(Hooks::counters).unwrap_or_default()
+    }
+}
+
+/// Two sets of hooks, in order.
+impl<A: Hooks, B: Hooks> Hooks for (A, B) {
+    fn after_decision(&mut self, d: &Decision, source: SocketAddr, now: UnixMillis) {
+        self.0.after_decision(d, source, now);
+        self.1.after_decision(d, source, now);
+    }
+    fn tick(&mut self, now: UnixMillis) {
+        self.0.tick(now);
+        self.1.tick(now);
+    }
+    fn counters(&self) -> Vec<(String, u64)> {
+        let mut v = self.0.counters();
+        v.extend(self.1.counters());
+        v
+    }
+}
+
 /// Trust files and their modification times, for reloads.
 #[derive(Debug)]
 pub struct TrustWatch {

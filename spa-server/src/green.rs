@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use crate::capture::{Capture, CaptureConfig, CaptureMode};
 use crate::config::{self, Config, Role, ServiceProto};
 use crate::ctl::ControlSocket;
-use crate::daemon::{Daemon, Flags, Hooks, NoHooks, Parts, TrustWatch, now_ms, trust_files};
+use crate::daemon::{Daemon, Flags, Hooks, Parts, TrustWatch, now_ms, trust_files};
 use crate::gate::Gate;
 use crate::ips::{
     OffenseConfig, Offenses, RateLimitConfig, RateLimiter, ScanConfig, ScanDetector, Transport,
@@ -285,9 +285,8 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         .map_err(|e| step("trust")(e.to_string()))?;
     let verifier = KnockVerifier::new(keys, store, policy(&cfg), limits(&cfg));
     let relay = crate::relay::Relay::from_config(&cfg).map_err(|e| step("relay")(e.to_string()))?;
+    // Before privileges are dropped: the server key and the listener.
+    let tunnel = crate::tunnel::start(&cfg).map_err(|e| step("tunnel")(e.to_string()))?;
     let s = setup(cfg)?;
-    match relay {
-        Some(relay) => run_daemon(s, verifier, relay),
-        None => run_daemon(s, verifier, NoHooks),
-    }
+    run_daemon(s, verifier, (relay, tunnel))
 }

@@ -27,3 +27,4 @@ pub mod pki;
 pub mod privdrop;
 pub mod relay;
 pub mod store;
+pub mod tunnel;
