@@ -230,7 +230,14 @@ pub struct Daemon<G: Gate, H: Hooks> {
     quiet_refusals: u64,
     last_summary_ms: UnixMillis,
     last_stamp_check_ms: UnixMillis,
+    last_sweep_ms: UnixMillis,
+    last_prune_ms: UnixMillis,
+    /// Floors older than this (the freshness window) may be pruned.
+    pub prune_max_age_ms: u64,
 }
+
+/// How often the replay store is pruned (SPEC §7.4), ms.
+pub const PRUNE_EVERY_MS: u64 = 600_000;
 
 impl<G: Gate, H: Hooks> std::fmt::Debug for Daemon<G, H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -297,6 +304,10 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             quiet_refusals: 0,
             last_summary_ms: now,
             last_stamp_check_ms: now,
+            last_sweep_ms: now,
+            // The first prune runs at the first turn after the start.
+            last_prune_ms: now.saturating_sub(PRUNE_EVERY_MS),
+            prune_max_age_ms: proto_spec::replay::DEFAULT_MAX_AGE_MS,
         }
     }
 
@@ -475,13 +486,33 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
     }
 
     fn housekeeping(&mut self, now: UnixMillis) {
-        // Sessions whose every opening expired (the kernel already removed
-        // the elements).
-        self.sessions.retain(|_, s| {
-            s.openings.retain(|o| o.expires_ms > now);
-            !s.openings.is_empty()
-        });
-        self.blocked.retain(|_, until| *until > now);
+        // Timers, not per batch: under a flood this runs after every
+        // receive batch, and scanning every session or accepting on the
+        // control socket each time would cost more than the datagrams.
+        if now.saturating_sub(self.last_sweep_ms) >= 250 {
+            self.last_sweep_ms = now;
+            // Sessions whose every opening expired (the kernel already
+            // removed the elements).
+            self.sessions.retain(|_, s| {
+                s.openings.retain(|o| o.expires_ms > now);
+                !s.openings.is_empty()
+            });
+            self.blocked.retain(|_, until| *until > now);
+            if let Some(ctl) = self.control.take() {
+                ctl.serve_pending(|req| self.control_request(req, now));
+                self.control = Some(ctl);
+            }
+        }
+        // SPEC §7.4: floors older than the freshness window are pruned (G is
+        // raised first, durably), so the store does not grow forever.
+        if now.saturating_sub(self.last_prune_ms) >= PRUNE_EVERY_MS {
+            self.last_prune_ms = now;
+            match self.db.prune(now, self.prune_max_age_ms) {
+                Ok(r) if r.removed > 0 => info!(removed = r.removed, "replay store pruned"),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "replay store pruning failed"),
+            }
+        }
         if self.quiet_refusals > 0 && now.saturating_sub(self.last_summary_ms) >= 10_000 {
             info!(
                 count = self.quiet_refusals,
@@ -501,10 +532,6 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             } else {
                 "a trust file changed"
             });
-        }
-        if let Some(ctl) = self.control.take() {
-            ctl.serve_pending(|req| self.control_request(req, now));
-            self.control = Some(ctl);
         }
         self.hooks.tick(now);
     }

@@ -258,6 +258,12 @@ pub fn run_daemon<G: Gate, H: Hooks>(s: Setup, gate: G, hooks: H) -> Result<(), 
         },
         now_ms(),
     );
+    // Prune floors only once they are older than every window in force.
+    d.prune_max_age_ms = s
+        .cfg
+        .time
+        .max_age_ms
+        .saturating_add(s.cfg.time.max_future_skew_ms);
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     info!(port = s.cfg.daemon.knock_port, capture = %s.cfg.daemon.capture, mode = %s.cfg.firewall.mode, "ready");
     let result = d.run().map_err(|e| step("capture")(e.to_string()));

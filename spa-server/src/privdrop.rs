@@ -62,10 +62,12 @@ pub fn drop_privileges(user: Option<&str>) -> Result<(), PrivDropError> {
         setuid(uid).map_err(|e| sys("setuid")(e.to_string()))?;
         nix::sys::prctl::set_keepcaps(false).map_err(|e| sys("PR_SET_KEEPCAPS")(e.to_string()))?;
     }
-    caps::set(None, CapSet::Permitted, &keep)
-        .map_err(|e| sys("permitted capabilities")(e.to_string()))?;
+    // Effective first: the kernel refuses a permitted set smaller than the
+    // effective one (the case when staying root without `daemon.user`).
     caps::set(None, CapSet::Effective, &keep)
         .map_err(|e| sys("effective capabilities")(e.to_string()))?;
+    caps::set(None, CapSet::Permitted, &keep)
+        .map_err(|e| sys("permitted capabilities")(e.to_string()))?;
     caps::clear(None, CapSet::Inheritable)
         .map_err(|e| sys("inheritable capabilities")(e.to_string()))?;
     let _ = caps::clear(None, CapSet::Ambient);
