@@ -18,7 +18,8 @@
 //! Framing inside the tunnel: the client sends one line `CONNECT
 //! <service>\n`; green answers `OK\n` or `ERR <reason>\n`. The service must
 //! have been granted to the same identity and address by an accepted
-//! request-service (or open-tunnel) knock. Its target is a TCP service of
+//! request-service (or open-tunnel) knock, at most [`GRANT_PATIENCE`]
+//! after the line arrived (the knock and the connection race). Its target is a TCP service of
 //! `[relay] services` with a port (red's address and that port, connected
 //! from `[relay] source`, which red opened for) or a green-local
 //! `[[services]]` TCP entry (`127.0.0.1:port`). Red may open a moment after
@@ -56,6 +57,9 @@ use crate::pki::TrustFiles;
 /// How long green keeps trying to reach a service (red opens after the
 /// order arrives).
 pub const CONNECT_PATIENCE: Duration = Duration::from_secs(5);
+
+/// How long a CONNECT waits for its request-service knock to be accepted.
+pub const GRANT_PATIENCE: Duration = Duration::from_secs(3);
 
 /// Connections served at once; beyond, new ones are closed at once.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -307,9 +311,25 @@ fn server_config(id: &Identity, trust: &TrustFiles) -> Result<Arc<ServerConfig>,
 struct Shared {
     id: Identity,
     trust: TrustFiles,
+    /// The last configuration built: used when the trust files cannot be
+    /// read again (e.g. after privileges were dropped).
+    config: Mutex<Arc<ServerConfig>>,
     grants: SharedGrants,
     targets: HashMap<String, Target>,
     active: AtomicUsize,
+}
+
+impl Shared {
+    /// A configuration from the trust files as they are now, else the last
+    /// one.
+    fn current_config(&self) -> Arc<ServerConfig> {
+        let mut last = self.config.lock().unwrap_or_else(PoisonError::into_inner);
+        match server_config(&self.id, &self.trust) {
+            Ok(c) => *last = c,
+            Err(e) => debug!(error = %e, "tunnel: trust files not reloaded, using the last ones"),
+        }
+        Arc::clone(&last)
+    }
 }
 
 /// Opens the listener and reads the server key (both before privileges
@@ -321,7 +341,7 @@ pub fn start(cfg: &Config) -> Result<Option<TunnelHooks>, TunnelError> {
     };
     let id = read_identity(&t.certificate, &t.key)?;
     let trust = trust_files(cfg);
-    server_config(&id, &trust).map_err(TunnelError::Config)?;
+    let config = server_config(&id, &trust).map_err(TunnelError::Config)?;
     let listener = listen(t.listen_port).map_err(|source| TunnelError::Listen {
         port: t.listen_port,
         source,
@@ -330,6 +350,7 @@ pub fn start(cfg: &Config) -> Result<Option<TunnelHooks>, TunnelError> {
     let shared = Arc::new(Shared {
         id,
         trust,
+        config: Mutex::new(config),
         grants: grants.clone(),
         targets: targets(cfg),
         active: AtomicUsize::new(0),
@@ -398,7 +419,7 @@ fn serve(shared: &Shared, mut tcp: TcpStream, ip: IpAddr) -> io::Result<()> {
     tcp.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     tcp.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
     tcp.set_nodelay(true)?;
-    let config = server_config(&shared.id, &shared.trust).map_err(other)?;
+    let config = shared.current_config();
     let mut conn = ServerConnection::new(config).map_err(|e| other(e.to_string()))?;
     while conn.is_handshaking() {
         conn.complete_io(&mut tcp)?;
@@ -429,6 +450,14 @@ fn serve(shared: &Shared, mut tcp: TcpStream, ip: IpAddr) -> io::Result<()> {
         .filter(|s| !s.is_empty() && !s.contains(' '))
         .ok_or_else(|| other("not a CONNECT line"))?
         .to_owned();
+    // The request-service knock is one UDP datagram sent just before the
+    // connection: give the capture loop a moment to accept it.
+    let deadline = Instant::now() + GRANT_PATIENCE;
+    while !granted(&|g| g.service_granted(ip, &identity, &service, now_ms()))
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     if !granted(&|g| g.service_granted(ip, &identity, &service, now_ms())) {
         let _ = refuse(&mut conn, &mut tcp, "service not granted");
         return Err(other(format!("service '{service}' not granted")));
@@ -750,18 +779,22 @@ mod tests {
         .expect("ca");
         let server_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
         let server_cert = issue(&ca, &server_key, "green", Usage::Server);
+        let id = Identity {
+            chain: vec![CertificateDer::from(server_cert)],
+            key: PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+        };
+        let trust = TrustFiles {
+            cas: vec![dir.path().join("ca").join(pki::CA_CERT)],
+            intermediates: vec![],
+            crls: vec![],
+            unknown_revocation: UnknownRevocation::Allow,
+            expired_crl: ExpiredCrl::Refuse,
+        };
+        let config = Mutex::new(server_config(&id, &trust).expect("config"));
         let shared = Arc::new(Shared {
-            id: Identity {
-                chain: vec![CertificateDer::from(server_cert)],
-                key: PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
-            },
-            trust: TrustFiles {
-                cas: vec![dir.path().join("ca").join(pki::CA_CERT)],
-                intermediates: vec![],
-                crls: vec![],
-                unknown_revocation: UnknownRevocation::Allow,
-                expired_crl: ExpiredCrl::Refuse,
-            },
+            id,
+            trust,
+            config,
             grants: SharedGrants::default(),
             targets,
             active: AtomicUsize::new(0),
