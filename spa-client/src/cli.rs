@@ -39,6 +39,9 @@ pub enum Command {
     /// Send one knock: open the tunnel, request a service, or close.
     #[command(after_help = SEND_EXAMPLES)]
     Send(SendArgs),
+    /// Reach a service through green's mutual-TLS tunnel (knocking first).
+    #[command(after_help = CONNECT_EXAMPLES)]
+    Connect(ConnectArgs),
     /// Generate a software client key (PKCS#8, mode 0600) and optionally a CSR.
     #[command(after_help = KEYGEN_EXAMPLES)]
     Keygen(KeygenArgs),
@@ -61,6 +64,53 @@ Examples:
   spa-client -p lab send --allow-ip 198.51.100.7 open
   spa-client send --dry-run --json open        # show the datagram, send nothing
   spa-client send close                        # close the session everywhere";
+
+const CONNECT_EXAMPLES: &str = "\
+Examples:
+  ssh -o ProxyCommand='spa-client connect ssh' host   # stdin/stdout through the tunnel
+  spa-client connect web --listen 127.0.0.1:8080      # forward local connections
+
+The profile needs tunnel_ca (the CA of green's TLS certificate) and, unless it
+is 8443, tunnel_port. Without an open session in the state file, an
+open-tunnel knock is sent first; then a request-service knock for SERVICE.";
+
+/// `connect`.
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// The service to reach (as named in green's configuration).
+    pub service: String,
+    /// Listen here and forward each local TCP connection through a new
+    /// tunnel connection, instead of relaying standard input and output.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Server host name or address (overrides the profile).
+    #[arg(long, value_name = "HOST")]
+    pub server: Option<String>,
+    /// Server UDP port [default: 62201].
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Server public key, base64 (overrides the profile).
+    #[arg(long, value_name = "BASE64")]
+    pub server_key: Option<String>,
+    /// Client certificate, PEM or DER (overrides the profile).
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// Client private key, PKCS#8 (overrides the profile's key or token).
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Address to open for (see `send --allow-ip`).
+    #[arg(long, value_name = "IP|auto|source")]
+    pub allow_ip: Option<String>,
+    /// Seconds the openings should last [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    pub lifetime: Option<u32>,
+    /// How long to wait for the tunnel port, seconds.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub wait_timeout: f64,
+    /// How many fresh open-tunnel knocks may be resent while waiting.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub resend: u32,
+}
 
 const KEYGEN_EXAMPLES: &str = "\
 Examples:

@@ -43,6 +43,20 @@ impl SignerSpec {
     }
 }
 
+impl SignerSpec {
+    /// Opens the signer for sharing between threads (the TLS client key).
+    pub fn open_shared(&self) -> Result<std::sync::Arc<dyn Signer + Send + Sync>, ClientError> {
+        match self {
+            Self::Software { key, certificate } => Ok(std::sync::Arc::new(
+                spa_keys::load_software_signer(key, certificate)?,
+            )),
+            Self::Pkcs11(cfg) => Pkcs11Signer::open(cfg)
+                .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn Signer + Send + Sync>)
+                .map_err(|e| ClientError::signer(e.to_string())),
+        }
+    }
+}
+
 /// Parses a PIN source: `env:VAR`, `file:/path` or `prompt`. Anything else
 /// is refused without echoing it: it may well be the PIN itself.
 pub fn parse_pin_source(s: &str) -> Result<PinSource, ClientError> {

@@ -16,3 +16,4 @@ pub mod profile;
 pub mod run;
 pub mod state;
 pub mod token;
+pub mod tunnel;

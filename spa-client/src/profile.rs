@@ -69,7 +69,14 @@ pub struct Profile {
     pub allow_ip: Option<String>,
     /// Lifetime to ask for, seconds.
     pub lifetime: Option<u32>,
+    /// The CA (PEM) that issued green's tunnel server certificate.
+    pub tunnel_ca: Option<PathBuf>,
+    /// Green's tunnel TCP port [default: 8443].
+    pub tunnel_port: Option<u16>,
 }
+
+/// Green's default tunnel port.
+pub const DEFAULT_TUNNEL_PORT: u16 = 8443;
 
 /// A PKCS#11 key.
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -1,20 +1,23 @@
 //! Carrying out a parsed command line.
 
+use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 use clap::CommandFactory;
 use proto_spec::body::{MessageType, OpenFor};
 use proto_spec::sign::SignatureAlgorithm;
+use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
 
 use crate::cli::{
-    Algorithm, Cli, Command, KeygenArgs, SendArgs, SendKind, TokenArgs, TokenCommand,
+    Algorithm, Cli, Command, ConnectArgs, KeygenArgs, SendArgs, SendKind, TokenArgs, TokenCommand,
 };
 use crate::exit::{ClientError, ExitCode};
 use crate::knock::{self, KnockPlan, SignerSpec};
-use crate::profile::{self, AllowIp, DEFAULT_LIFETIME_S, DEFAULT_PORT};
+use crate::profile::{self, AllowIp, DEFAULT_LIFETIME_S, DEFAULT_PORT, DEFAULT_TUNNEL_PORT};
 use crate::state::{self, ClientState};
 use crate::token::pkcs11::{self as p11, KeySelector, TokenSelector};
+use crate::tunnel;
 
 /// What a command reports on success.
 #[derive(Debug)]
@@ -33,6 +36,7 @@ pub struct Report {
 pub fn run(cli: &Cli) -> Result<Report, ClientError> {
     match &cli.command {
         Command::Send(args) => send(cli, args),
+        Command::Connect(args) => connect(cli, args),
         Command::Keygen(args) => keygen(args),
         Command::Token(cmd) => token(cmd),
         Command::Completions { shell } => {
@@ -115,29 +119,7 @@ fn send(cli: &Cli, a: &SendArgs) -> Result<Report, ClientError> {
         )));
     }
 
-    // The signer: flags, then the profile's key file, then its token.
-    let cert = a
-        .cert
-        .clone()
-        .or(p.certificate.clone())
-        .map(|c| profile::expand_home(&c));
-    // A --key flag wins; then the profile's token; then its key file.
-    let software = |key: &std::path::Path| -> Result<SignerSpec, ClientError> {
-        Ok(SignerSpec::Software {
-            key: profile::expand_home(key),
-            certificate: required(cert.clone(), "cert", &pname)?,
-        })
-    };
-    let spec = match (&a.key, &p.pkcs11, &p.key) {
-        (Some(key), _, _) => software(key)?,
-        (None, Some(tok), _) => SignerSpec::Pkcs11(knock::pkcs11_config(tok, cert.clone())?),
-        (None, None, Some(key)) => software(key)?,
-        (None, None, None) => {
-            return Err(ClientError::config(format!(
-                "no key: give --key or set key or [pkcs11] in profile '{pname}'"
-            )));
-        }
-    };
+    let spec = signer_spec(a.key.as_deref(), a.cert.as_deref(), &p, &pname)?;
 
     // Session and timestamp state (SPEC §4.1, §7.5).
     let state_path = state::state_path(&pname);
@@ -281,6 +263,135 @@ fn send(cli: &Cli, a: &SendArgs) -> Result<Report, ClientError> {
         json: out,
         raw: None,
     })
+}
+
+/// The signer: a `--key` flag wins; then the profile's token; then its key
+/// file.
+fn signer_spec(
+    key: Option<&std::path::Path>,
+    cert: Option<&std::path::Path>,
+    p: &profile::Profile,
+    pname: &str,
+) -> Result<SignerSpec, ClientError> {
+    let cert = cert
+        .map(std::path::Path::to_path_buf)
+        .or(p.certificate.clone())
+        .map(|c| profile::expand_home(&c));
+    let software = |key: &std::path::Path| -> Result<SignerSpec, ClientError> {
+        Ok(SignerSpec::Software {
+            key: profile::expand_home(key),
+            certificate: required(cert.clone(), "cert", pname)?,
+        })
+    };
+    match (key, &p.pkcs11, &p.key) {
+        (Some(key), _, _) => software(key),
+        (None, Some(tok), _) => Ok(SignerSpec::Pkcs11(knock::pkcs11_config(tok, cert.clone())?)),
+        (None, None, Some(key)) => software(key),
+        (None, None, None) => Err(ClientError::config(format!(
+            "no key: give --key or set key or [pkcs11] in profile '{pname}'"
+        ))),
+    }
+}
+
+/// `connect`: knock (open-tunnel unless a session is open and the tunnel
+/// port answers; then request-service), then TLS to green's tunnel port
+/// and relay standard input and output, or local connections.
+fn connect(cli: &Cli, a: &ConnectArgs) -> Result<Report, ClientError> {
+    let (cfg, cfg_path) = profile::load_config(cli.config.as_deref())?;
+    let (pname, p) = cfg.select(cli.profile.as_deref(), cfg_path.as_deref())?;
+    let server = required(a.server.clone().or(p.server.clone()), "server", &pname)?;
+    let tunnel_port = p.tunnel_port.unwrap_or(DEFAULT_TUNNEL_PORT);
+    let ca = p.tunnel_ca.clone().ok_or_else(|| {
+        ClientError::config(format!(
+            "no tunnel_ca in profile '{pname}': the CA of green's TLS certificate"
+        ))
+    })?;
+    knock::check_services(std::slice::from_ref(&a.service))?;
+    let spec = signer_spec(a.key.as_deref(), a.cert.as_deref(), &p, &pname)?;
+    let tls = tunnel::client_config(&profile::expand_home(&ca), spec.open_shared()?)?;
+    let addr = knock::resolve(&server, tunnel_port)?;
+    let name = ServerName::try_from(server.clone())
+        .map_err(|e| ClientError::config(format!("server '{server}': {e}")))?;
+    let send_args = |kind, wait| SendArgs {
+        server: a.server.clone(),
+        port: a.port,
+        server_key: a.server_key.clone(),
+        cert: a.cert.clone(),
+        key: a.key.clone(),
+        allow_ip: a.allow_ip.clone(),
+        lifetime: a.lifetime,
+        session: None,
+        wait,
+        wait_timeout: a.wait_timeout,
+        resend: a.resend,
+        dry_run: false,
+        kind,
+    };
+    let st = state::state_path(&pname)
+        .as_deref()
+        .map(ClientState::load)
+        .unwrap_or_default();
+    let open = st.session_id.is_none()
+        || TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err();
+    if open {
+        let r = send(
+            cli,
+            &send_args(SendKind::Open { services: vec![] }, Some(tunnel_port)),
+        )?;
+        if r.code != ExitCode::Ok {
+            return Err(ClientError {
+                code: r.code,
+                message: r.human,
+            });
+        }
+    }
+    send(
+        cli,
+        &send_args(
+            SendKind::Request {
+                services: vec![a.service.clone()],
+            },
+            None,
+        ),
+    )?;
+    let io_err = |e: std::io::Error| ClientError::network(format!("tunnel: {e}"));
+    match a.listen {
+        None => {
+            let t = tunnel::open(addr, name, tls, &a.service)?;
+            t.relay(std::io::stdin(), std::io::stdout(), |_| {})
+                .map_err(io_err)?;
+            Ok(raw(Vec::new()))
+        }
+        Some(local) => {
+            let listener = TcpListener::bind(local)
+                .map_err(|e| ClientError::network(format!("--listen {local}: {e}")))?;
+            if !cli.quiet {
+                eprintln!(
+                    "spa-client: forwarding {} to '{}' through {addr}",
+                    listener.local_addr().map_or(local, |l| l),
+                    a.service
+                );
+            }
+            for c in listener.incoming() {
+                let Ok(c) = c else { continue };
+                let (tls, name, service) = (tls.clone(), name.clone(), a.service.clone());
+                std::thread::spawn(move || {
+                    let relay = || -> Result<(), ClientError> {
+                        let t = tunnel::open(addr, name, tls, &service)?;
+                        let input = c.try_clone().map_err(io_err)?;
+                        t.relay(input, c, |c| {
+                            let _ = c.shutdown(std::net::Shutdown::Write);
+                        })
+                        .map_err(io_err)
+                    };
+                    if let Err(e) = relay() {
+                        eprintln!("spa-client: {e}");
+                    }
+                });
+            }
+            Ok(raw(Vec::new()))
+        }
+    }
 }
 
 fn keygen(a: &KeygenArgs) -> Result<Report, ClientError> {

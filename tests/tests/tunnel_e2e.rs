@@ -1,0 +1,391 @@
+//! The mutual-TLS tunnel end to end, as root, on three network namespaces:
+//!
+//! ```text
+//! client 10.200.71.2 ── 10.200.71.1 green 10.200.72.1 ── 10.200.72.2 red
+//! ```
+//!
+//! green runs `spa-server run` with `[relay]` and `[tunnel]`, red runs
+//! `red-relay run`, both in blackhole mode. Red runs a real OpenSSH server
+//! (its own sshd_config and host key) on port 2222 and `python3 -m
+//! http.server` on port 8080. The client has no route to red: it reaches
+//! both only through green's tunnel, with `spa-client connect` (knocks,
+//! then TLS with its certificate): real `ssh` through `ProxyCommand`, and
+//! `curl` through `--listen`.
+//!
+//! Addresses are in 10.200.0.0/16 inside the namespaces only; namespaces,
+//! daemons and servers are removed on drop, also when the test fails.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use tests::{Daemon, Netns, TempDir, bin, link4, require_tools, run_ok, unique_tag, wait_until};
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 200, 71, 2);
+const GREEN_C: Ipv4Addr = Ipv4Addr::new(10, 200, 71, 1);
+const GREEN_R: Ipv4Addr = Ipv4Addr::new(10, 200, 72, 1);
+const RED: Ipv4Addr = Ipv4Addr::new(10, 200, 72, 2);
+const KNOCK_PORT: u16 = 62201;
+const ORDER_PORT: u16 = 62202;
+const TUNNEL_PORT: u16 = 8443;
+const SSH_PORT: u16 = 2222;
+const WEB_PORT: u16 = 8080;
+const LOCAL_PORT: u16 = 18080;
+
+/// A process killed (and reaped) on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn line_of(cmd: &mut Command) -> String {
+    String::from_utf8_lossy(&run_ok(cmd).stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn ssh_and_http_through_the_tunnel() {
+    require_tools(&[
+        ("nft", "nftables"),
+        ("sshd", "openssh-server"),
+        ("ssh", "openssh-client"),
+        ("ssh-keygen", "openssh-client"),
+        ("python3", "python3"),
+        ("curl", "curl"),
+    ]);
+    let tag = unique_tag();
+    let dir = TempDir::new(&format!("tunnel-{tag}"));
+    let client = Netns::new("tc", &tag);
+    let green_ns = Netns::new("tg", &tag);
+    let red_ns = Netns::new("tr", &tag);
+    link4(&client, "to-green", CLIENT, &green_ns, "to-client", GREEN_C);
+    link4(&green_ns, "to-red", GREEN_R, &red_ns, "to-green", RED);
+
+    let server = bin("spa-server");
+    let spa_client = bin("spa-client");
+    let red_relay = bin("red-relay");
+    run_ok(Command::new(&server).args([
+        "pki",
+        "init",
+        "--dir",
+        &dir.s("ca"),
+        "--name",
+        "tunnel e2e CA",
+    ]));
+    for (who, usage) in [("alice", "--client"), ("green-tls", "--server")] {
+        run_ok(Command::new(&spa_client).args([
+            "keygen",
+            "--out",
+            &dir.s(&format!("{who}.key")),
+            "--csr",
+            &dir.s(&format!("{who}.csr")),
+            "--name",
+            who,
+        ]));
+        let mut issue = Command::new(&server);
+        issue.args([
+            "pki",
+            "issue",
+            "--dir",
+            &dir.s("ca"),
+            "--csr",
+            &dir.s(&format!("{who}.csr")),
+            "--name",
+            who,
+            usage,
+            "--out",
+            &dir.s(&format!("{who}.crt")),
+        ]);
+        if usage == "--server" {
+            issue.args(["--ip", &GREEN_C.to_string()]);
+        }
+        run_ok(&mut issue);
+    }
+    let green_pub = line_of(Command::new(&server).args(["keygen", "--out", &dir.s("green.key")]));
+    let green_signing_pub = line_of(Command::new(&server).args([
+        "keygen",
+        "--signing",
+        "--out",
+        &dir.s("green-signing.key"),
+    ]));
+    let red_pub = line_of(Command::new(&red_relay).args(["keygen", "--out", &dir.s("red.key")]));
+
+    let green_cfg = format!(
+        r#"[daemon]
+knock_port = {KNOCK_PORT}
+keys = ["{green_key}"]
+replay_db = "{green_db}"
+control_socket = "{green_sock}"
+user = "nobody"
+
+[trust]
+anchors = ["{ca}"]
+
+[firewall]
+mode = "blackhole"
+
+[[services]]
+name = "tunnel"
+port = {TUNNEL_PORT}
+
+[[rules]]
+identity = "cn:alice"
+services = ["tunnel", "ssh", "web"]
+
+[relay]
+red = "{RED}:{ORDER_PORT}"
+red_key = "{red_pub}"
+signing_key = "{signing}"
+source = "{GREEN_R}"
+services = [{{ name = "ssh", port = {SSH_PORT} }}, {{ name = "web", port = {WEB_PORT} }}]
+
+[tunnel]
+listen_port = {TUNNEL_PORT}
+certificate = "{tls_cert}"
+key = "{tls_key}"
+"#,
+        green_key = dir.s("green.key"),
+        green_db = dir.s("green.redb"),
+        green_sock = dir.s("green.sock"),
+        ca = dir.s("ca/ca.pem"),
+        signing = dir.s("green-signing.key"),
+        tls_cert = dir.s("green-tls.crt"),
+        tls_key = dir.s("green-tls.key"),
+    );
+    let red_cfg = format!(
+        r#"[daemon]
+knock_port = {ORDER_PORT}
+keys = ["{red_key}"]
+replay_db = "{red_db}"
+control_socket = "{red_sock}"
+user = "nobody"
+
+[trust]
+anchors = ["{ca}"]
+
+[firewall]
+mode = "blackhole"
+
+[[services]]
+name = "ssh"
+port = {SSH_PORT}
+
+[[services]]
+name = "web"
+port = {WEB_PORT}
+
+[[rules]]
+identity = "cn:alice"
+services = ["ssh", "web"]
+
+[[gateways]]
+signing_key = "{green_signing_pub}"
+receiver_keys = ["{green_pub}"]
+"#,
+        red_key = dir.s("red.key"),
+        red_db = dir.s("red.redb"),
+        red_sock = dir.s("red.sock"),
+        ca = dir.s("ca/ca.pem"),
+    );
+    let client_cfg = format!(
+        r#"[profiles.lab]
+server = "{GREEN_C}"
+server_key = "{green_pub}"
+key = "{key}"
+certificate = "{cert}"
+lifetime = 60
+tunnel_ca = "{ca}"
+tunnel_port = {TUNNEL_PORT}
+"#,
+        key = dir.s("alice.key"),
+        cert = dir.s("alice.crt"),
+        ca = dir.s("ca/ca.pem"),
+    );
+    std::fs::write(dir.join("green.toml"), green_cfg).expect("write");
+    std::fs::write(dir.join("red.toml"), red_cfg).expect("write");
+    std::fs::write(dir.join("client.toml"), client_cfg).expect("write");
+    run_ok(Command::new(&server).args(["check-config", "--config", &dir.s("green.toml")]));
+
+    // Red: OpenSSH and an HTTP server, behind red-relay.
+    run_ok(Command::new("ssh-keygen").args([
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-f",
+        &dir.s("host_key"),
+    ]));
+    run_ok(Command::new("ssh-keygen").args([
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-f",
+        &dir.s("alice_ssh"),
+        "-C",
+        "alice",
+    ]));
+    std::fs::copy(dir.join("alice_ssh.pub"), dir.join("authorized_keys")).expect("copy");
+    std::fs::write(
+        dir.join("sshd_config"),
+        format!(
+            "Port {SSH_PORT}\nListenAddress {RED}\nHostKey {hk}\nAuthorizedKeysFile {ak}\n\
+             PermitRootLogin prohibit-password\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nUsePAM no\nPidFile {pid}\nStrictModes no\n",
+            hk = dir.s("host_key"),
+            ak = dir.s("authorized_keys"),
+            pid = dir.s("sshd.pid"),
+        ),
+    )
+    .expect("sshd_config");
+    std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).expect("www");
+    std::fs::write(www.join("hello.txt"), "hello from red over the tunnel\n").expect("page");
+    let _sshd = Proc(red_ns.spawn(
+        &[
+            "/usr/sbin/sshd",
+            "-D",
+            "-f",
+            &dir.s("sshd_config"),
+            "-E",
+            &dir.s("sshd.log"),
+        ],
+        &dir.join("sshd.out"),
+    ));
+    let _web = Proc(red_ns.spawn(
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            &WEB_PORT.to_string(),
+            "--bind",
+            &RED.to_string(),
+            "--directory",
+            www.to_str().expect("utf-8"),
+        ],
+        &dir.join("http.log"),
+    ));
+    let _red = Daemon::start_program(
+        &red_ns,
+        &red_relay,
+        &dir.join("red.toml"),
+        &dir.join("red.sock"),
+        &dir.join("red.log"),
+    );
+    let green = Daemon::start(
+        &green_ns,
+        &dir.join("green.toml"),
+        &dir.join("green.sock"),
+        &dir.join("green.log"),
+    );
+    // Both servers listen (seen from red itself).
+    for port in [SSH_PORT, WEB_PORT] {
+        assert!(
+            wait_until(Duration::from_secs(10), || red_ns
+                .connect(SocketAddr::from((RED, port)), Duration::from_millis(200))
+                .is_ok()),
+            "red's server on port {port} did not start"
+        );
+    }
+    // Nothing answers on the tunnel port before a knock.
+    assert!(
+        client
+            .connect(
+                SocketAddr::from((GREEN_C, TUNNEL_PORT)),
+                Duration::from_millis(500)
+            )
+            .is_err(),
+        "the tunnel port is closed before a knock"
+    );
+
+    let state = dir.join("state");
+    let connect = format!(
+        "env XDG_STATE_HOME={st} {bin} --config {cfg} --profile lab connect",
+        st = state.display(),
+        bin = spa_client.display(),
+        cfg = dir.s("client.toml"),
+    );
+
+    // ssh through ProxyCommand.
+    let mut ssh = client.cmd("ssh");
+    ssh.args([
+        "-i",
+        &dir.s("alice_ssh"),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=20",
+        "-o",
+        &format!("ProxyCommand={connect} ssh"),
+        "-p",
+        &SSH_PORT.to_string(),
+        &format!("root@{RED}"),
+        "echo ssh-through-the-tunnel; hostname -I",
+    ]);
+    let out = ssh.output().expect("ssh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ssh-through-the-tunnel"),
+        "ssh failed: {stdout}{}\ngreen log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        green.log_text()
+    );
+    assert!(
+        stdout.contains(&RED.to_string()),
+        "the shell ran on red: {stdout}"
+    );
+
+    // curl through --listen.
+    let mut args: Vec<String> = connect.split(' ').map(str::to_owned).collect();
+    args.extend([
+        "web".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{LOCAL_PORT}"),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _fwd = Proc(client.spawn(&args, &dir.join("forward.log")));
+    let local = SocketAddr::from(([127, 0, 0, 1], LOCAL_PORT));
+    assert!(
+        wait_until(Duration::from_secs(20), || client
+            .connect(local, Duration::from_millis(200))
+            .is_ok()),
+        "spa-client connect --listen did not listen: {}",
+        std::fs::read_to_string(dir.join("forward.log")).unwrap_or_default()
+    );
+    for _ in 0..2 {
+        let out = client.out(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "15",
+            &format!("http://127.0.0.1:{LOCAL_PORT}/hello.txt"),
+        ]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "hello from red over the tunnel\n",
+            "curl: {}\nforward log:\n{}\ngreen log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(dir.join("forward.log")).unwrap_or_default(),
+            green.log_text()
+        );
+    }
+    let log = green.log_text();
+    assert!(log.contains("tunnel: connected"), "{log}");
+}
