@@ -63,6 +63,9 @@ pub struct Session {
 pub trait Hooks {
     /// Called after an accepted decision was applied to the firewall.
     fn after_decision(&mut self, decision: &Decision, source: SocketAddr, now: UnixMillis);
+    /// Called when a session ends: closed by its client, revoked by the
+    /// operator, or every opening expired.
+    fn session_closed(&mut self, _session: &[u8; 16], _now: UnixMillis) {}
     /// Called on every loop turn (timers).
     fn tick(&mut self, _now: UnixMillis) {}
     /// The hooks' own counters, reported by `status` beside the daemon's.
@@ -85,6 +88,11 @@ impl<H: Hooks> Hooks for Option<H> {
             h.after_decision(d, source, now);
         }
     }
+    fn session_closed(&mut self, session: &[u8; 16], now: UnixMillis) {
+        if let Some(h) = self {
+            h.session_closed(session, now);
+        }
+    }
     fn tick(&mut self, now: UnixMillis) {
         if let Some(h) = self {
             h.tick(now);
@@ -100,6 +108,10 @@ impl<A: Hooks, B: Hooks> Hooks for (A, B) {
     fn after_decision(&mut self, d: &Decision, source: SocketAddr, now: UnixMillis) {
         self.0.after_decision(d, source, now);
         self.1.after_decision(d, source, now);
+    }
+    fn session_closed(&mut self, session: &[u8; 16], now: UnixMillis) {
+        self.0.session_closed(session, now);
+        self.1.session_closed(session, now);
     }
     fn tick(&mut self, now: UnixMillis) {
         self.0.tick(now);
@@ -457,6 +469,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             }
         }
         info!(src = %s.addr, identity = %s.identity, session = %hex16(session), "session closed: {why}");
+        self.hooks.session_closed(session, now_ms());
         true
     }
 
@@ -493,10 +506,18 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             self.last_sweep_ms = now;
             // Sessions whose every opening expired (the kernel already
             // removed the elements).
-            self.sessions.retain(|_, s| {
+            let mut expired = Vec::new();
+            self.sessions.retain(|id, s| {
                 s.openings.retain(|o| o.expires_ms > now);
+                if s.openings.is_empty() {
+                    expired.push(*id);
+                }
                 !s.openings.is_empty()
             });
+            for id in &expired {
+                debug!(session = %hex16(id), "session expired");
+                self.hooks.session_closed(id, now);
+            }
             self.blocked.retain(|_, until| *until > now);
             if let Some(ctl) = self.control.take() {
                 ctl.serve_pending(|req| self.control_request(req, now));

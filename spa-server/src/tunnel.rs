@@ -26,8 +26,10 @@
 //! the knock: the connect is retried for [`CONNECT_PATIENCE`]. Then both
 //! directions are spliced until both ends have closed.
 //!
-//! Not yet: cutting a live connection when its session closes or expires
-//! (the firewall stops new connections only).
+//! A served connection belongs to the session that granted its service:
+//! when that session ends (a close knock, `revoke-session`, or its
+//! openings expire; [`Hooks::session_closed`]), both of its sockets (the
+//! client's and the service's) are shut down, which ends the splice.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -97,17 +99,29 @@ struct Grant {
     services: HashMap<String, UnixMillis>,
 }
 
-/// Sessions as the daemon accepted them, shared with the tunnel threads.
+/// Sessions as the daemon accepted them, shared with the tunnel threads,
+/// and the sockets of the connections each session serves.
 #[derive(Debug, Default)]
 pub struct Grants {
     sessions: HashMap<[u8; 16], Grant>,
+    /// Per session: connection number and its sockets (clones), shut down
+    /// when the session ends.
+    conns: HashMap<[u8; 16], Vec<(u64, Vec<TcpStream>)>>,
+    next_conn: u64,
 }
 
 impl Grants {
     /// Records an accepted decision.
     pub fn apply(&mut self, d: &Decision, now: UnixMillis) {
-        self.sessions
-            .retain(|_, g| g.tunnel_until > now || g.services.values().any(|t| *t > now));
+        let expired: Vec<[u8; 16]> = self
+            .sessions
+            .iter()
+            .filter(|(_, g)| g.tunnel_until <= now && g.services.values().all(|t| *t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &expired {
+            self.close(id);
+        }
         match d {
             Decision::Open {
                 kind,
@@ -145,8 +159,43 @@ impl Grants {
                     .get(session)
                     .is_some_and(|g| g.identity == *identity_key)
                 {
-                    self.sessions.remove(session);
+                    self.close(session);
                 }
+            }
+        }
+    }
+
+    /// Forgets a session and shuts down the connections it serves.
+    /// Returns how many connections were cut.
+    pub fn close(&mut self, session: &[u8; 16]) -> usize {
+        self.sessions.remove(session);
+        let conns = self.conns.remove(session).unwrap_or_default();
+        for (_, socks) in &conns {
+            for s in socks {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+        conns.len()
+    }
+
+    /// Records a served connection's sockets under `session`; `None` when
+    /// the session has ended meanwhile.
+    fn attach(&mut self, session: &[u8; 16], socks: Vec<TcpStream>) -> Option<u64> {
+        if !self.sessions.contains_key(session) {
+            return None;
+        }
+        self.next_conn += 1;
+        let id = self.next_conn;
+        self.conns.entry(*session).or_default().push((id, socks));
+        Some(id)
+    }
+
+    /// Forgets a connection that ended.
+    fn detach(&mut self, session: &[u8; 16], id: u64) {
+        if let Some(v) = self.conns.get_mut(session) {
+            v.retain(|(c, _)| *c != id);
+            if v.is_empty() {
+                self.conns.remove(session);
             }
         }
     }
@@ -166,11 +215,32 @@ impl Grants {
         service: &str,
         now: UnixMillis,
     ) -> bool {
-        self.sessions.values().any(|g| {
-            g.addr == addr
-                && g.identity == *identity
-                && g.services.get(service).is_some_and(|t| *t > now)
-        })
+        self.session_for(addr, identity, service, now).is_some()
+    }
+
+    /// The session that granted `service` to `identity` for `addr`
+    /// (preferring one with an open tunnel).
+    pub fn session_for(
+        &self,
+        addr: IpAddr,
+        identity: &IdentityKey,
+        service: &str,
+        now: UnixMillis,
+    ) -> Option<[u8; 16]> {
+        self.sessions
+            .iter()
+            .filter(|(_, g)| {
+                g.addr == addr
+                    && g.identity == *identity
+                    && g.services.get(service).is_some_and(|t| *t > now)
+            })
+            .max_by_key(|(_, g)| g.tunnel_until > now)
+            .map(|(id, _)| *id)
+    }
+
+    /// Connections being served (all sessions).
+    pub fn connections(&self) -> usize {
+        self.conns.values().map(Vec::len).sum()
     }
 }
 
@@ -190,6 +260,21 @@ impl Hooks for TunnelHooks {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .apply(decision, now);
+    }
+
+    fn session_closed(&mut self, session: &[u8; 16], _now: UnixMillis) {
+        let cut = self
+            .grants
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .close(session);
+        if cut > 0 {
+            info!(
+                session = %hex::encode(session),
+                connections = cut,
+                "tunnel: session ended, its connections were shut down"
+            );
+        }
     }
 }
 
@@ -476,6 +561,29 @@ fn serve(shared: &Shared, mut tcp: TcpStream, ip: IpAddr) -> io::Result<()> {
             )));
         }
     };
+    let session = granted_session(shared, ip, &identity, &service);
+    let registered = match session {
+        Some(sid) => {
+            let socks = vec![tcp.try_clone()?, upstream.try_clone()?];
+            shared
+                .grants
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .attach(&sid, socks)
+                .map(|id| Registered {
+                    grants: &shared.grants,
+                    session: sid,
+                    id,
+                })
+        }
+        None => None,
+    };
+    let Some(_registered) = registered else {
+        let _ = refuse(&mut conn, &mut tcp, "session ended");
+        return Err(other(format!(
+            "service '{service}': the session ended meanwhile"
+        )));
+    };
     conn.writer().write_all(b"OK\n")?;
     info!(src = %ip, service = %service, target = %target.addr, "tunnel: connected");
     tcp.set_read_timeout(None)?;
@@ -492,6 +600,35 @@ fn serve(shared: &Shared, mut tcp: TcpStream, ip: IpAddr) -> io::Result<()> {
             let _ = w.shutdown(Shutdown::Write);
         },
     )
+}
+
+fn granted_session(
+    shared: &Shared,
+    ip: IpAddr,
+    identity: &IdentityKey,
+    service: &str,
+) -> Option<[u8; 16]> {
+    shared
+        .grants
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .session_for(ip, identity, service, now_ms())
+}
+
+/// A connection's entry in [`Grants`], removed when it ends.
+struct Registered<'a> {
+    grants: &'a SharedGrants,
+    session: [u8; 16],
+    id: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.grants
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .detach(&self.session, self.id);
+    }
 }
 
 fn refuse(conn: &mut ServerConnection, tcp: &mut TcpStream, why: &str) -> io::Result<()> {
@@ -963,5 +1100,60 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(p.shared.active.load(Ordering::SeqCst), 0, "threads ended");
+    }
+
+    #[test]
+    fn a_closed_session_cuts_its_live_connections() {
+        let echo = echo_server();
+        let targets = HashMap::from([(
+            "echo".to_owned(),
+            Target {
+                addr: echo,
+                bind: None,
+            },
+        )]);
+        let p = setup(targets);
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let shared = Arc::clone(&p.shared);
+        std::thread::spawn(move || accept_loop(&listener, &shared));
+        let ca = pki::Ca::open(&p._dir.path().join("ca")).expect("ca");
+        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key");
+        let cert = issue(&ca, &key, "alice", Usage::Client);
+        let alice = identity_of(&cert).expect("identity");
+        let cfg = client(&p, cert, &key);
+        open(
+            &p.shared.grants,
+            MessageType::OpenTunnel,
+            7,
+            alice,
+            &["tunnel", "echo"],
+        );
+
+        let mut tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let name = ServerName::IpAddress(Ipv4Addr::LOCALHOST.into());
+        let mut conn = ClientConnection::new(cfg, name).expect("client");
+        let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+        tls.write_all(b"CONNECT echo\nping").expect("write");
+        let mut got = [0u8; 7];
+        tls.read_exact(&mut got).expect("echo");
+        assert_eq!(&got, b"OK\nping");
+        assert_eq!(p.shared.grants.lock().expect("lock").connections(), 1);
+
+        // The session ends while the connection is idle: green cuts it.
+        let started = Instant::now();
+        assert_eq!(p.shared.grants.lock().expect("lock").close(&[7; 16]), 1);
+        let mut rest = Vec::new();
+        let _ = tls.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "{rest:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "cut at once");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while p.shared.active.load(Ordering::SeqCst) != 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(p.shared.active.load(Ordering::SeqCst), 0, "thread ended");
+        assert_eq!(p.shared.grants.lock().expect("lock").connections(), 0);
     }
 }

@@ -310,36 +310,43 @@ tunnel_port = {TUNNEL_PORT}
     );
 
     let state = dir.join("state");
-    let connect = format!(
-        "env XDG_STATE_HOME={st} {bin} --config {cfg} --profile lab connect",
+    let connect_base = format!(
+        "env XDG_STATE_HOME={st} {bin} --config {cfg} --profile lab",
         st = state.display(),
         bin = spa_client.display(),
         cfg = dir.s("client.toml"),
     );
+    let connect = format!("{connect_base} connect");
 
     // ssh through ProxyCommand.
-    let mut ssh = client.cmd("ssh");
-    ssh.args([
-        "-i",
-        &dir.s("alice_ssh"),
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "LogLevel=ERROR",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "ConnectTimeout=20",
-        "-o",
-        &format!("ProxyCommand={connect} ssh"),
-        "-p",
-        &SSH_PORT.to_string(),
-        &format!("root@{RED}"),
-        "echo ssh-through-the-tunnel; hostname -I",
-    ]);
-    let out = ssh.output().expect("ssh");
+    let ssh_args = |connect: &str, remote: &str| -> Vec<String> {
+        [
+            "ssh",
+            "-i",
+            &dir.s("alice_ssh"),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=20",
+            "-o",
+            &format!("ProxyCommand={connect} ssh"),
+            "-p",
+            &SSH_PORT.to_string(),
+            &format!("root@{RED}"),
+            remote,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let ssh = ssh_args(&connect, "echo ssh-through-the-tunnel; hostname -I");
+    let ssh: Vec<&str> = ssh.iter().map(String::as_str).collect();
+    let out = client.out(&ssh);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("ssh-through-the-tunnel"),
@@ -388,4 +395,44 @@ tunnel_port = {TUNNEL_PORT}
     }
     let log = green.log_text();
     assert!(log.contains("tunnel: connected"), "{log}");
+    drop(_fwd);
+
+    // A live ssh session ends when the client sends close: green shuts
+    // the session's tunnel connections down.
+    let long = ssh_args(&connect, "echo started; sleep 60");
+    let long: Vec<&str> = long.iter().map(String::as_str).collect();
+    let mut live = Proc(client.spawn(&long, &dir.join("live-ssh.log")));
+    assert!(
+        wait_until(Duration::from_secs(20), || std::fs::read_to_string(
+            dir.join("live-ssh.log")
+        )
+        .unwrap_or_default()
+        .contains("started")),
+        "the long ssh session did not start: {}",
+        std::fs::read_to_string(dir.join("live-ssh.log")).unwrap_or_default()
+    );
+    let close: Vec<String> = format!("{connect_base} send close")
+        .split(' ')
+        .map(str::to_owned)
+        .collect();
+    let close: Vec<&str> = close.iter().map(String::as_str).collect();
+    let out = client.out(&close);
+    assert!(out.status.success(), "send close: {out:?}");
+    let started = std::time::Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(5), || live
+            .0
+            .try_wait()
+            .ok()
+            .flatten()
+            .is_some()),
+        "the ssh session outlived the close\ngreen log:\n{}",
+        green.log_text()
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let log = green.log_text();
+    assert!(
+        log.contains("its connections were shut down"),
+        "green did not cut the session's connections:\n{log}"
+    );
 }
