@@ -73,6 +73,9 @@ pub struct Profile {
     pub tunnel_ca: Option<PathBuf>,
     /// Green's tunnel TCP port [default: 8443].
     pub tunnel_port: Option<u16>,
+    /// `connect` (standard input and output) sends the close knock when
+    /// its stream ends [default: false].
+    pub close_on_exit: Option<bool>,
 }
 
 /// Green's default tunnel port.

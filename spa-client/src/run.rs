@@ -357,9 +357,26 @@ fn connect(cli: &Cli, a: &ConnectArgs) -> Result<Report, ClientError> {
     let io_err = |e: std::io::Error| ClientError::network(format!("tunnel: {e}"));
     match a.listen {
         None => {
-            let t = tunnel::open(addr, name, tls, &a.service)?;
-            t.relay(std::io::stdin(), std::io::stdout(), |_| {})
-                .map_err(io_err)?;
+            if p.close_on_exit == Some(true) {
+                // ssh hangs up its ProxyCommand as it exits: finish the
+                // stream and send the close knock all the same.
+                let _ = signal_hook::flag::register(
+                    signal_hook::consts::SIGHUP,
+                    std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                );
+            }
+            let relayed = tunnel::open(addr, name, tls, &a.service).and_then(|t| {
+                t.relay(std::io::stdin(), std::io::stdout(), |_| {})
+                    .map_err(io_err)
+            });
+            // The stream ended (or failed): with `close_on_exit`, the
+            // session is closed on every hop.
+            let closed = (p.close_on_exit == Some(true))
+                .then(|| send(cli, &send_args(SendKind::Close, None)));
+            relayed?;
+            if let Some(c) = closed {
+                c?;
+            }
             Ok(raw(Vec::new()))
         }
         Some(local) => {

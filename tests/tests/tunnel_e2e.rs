@@ -204,6 +204,16 @@ certificate = "{cert}"
 lifetime = 60
 tunnel_ca = "{ca}"
 tunnel_port = {TUNNEL_PORT}
+
+[profiles.auto]
+server = "{GREEN_C}"
+server_key = "{green_pub}"
+key = "{key}"
+certificate = "{cert}"
+lifetime = 60
+tunnel_ca = "{ca}"
+tunnel_port = {TUNNEL_PORT}
+close_on_exit = true
 "#,
         key = dir.s("alice.key"),
         cert = dir.s("alice.crt"),
@@ -276,7 +286,7 @@ tunnel_port = {TUNNEL_PORT}
         ],
         &dir.join("http.log"),
     ));
-    let _red = Daemon::start_program(
+    let red = Daemon::start_program(
         &red_ns,
         &red_relay,
         &dir.join("red.toml"),
@@ -435,4 +445,58 @@ tunnel_port = {TUNNEL_PORT}
         log.contains("its connections were shut down"),
         "green did not cut the session's connections:\n{log}"
     );
+    assert!(
+        wait_until(Duration::from_secs(5), || sessions(&green) == 0
+            && sessions(&red) == 0
+            && red_allow4(&red_ns).is_empty()),
+        "after close: green {}, red {}, red's allow4 {:?}",
+        green.status()["sessions"],
+        red.status()["sessions"],
+        red_allow4(&red_ns)
+    );
+
+    // close_on_exit: when the stream ends, connect closes the session on
+    // every hop.
+    let auto_connect = connect.replace("--profile lab", "--profile auto");
+    let auto = ssh_args(&auto_connect, "echo auto-close");
+    let auto: Vec<&str> = auto.iter().map(String::as_str).collect();
+    let out = client.out(&auto);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("auto-close"),
+        "ssh (close_on_exit): {out:?}\ngreen log:\n{}",
+        green.log_text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || green.counter("accepted.close")
+            >= 2
+            && sessions(&green) == 0
+            && sessions(&red) == 0
+            && red_allow4(&red_ns).is_empty()),
+        "after connect exited: green {}, red {}, red's allow4 {:?}\ngreen log:\n{}",
+        green.status()["sessions"],
+        red.status()["sessions"],
+        red_allow4(&red_ns),
+        green.log_text()
+    );
+    assert_eq!(green.counter("accepted.close"), 2, "the client sent close");
+}
+
+/// Open sessions in a daemon's status.
+fn sessions(d: &Daemon) -> usize {
+    d.status()["sessions"].as_array().map_or(0, Vec::len)
+}
+
+/// The elements of `inet spa allow4` in `ns` (one string per element).
+fn red_allow4(ns: &Netns) -> Vec<String> {
+    let out = ns.ok(&["nft", "list", "set", "inet", "spa", "allow4"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let Some(start) = text.find("elements = {") else {
+        return Vec::new();
+    };
+    let body = &text[start + "elements = {".len()..];
+    let body = &body[..body.find('}').unwrap_or(body.len())];
+    body.split(',')
+        .map(|e| e.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|e| !e.is_empty())
+        .collect()
 }
