@@ -1,0 +1,595 @@
+//! The mutual-TLS tunnel end to end: `cargo bench -p tests --bench tunnel`.
+//!
+//! Test bed (the recipe of `tests/tests/tunnel_e2e.rs`), three network
+//! namespaces created here and deleted at the end:
+//!
+//! ```text
+//! client 10.200.71.2 ── 10.200.71.1 green 10.200.72.1 ── 10.200.72.2 red
+//! ```
+//!
+//! green runs the release `spa-server run` with `[relay]` and `[tunnel]`,
+//! red runs the release `red-relay run`, both in blackhole mode. Red's
+//! services are threads of this bench (sockets opened in red's namespace):
+//! `sink` (port 9001: reads to EOF, timing first byte to EOF) and `greet`
+//! (port 9002: writes `hi\n` at once, then holds the connection until EOF).
+//!
+//! 1. Throughput: 200 MB client → red's sink, through the tunnel (`spa-client
+//!    connect sink`, the bytes on its stdin: client → TLS → green → red) and
+//!    directly (a TCP connection from the client namespace to red's sink,
+//!    routed by green's kernel: the same two veth hops; red's firewall
+//!    accepts the client's address as `management`, green forwards). Three
+//!    runs each, alternated; rate = bytes / (sink's first byte → EOF).
+//! 2. Set-up: `spa-client connect greet` spawned (in the client namespace,
+//!    no `ip netns exec`) → first byte on its stdout, 20 runs cold (no
+//!    session: open-tunnel knock, wait for the port, request-service knock,
+//!    TLS, CONNECT) and 20 warm (session open: request-service knock, TLS,
+//!    CONNECT).
+//! 3. Memory: green's VmRSS and thread count idle, then with streams held
+//!    open through `spa-client connect greet --listen` (each stream reads
+//!    red's `hi` to count as served): at green's cap (256) and with 1,000
+//!    attempted.
+//!
+//! Needs root, iproute2, nftables. Prints "skipped" unless run with
+//! `--bench` (so that `cargo test --all-targets` stays fast).
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    clippy::cast_precision_loss,
+    missing_docs,
+    missing_debug_implementations
+)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tests::{Daemon, Netns, TempDir, bin, link4, require_tools, run_ok, unique_tag, wait_until};
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 200, 71, 2);
+const GREEN_C: Ipv4Addr = Ipv4Addr::new(10, 200, 71, 1);
+const GREEN_R: Ipv4Addr = Ipv4Addr::new(10, 200, 72, 1);
+const RED: Ipv4Addr = Ipv4Addr::new(10, 200, 72, 2);
+const KNOCK_PORT: u16 = 62201;
+const ORDER_PORT: u16 = 62202;
+const TUNNEL_PORT: u16 = 8443;
+const SINK_PORT: u16 = 9001;
+const GREET_PORT: u16 = 9002;
+const LOCAL_PORT: u16 = 18090;
+const BYTES: usize = 200 * 1024 * 1024;
+const RUNS: usize = 3;
+const SETUP_RUNS: usize = 20;
+const CAP: usize = 256;
+const STREAMS: usize = 1000;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn line_of(cmd: &mut Command) -> String {
+    String::from_utf8_lossy(&run_ok(cmd).stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+fn status_field(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)
+                .and_then(|r| r.trim_start_matches(':').split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// utime + stime in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = s.rsplit_once(") ").map_or("", |x| x.1);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        f64::midpoint(v[n / 2 - 1], v[n / 2])
+    }
+}
+
+/// Red's sink: every connection read to EOF; (bytes, first byte → EOF).
+fn sink(l: TcpListener, tx: mpsc::Sender<(usize, Duration)>) {
+    for c in l.incoming() {
+        let Ok(mut c) = c else { continue };
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut n = 0usize;
+            let mut first = None;
+            loop {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => {
+                        if first.is_none() {
+                            first = Some(Instant::now());
+                        }
+                        n += k;
+                    }
+                }
+            }
+            // Green's relay probes the port after each order (connect,
+            // close): connections without data are not transfers.
+            if let Some(f) = first {
+                let _ = tx.send((n, f.elapsed()));
+            }
+        });
+    }
+}
+
+/// Red's greeter: `hi\n`, then hold until EOF.
+fn greet(l: TcpListener) {
+    for c in l.incoming() {
+        let Ok(mut c) = c else { continue };
+        let _ = std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let _ = c.write_all(b"hi\n");
+                let mut b = [0u8; 512];
+                while let Ok(k) = c.read(&mut b) {
+                    if k == 0 {
+                        break;
+                    }
+                }
+            });
+    }
+}
+
+fn feed(w: &mut impl Write) -> std::io::Result<()> {
+    let chunk = vec![0x5au8; 1024 * 1024];
+    for _ in 0..BYTES / chunk.len() {
+        w.write_all(&chunk)?;
+    }
+    Ok(())
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("skipped");
+        return;
+    }
+    require_tools(&[("nft", "nftables")]);
+    println!(
+        "load average at start: {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+    let tag = unique_tag();
+    let dir = TempDir::new(&format!("tunbench-{tag}"));
+    let client = Netns::new("bc", &tag);
+    let green_ns = Netns::new("bg", &tag);
+    let red_ns = Netns::new("br", &tag);
+    link4(&client, "to-green", CLIENT, &green_ns, "to-client", GREEN_C);
+    link4(&green_ns, "to-red", GREEN_R, &red_ns, "to-green", RED);
+    // The direct path: green routes client <-> red (the tunnel does not use
+    // it: its traffic is local to green).
+    green_ns.ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    client.ok(&["ip", "route", "add", "10.200.72.0/24", "via", "10.200.71.1"]);
+    red_ns.ok(&["ip", "route", "add", "10.200.71.0/24", "via", "10.200.72.1"]);
+
+    let server = bin("spa-server");
+    let spa_client = bin("spa-client");
+    let red_relay = bin("red-relay");
+    println!("binaries: {}", server.parent().unwrap().display());
+    run_ok(Command::new(&server).args([
+        "pki",
+        "init",
+        "--dir",
+        &dir.s("ca"),
+        "--name",
+        "tunnel bench CA",
+    ]));
+    for (who, usage) in [("alice", "--client"), ("green-tls", "--server")] {
+        run_ok(Command::new(&spa_client).args([
+            "keygen",
+            "--out",
+            &dir.s(&format!("{who}.key")),
+            "--csr",
+            &dir.s(&format!("{who}.csr")),
+            "--name",
+            who,
+        ]));
+        let mut issue = Command::new(&server);
+        issue.args([
+            "pki",
+            "issue",
+            "--dir",
+            &dir.s("ca"),
+            "--csr",
+            &dir.s(&format!("{who}.csr")),
+            "--name",
+            who,
+            usage,
+            "--out",
+            &dir.s(&format!("{who}.crt")),
+        ]);
+        if usage == "--server" {
+            issue.args(["--ip", &GREEN_C.to_string()]);
+        }
+        run_ok(&mut issue);
+    }
+    let green_pub = line_of(Command::new(&server).args(["keygen", "--out", &dir.s("green.key")]));
+    let green_signing_pub = line_of(Command::new(&server).args([
+        "keygen",
+        "--signing",
+        "--out",
+        &dir.s("green-signing.key"),
+    ]));
+    let red_pub = line_of(Command::new(&red_relay).args(["keygen", "--out", &dir.s("red.key")]));
+    let green_cfg = format!(
+        r#"[daemon]
+knock_port = {KNOCK_PORT}
+keys = ["{green_key}"]
+replay_db = "{green_db}"
+control_socket = "{green_sock}"
+user = "nobody"
+
+[trust]
+anchors = ["{ca}"]
+
+[firewall]
+mode = "blackhole"
+
+[[services]]
+name = "tunnel"
+port = {TUNNEL_PORT}
+
+[[rules]]
+identity = "cn:alice"
+services = ["tunnel", "sink", "greet"]
+
+[relay]
+red = "{RED}:{ORDER_PORT}"
+red_key = "{red_pub}"
+signing_key = "{signing}"
+source = "{GREEN_R}"
+services = [{{ name = "sink", port = {SINK_PORT} }}, {{ name = "greet", port = {GREET_PORT} }}]
+
+[tunnel]
+listen_port = {TUNNEL_PORT}
+certificate = "{tls_cert}"
+key = "{tls_key}"
+"#,
+        green_key = dir.s("green.key"),
+        green_db = dir.s("green.redb"),
+        green_sock = dir.s("green.sock"),
+        ca = dir.s("ca/ca.pem"),
+        signing = dir.s("green-signing.key"),
+        tls_cert = dir.s("green-tls.crt"),
+        tls_key = dir.s("green-tls.key"),
+    );
+    let red_cfg = format!(
+        r#"[daemon]
+knock_port = {ORDER_PORT}
+keys = ["{red_key}"]
+replay_db = "{red_db}"
+control_socket = "{red_sock}"
+user = "nobody"
+
+[trust]
+anchors = ["{ca}"]
+
+[firewall]
+mode = "blackhole"
+management = ["{CLIENT}/32"]
+
+[[services]]
+name = "sink"
+port = {SINK_PORT}
+
+[[services]]
+name = "greet"
+port = {GREET_PORT}
+
+[[rules]]
+identity = "cn:alice"
+services = ["sink", "greet"]
+
+[[gateways]]
+signing_key = "{green_signing_pub}"
+receiver_keys = ["{green_pub}"]
+"#,
+        red_key = dir.s("red.key"),
+        red_db = dir.s("red.redb"),
+        red_sock = dir.s("red.sock"),
+        ca = dir.s("ca/ca.pem"),
+    );
+    let client_cfg = format!(
+        r#"[profiles.lab]
+server = "{GREEN_C}"
+server_key = "{green_pub}"
+key = "{key}"
+certificate = "{cert}"
+lifetime = 300
+tunnel_ca = "{ca}"
+tunnel_port = {TUNNEL_PORT}
+"#,
+        key = dir.s("alice.key"),
+        cert = dir.s("alice.crt"),
+        ca = dir.s("ca/ca.pem"),
+    );
+    std::fs::write(dir.join("green.toml"), green_cfg).unwrap();
+    std::fs::write(dir.join("red.toml"), red_cfg).unwrap();
+    std::fs::write(dir.join("client.toml"), client_cfg).unwrap();
+
+    // Red's services (threads of this process, sockets in red's namespace).
+    let (sink_tx, sink_rx) = mpsc::channel();
+    let sink_l = red_ns
+        .run_in(|| TcpListener::bind((RED, SINK_PORT)))
+        .unwrap();
+    std::thread::spawn(move || sink(sink_l, sink_tx));
+    let greet_l = red_ns
+        .run_in(|| {
+            // A deep backlog: up to 1,000 streams arrive at once.
+            let l = TcpListener::bind((RED, GREET_PORT))?;
+            Ok::<_, std::io::Error>(l)
+        })
+        .unwrap();
+    std::thread::spawn(move || greet(greet_l));
+
+    let _red = Daemon::start_program(
+        &red_ns,
+        &red_relay,
+        &dir.join("red.toml"),
+        &dir.join("red.sock"),
+        &dir.join("red.log"),
+    );
+    let green = Daemon::start(
+        &green_ns,
+        &dir.join("green.toml"),
+        &dir.join("green.sock"),
+        &dir.join("green.log"),
+    );
+    let gpid = green.pid();
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_start = status_field(gpid, "VmRSS");
+    let thr_start = status_field(gpid, "Threads");
+    println!("[3] green idle after start: VmRSS {rss_start} kB, {thr_start} threads");
+
+    let spawn_client = |state: &Path, args: &[&str], stdin: Stdio, stdout: Stdio, log: &str| {
+        let f = std::fs::File::create(dir.join(log)).unwrap();
+        let mut c = Command::new(&spa_client);
+        c.env("XDG_STATE_HOME", state)
+            .args([
+                "--config",
+                &dir.s("client.toml"),
+                "--profile",
+                "lab",
+                "connect",
+            ])
+            .args(args)
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(Stdio::from(f));
+        // Spawned from a thread inside the client namespace: the child
+        // inherits it (no `ip netns exec` in the timing).
+        client.run_in(|| c.spawn().unwrap())
+    };
+
+    // 1. Throughput.
+    let warm_state = dir.join("state-warm");
+    let mut tun = Vec::new();
+    let mut direct = Vec::new();
+    let mut green_cpu = Vec::new();
+    let tck = 100.0; // USER_HZ
+    for run in 0..RUNS {
+        // Through the tunnel.
+        let c0 = cpu_ticks(gpid);
+        let mut child = spawn_client(
+            &warm_state,
+            &["sink"],
+            Stdio::piped(),
+            Stdio::null(),
+            &format!("sink-{run}.log"),
+        );
+        let mut stdin = child.stdin.take().unwrap();
+        let w = std::thread::spawn(move || feed(&mut stdin));
+        let (n, d) = sink_rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no tunnel transfer: {}\ngreen log:\n{}",
+                    std::fs::read_to_string(dir.join(&format!("sink-{run}.log")))
+                        .unwrap_or_default(),
+                    green.log_text()
+                )
+            });
+        w.join().unwrap().unwrap();
+        // Alive or a zombie: /proc still has its CPU times until reaped.
+        let client_cpu = cpu_ticks(child.id()) as f64 / 100.0;
+        let st = child.wait().unwrap();
+        let c1 = cpu_ticks(gpid);
+        assert_eq!(n, BYTES, "tunnel transfer incomplete (client {st})");
+        let mbs = n as f64 / d.as_secs_f64() / 1e6;
+        let cpu_s = (c1 - c0) as f64 / tck;
+        println!(
+            "[1] run {run}: tunnel {mbs:.0} MB/s ({:.3} s), green CPU {cpu_s:.2} s, \
+             spa-client CPU {client_cpu:.2} s, client {st}",
+            d.as_secs_f64()
+        );
+        tun.push(mbs);
+        green_cpu.push(cpu_s);
+        // Direct: client namespace -> red's sink, routed by green.
+        let mut s = client
+            .run_in(|| {
+                TcpStream::connect_timeout(
+                    &SocketAddr::from((RED, SINK_PORT)),
+                    Duration::from_secs(2),
+                )
+            })
+            .expect("direct connect (routed by green)");
+        feed(&mut s).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let (n, d) = sink_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        drop(s);
+        assert_eq!(n, BYTES, "direct transfer incomplete");
+        let mbs = n as f64 / d.as_secs_f64() / 1e6;
+        println!(
+            "[1] run {run}: direct {mbs:.0} MB/s ({:.3} s)",
+            d.as_secs_f64()
+        );
+        direct.push(mbs);
+    }
+    let (t_med, d_med) = (median(&mut tun.clone()), median(&mut direct.clone()));
+    println!(
+        "[1] tunnel median {t_med:.0} MB/s (runs {tun:.0?}), direct median {d_med:.0} MB/s \
+         (runs {direct:.0?}), ratio {:.2} (target >= 0.70: {}); green CPU per 200 MB {green_cpu:.2?} s",
+        t_med / d_med,
+        if t_med / d_med >= 0.7 { "PASS" } else { "FAIL" }
+    );
+
+    // 2. Set-up time.
+    let setup = |cold: bool| -> Vec<f64> {
+        let mut v = Vec::new();
+        for i in 0..SETUP_RUNS {
+            let state = if cold {
+                dir.join(&format!("state-cold-{i}"))
+            } else {
+                warm_state.clone()
+            };
+            let t0 = Instant::now();
+            let mut child = spawn_client(
+                &state,
+                &["greet"],
+                Stdio::piped(),
+                Stdio::piped(),
+                &format!("greet-{}-{i}.log", if cold { "cold" } else { "warm" }),
+            );
+            let mut out = child.stdout.take().unwrap();
+            let mut b = [0u8; 1];
+            let got = out.read(&mut b);
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            assert!(
+                matches!(got, Ok(1)) && b[0] == b'h',
+                "no greeting ({got:?}): {}",
+                std::fs::read_to_string(dir.join(&format!(
+                    "greet-{}-{i}.log",
+                    if cold { "cold" } else { "warm" }
+                )))
+                .unwrap_or_default()
+            );
+            drop(child.stdin.take());
+            let mut rest = Vec::new();
+            let _ = out.read_to_end(&mut rest);
+            let _ = child.wait();
+            v.push(ms);
+        }
+        v
+    };
+    let mut cold = setup(true);
+    let mut warm = setup(false);
+    let cold_min = cold.iter().copied().fold(f64::MAX, f64::min);
+    let warm_min = warm.iter().copied().fold(f64::MAX, f64::min);
+    let cold_max = cold.iter().copied().fold(0.0, f64::max);
+    let warm_max = warm.iter().copied().fold(0.0, f64::max);
+    println!(
+        "[2] connect start -> first byte, {SETUP_RUNS} runs: cold (open-tunnel + request-service) \
+         median {:.1} ms (min {cold_min:.1}, max {cold_max:.1}); warm (session open: \
+         request-service) median {:.1} ms (min {warm_min:.1}, max {warm_max:.1})",
+        median(&mut cold),
+        median(&mut warm)
+    );
+
+    // 3. Memory with streams held open.
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_idle = status_field(gpid, "VmRSS");
+    let thr_idle = status_field(gpid, "Threads");
+    println!("[3] green idle after the runs above: VmRSS {rss_idle} kB, {thr_idle} threads");
+    let _fwd = Proc(spawn_client(
+        &warm_state,
+        &["greet", "--listen", &format!("127.0.0.1:{LOCAL_PORT}")],
+        Stdio::null(),
+        Stdio::null(),
+        "forward.log",
+    ));
+    let local = SocketAddr::from(([127, 0, 0, 1], LOCAL_PORT));
+    assert!(
+        wait_until(Duration::from_secs(20), || client
+            .connect(local, Duration::from_millis(200))
+            .is_ok()),
+        "spa-client --listen did not listen"
+    );
+    let open_streams = |n: usize| -> (Vec<TcpStream>, usize, Duration) {
+        let t0 = Instant::now();
+        let mut v: Vec<TcpStream> = client.run_in(|| {
+            (0..n)
+                .map(|_| TcpStream::connect_timeout(&local, Duration::from_secs(5)).unwrap())
+                .collect()
+        });
+        let mut served = 0;
+        for s in &mut v {
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut b = [0u8; 3];
+            if s.read_exact(&mut b).is_ok() && &b == b"hi\n" {
+                served += 1;
+            }
+        }
+        (v, served, t0.elapsed())
+    };
+    let (held, served, t) = open_streams(CAP);
+    std::thread::sleep(Duration::from_millis(300));
+    let rss_cap = status_field(gpid, "VmRSS");
+    let thr_cap = status_field(gpid, "Threads");
+    println!(
+        "[3] {CAP} streams attempted, {served} served in {:.1} s: green VmRSS {rss_cap} kB, \
+         {thr_cap} threads ({:.1} kB per stream over idle)",
+        t.as_secs_f64(),
+        (rss_cap.saturating_sub(rss_idle)) as f64 / served.max(1) as f64
+    );
+    let (more, served_more, t2) = open_streams(STREAMS - CAP);
+    std::thread::sleep(Duration::from_millis(300));
+    let rss_1000 = status_field(gpid, "VmRSS");
+    let thr_1000 = status_field(gpid, "Threads");
+    let refused = green
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("too many connections"))
+        .count();
+    println!(
+        "[3] {STREAMS} streams attempted: {} served ({served_more} of the last {} in {:.1} s), \
+         green logged {refused} 'too many connections'; VmRSS {rss_1000} kB, {thr_1000} threads",
+        served + served_more,
+        STREAMS - CAP,
+        t2.as_secs_f64()
+    );
+    drop(more);
+    drop(held);
+    std::thread::sleep(Duration::from_secs(1));
+    println!(
+        "[3] after closing them: VmRSS {} kB, {} threads",
+        status_field(gpid, "VmRSS"),
+        status_field(gpid, "Threads")
+    );
+    println!(
+        "load average at end: {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+}
