@@ -12,6 +12,19 @@
 //! then TLS with its certificate): real `ssh` through `ProxyCommand`, and
 //! `curl` through `--listen`.
 //!
+//! Then: a live ssh session ends when the client sends close (green cuts
+//! the session's connections) and red's `allow4` is empty; a profile with
+//! `close_on_exit` closes the session when `connect` ends; green killed
+//! (-9) leaves holes of a short lifetime that expire by themselves, and a
+//! new session works after its restart. An attacker namespace
+//!
+//! ```text
+//! attacker 10.200.73.2 ── 10.200.73.1 green (forwarding to red)
+//! ```
+//!
+//! reaches neither green's tunnel port nor red at any step (its connects
+//! time out).
+//!
 //! Addresses are in 10.200.0.0/16 inside the namespaces only; namespaces,
 //! daemons and servers are removed on drop, also when the test fails.
 
@@ -25,12 +38,16 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 200, 71, 2);
 const GREEN_C: Ipv4Addr = Ipv4Addr::new(10, 200, 71, 1);
 const GREEN_R: Ipv4Addr = Ipv4Addr::new(10, 200, 72, 1);
 const RED: Ipv4Addr = Ipv4Addr::new(10, 200, 72, 2);
+const ATTACKER: Ipv4Addr = Ipv4Addr::new(10, 200, 73, 2);
+const GREEN_A: Ipv4Addr = Ipv4Addr::new(10, 200, 73, 1);
 const KNOCK_PORT: u16 = 62201;
 const ORDER_PORT: u16 = 62202;
 const TUNNEL_PORT: u16 = 8443;
 const SSH_PORT: u16 = 2222;
 const WEB_PORT: u16 = 8080;
 const LOCAL_PORT: u16 = 18080;
+/// The lifetime of the holes left behind when green is killed.
+const SHORT_LIFETIME_S: u64 = 3;
 
 /// A process killed (and reaped) on drop.
 struct Proc(Child);
@@ -68,6 +85,26 @@ fn ssh_and_http_through_the_tunnel() {
     let red_ns = Netns::new("tr", &tag);
     link4(&client, "to-green", CLIENT, &green_ns, "to-client", GREEN_C);
     link4(&green_ns, "to-red", GREEN_R, &red_ns, "to-green", RED);
+    // The attacker: its own link to green, which forwards to red.
+    let attacker = Netns::new("ta", &tag);
+    link4(
+        &attacker,
+        "to-green",
+        ATTACKER,
+        &green_ns,
+        "to-attacker",
+        GREEN_A,
+    );
+    attacker.ok(&["ip", "route", "add", "default", "via", &GREEN_A.to_string()]);
+    red_ns.ok(&[
+        "ip",
+        "route",
+        "add",
+        "10.200.73.0/24",
+        "via",
+        &GREEN_R.to_string(),
+    ]);
+    green_ns.ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
 
     let server = bin("spa-server");
     let spa_client = bin("spa-client");
@@ -214,6 +251,15 @@ lifetime = 60
 tunnel_ca = "{ca}"
 tunnel_port = {TUNNEL_PORT}
 close_on_exit = true
+
+[profiles.short]
+server = "{GREEN_C}"
+server_key = "{green_pub}"
+key = "{key}"
+certificate = "{cert}"
+lifetime = {SHORT_LIFETIME_S}
+tunnel_ca = "{ca}"
+tunnel_port = {TUNNEL_PORT}
 "#,
         key = dir.s("alice.key"),
         cert = dir.s("alice.crt"),
@@ -286,6 +332,16 @@ close_on_exit = true
         ],
         &dir.join("http.log"),
     ));
+    // Before red's firewall, the attacker's route to red works.
+    assert!(
+        wait_until(Duration::from_secs(10), || attacker
+            .connect(
+                SocketAddr::from((RED, SSH_PORT)),
+                Duration::from_millis(300)
+            )
+            .is_ok()),
+        "the attacker has no route to red: the checks below would prove nothing"
+    );
     let red = Daemon::start_program(
         &red_ns,
         &red_relay,
@@ -293,7 +349,7 @@ close_on_exit = true
         &dir.join("red.sock"),
         &dir.join("red.log"),
     );
-    let green = Daemon::start(
+    let mut green = Daemon::start(
         &green_ns,
         &dir.join("green.toml"),
         &dir.join("green.sock"),
@@ -308,6 +364,7 @@ close_on_exit = true
             "red's server on port {port} did not start"
         );
     }
+    attacker_is_kept_out(&attacker, "before any knock");
     // Nothing answers on the tunnel port before a knock.
     assert!(
         client
@@ -368,6 +425,11 @@ close_on_exit = true
         stdout.contains(&RED.to_string()),
         "the shell ran on red: {stdout}"
     );
+    attacker_is_kept_out(&attacker, "right after the client's knocks");
+    assert!(
+        !allow4(&red_ns).is_empty(),
+        "red opened for green during the session"
+    );
 
     // curl through --listen.
     let mut args: Vec<String> = connect.split(' ').map(str::to_owned).collect();
@@ -421,6 +483,7 @@ close_on_exit = true
         "the long ssh session did not start: {}",
         std::fs::read_to_string(dir.join("live-ssh.log")).unwrap_or_default()
     );
+    attacker_is_kept_out(&attacker, "during the session");
     let close: Vec<String> = format!("{connect_base} send close")
         .split(' ')
         .map(str::to_owned)
@@ -448,11 +511,17 @@ close_on_exit = true
     assert!(
         wait_until(Duration::from_secs(5), || sessions(&green) == 0
             && sessions(&red) == 0
-            && red_allow4(&red_ns).is_empty()),
+            && allow4(&red_ns).is_empty()),
         "after close: green {}, red {}, red's allow4 {:?}",
         green.status()["sessions"],
         red.status()["sessions"],
-        red_allow4(&red_ns)
+        allow4(&red_ns)
+    );
+    attacker_is_kept_out(&attacker, "after close");
+    assert_times_out(
+        &client,
+        SocketAddr::from((GREEN_C, TUNNEL_PORT)),
+        "the client, after close",
     );
 
     // close_on_exit: when the stream ends, connect closes the session on
@@ -471,14 +540,86 @@ close_on_exit = true
             >= 2
             && sessions(&green) == 0
             && sessions(&red) == 0
-            && red_allow4(&red_ns).is_empty()),
+            && allow4(&red_ns).is_empty()),
         "after connect exited: green {}, red {}, red's allow4 {:?}\ngreen log:\n{}",
         green.status()["sessions"],
         red.status()["sessions"],
-        red_allow4(&red_ns),
+        allow4(&red_ns),
         green.log_text()
     );
     assert_eq!(green.counter("accepted.close"), 2, "the client sent close");
+
+    // Green killed (-9) during a session of short lifetime: the holes it
+    // left on green and red expire by themselves; restarted, a new
+    // connect session works.
+    let short = ssh_args(
+        &connect.replace("--profile lab", "--profile short"),
+        "echo short-lived",
+    );
+    let short: Vec<&str> = short.iter().map(String::as_str).collect();
+    let out = client.out(&short);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("short-lived"),
+        "ssh (short): {out:?}"
+    );
+    assert!(!allow4(&red_ns).is_empty(), "red's hole for green");
+    assert!(!allow4(&green_ns).is_empty(), "green's hole for the client");
+    green.kill9();
+    let killed = std::time::Instant::now();
+    attacker_is_kept_out(&attacker, "green killed");
+    assert!(
+        wait_until(Duration::from_secs(SHORT_LIFETIME_S + 3), || allow4(
+            &red_ns
+        )
+        .is_empty()
+            && allow4(&green_ns).is_empty()),
+        "the holes did not expire: red {:?}, green {:?}",
+        allow4(&red_ns),
+        allow4(&green_ns)
+    );
+    assert!(killed.elapsed() < Duration::from_secs(SHORT_LIFETIME_S + 3));
+    assert!(wait_until(Duration::from_secs(5), || sessions(&red) == 0));
+    let green = Daemon::start(
+        &green_ns,
+        &dir.join("green.toml"),
+        &dir.join("green.sock"),
+        &dir.join("green-restarted.log"),
+    );
+    attacker_is_kept_out(&attacker, "green restarted");
+    let again = ssh_args(&connect, "echo after-restart");
+    let again: Vec<&str> = again.iter().map(String::as_str).collect();
+    let out = client.out(&again);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("after-restart"),
+        "ssh after green's restart: {out:?}\ngreen log:\n{}",
+        green.log_text()
+    );
+    attacker_is_kept_out(&attacker, "a session after the restart");
+}
+
+/// Asserts a TCP connect from `ns` to `dst` times out (dropped, not
+/// refused).
+fn assert_times_out(ns: &Netns, dst: SocketAddr, who: &str) {
+    match ns.connect(dst, Duration::from_millis(300)) {
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+        other => panic!("{who}: connect to {dst}: {other:?}, expected a timeout"),
+    }
+}
+
+/// The attacker reaches neither green's tunnel port (on both of green's
+/// addresses it can route to) nor red's services: every attempt times out.
+fn attacker_is_kept_out(attacker: &Netns, step: &str) {
+    let targets = [
+        SocketAddr::from((GREEN_A, TUNNEL_PORT)),
+        SocketAddr::from((GREEN_C, TUNNEL_PORT)),
+        SocketAddr::from((RED, SSH_PORT)),
+        SocketAddr::from((RED, WEB_PORT)),
+    ];
+    std::thread::scope(|s| {
+        for t in targets {
+            s.spawn(move || assert_times_out(attacker, t, &format!("the attacker, {step}")));
+        }
+    });
 }
 
 /// Open sessions in a daemon's status.
@@ -486,8 +627,9 @@ fn sessions(d: &Daemon) -> usize {
     d.status()["sessions"].as_array().map_or(0, Vec::len)
 }
 
-/// The elements of `inet spa allow4` in `ns` (one string per element).
-fn red_allow4(ns: &Netns) -> Vec<String> {
+/// The elements of `inet spa allow4` in `ns` (green or red; one string
+/// per element).
+fn allow4(ns: &Netns) -> Vec<String> {
     let out = ns.ok(&["nft", "list", "set", "inet", "spa", "allow4"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let Some(start) = text.find("elements = {") else {
