@@ -55,20 +55,36 @@ fn ask(c: &ControlArgs, req: &Value) -> anyhow::Result<Value> {
     })
 }
 
+/// Appends one line to `out` (`status` writes everything at once).
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
+/// Writes to standard output, ignoring a closed pipe (`status | head`).
+fn print_all(text: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
 /// `status`.
 pub fn status(c: &ControlArgs) -> anyhow::Result<ExitCode> {
     let reply = ask(c, &json!({"cmd": "status"}))?;
+    let mut out = String::new();
     if c.json {
-        println!("{reply}");
+        outln!(out, "{reply}");
+        print_all(&out);
         return Ok(ExitCode::SUCCESS);
     }
     let s = &reply["status"];
-    println!("uptime {} s", s["uptime_s"]);
+    outln!(out, "uptime {} s", s["uptime_s"]);
     let sessions = s["sessions"].as_array().cloned().unwrap_or_default();
-    println!("{} active session(s)", sessions.len());
+    outln!(out, "{} active session(s)", sessions.len());
     for sess in sessions {
         for o in sess["openings"].as_array().cloned().unwrap_or_default() {
-            println!(
+            outln!(out, 
                 "  {} {} {} {}/{} expires in {} s (session {})",
                 sess["identity"].as_str().unwrap_or("?"),
                 sess["address"].as_str().unwrap_or("?"),
@@ -81,18 +97,19 @@ pub fn status(c: &ControlArgs) -> anyhow::Result<ExitCode> {
         }
     }
     for b in s["blocked"].as_array().cloned().unwrap_or_default() {
-        println!(
+        outln!(out, 
             "  blocked {} for {} s",
             b["address"].as_str().unwrap_or("?"),
             b["expires_in_s"]
         );
     }
-    println!("counters:");
+    outln!(out, "counters:");
     if let Some(m) = s["counters"].as_object() {
         for (k, v) in m {
-            println!("  {k} {v}");
+            outln!(out, "  {k} {v}");
         }
     }
+    print_all(&out);
     Ok(ExitCode::SUCCESS)
 }
 
