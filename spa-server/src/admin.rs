@@ -84,7 +84,8 @@ pub fn status(c: &ControlArgs) -> anyhow::Result<ExitCode> {
     outln!(out, "{} active session(s)", sessions.len());
     for sess in sessions {
         for o in sess["openings"].as_array().cloned().unwrap_or_default() {
-            outln!(out, 
+            outln!(
+                out,
                 "  {} {} {} {}/{} expires in {} s (session {})",
                 sess["identity"].as_str().unwrap_or("?"),
                 sess["address"].as_str().unwrap_or("?"),
@@ -97,7 +98,8 @@ pub fn status(c: &ControlArgs) -> anyhow::Result<ExitCode> {
         }
     }
     for b in s["blocked"].as_array().cloned().unwrap_or_default() {
-        outln!(out, 
+        outln!(
+            out,
             "  blocked {} for {} s",
             b["address"].as_str().unwrap_or("?"),
             b["expires_in_s"]
