@@ -31,7 +31,11 @@ use proto_spec::sign::GatewaySigner;
 use proto_spec::wire::DatagramKind;
 use spa_server::capture::{Capture, CaptureConfig, Event};
 use spa_server::nft::Proto;
-use tests::{Daemon, Netns, TcpService, TempDir, link4, run_ok, unique_tag, wait_until};
+use tests::{
+    Daemon, GreenRelayConfig, Netns, RedRelayConfig, RelayKeys, TcpService, TempDir, link4,
+    make_relay_pki, run_ok, start_green, start_red, unique_tag, wait_until, write_green_config,
+    write_red_config,
+};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 200, 61, 2);
 const GREEN_C: Ipv4Addr = Ipv4Addr::new(10, 200, 61, 1);
@@ -163,16 +167,6 @@ struct Bed {
     red_ns: Netns,
 }
 
-/// Runs a command, returns its stdout's first line.
-fn line_of(cmd: &mut Command) -> String {
-    String::from_utf8_lossy(&run_ok(cmd).stdout)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
-}
-
 impl Bed {
     fn new() -> Self {
         let tag = unique_tag();
@@ -185,114 +179,33 @@ impl Bed {
 
         // PKI and keys, with the binaries an operator uses.
         let server = bin("spa-server");
-        let spa_client = bin("spa-client");
         let red_relay = bin("red-relay");
-        run_ok(Command::new(&server).args([
-            "pki",
-            "init",
-            "--dir",
-            &dir.s("ca"),
-            "--name",
-            "red e2e CA",
-        ]));
-        run_ok(Command::new(&spa_client).args([
-            "keygen",
-            "--out",
-            &dir.s("alice.key"),
-            "--csr",
-            &dir.s("alice.csr"),
-            "--name",
-            "alice",
-        ]));
-        run_ok(Command::new(&server).args([
-            "pki",
-            "issue",
-            "--dir",
-            &dir.s("ca"),
-            "--csr",
-            &dir.s("alice.csr"),
-            "--name",
-            "alice",
-            "--client",
-            "--out",
-            &dir.s("alice.crt"),
-        ]));
-        let green_pub =
-            line_of(Command::new(&server).args(["keygen", "--out", &dir.s("green.key")]));
-        let green_signing_pub = line_of(Command::new(&server).args([
-            "keygen",
-            "--signing",
-            "--out",
-            &dir.s("green-signing.key"),
-        ]));
-        let red_pub =
-            line_of(Command::new(&red_relay).args(["keygen", "--out", &dir.s("red.key")]));
-
-        let green_cfg = format!(
-            r#"[daemon]
-knock_port = {KNOCK_PORT}
-keys = ["{green_key}"]
-replay_db = "{green_db}"
-control_socket = "{green_sock}"
-user = "nobody"
-
-[trust]
-anchors = ["{ca}"]
-
-[firewall]
-mode = "blackhole"
-
-[[services]]
-name = "tunnel"
-port = {TUNNEL_PORT}
-
-[[rules]]
-identity = "cn:alice"
-services = ["tunnel", "web", "db"]
-
-[relay]
-red = "{RED}:{ORDER_PORT}"
-red_key = "{red_pub}"
-signing_key = "{signing}"
-source = "{GREEN_R}"
-services = [{{ name = "web", port = {WEB_PORT} }}, {{ name = "db", port = {DB_PORT} }}]
-"#,
-            green_key = dir.s("green.key"),
-            green_db = dir.s("green.redb"),
-            green_sock = dir.s("green.sock"),
-            ca = dir.s("ca/ca.pem"),
-            signing = dir.s("green-signing.key"),
+        let keys = make_relay_pki(&dir, "red e2e CA", &red_relay, None);
+        let RelayKeys {
+            green_pub,
+            green_signing_pub,
+            red_pub,
+        } = &keys;
+        write_green_config(
+            &dir,
+            &keys,
+            &GreenRelayConfig {
+                knock_port: KNOCK_PORT,
+                tunnel_port: TUNNEL_PORT,
+                red: SocketAddr::from((RED, ORDER_PORT)),
+                source: GREEN_R,
+                services: &[("web", WEB_PORT), ("db", DB_PORT)],
+                tunnel: false,
+            },
         );
-        let red_cfg = format!(
-            r#"[daemon]
-knock_port = {ORDER_PORT}
-keys = ["{red_key}"]
-replay_db = "{red_db}"
-control_socket = "{red_sock}"
-user = "nobody"
-
-[trust]
-anchors = ["{ca}"]
-
-[firewall]
-mode = "blackhole"
-
-[[services]]
-name = "web"
-port = {WEB_PORT}
-
-[[rules]]
-identity = "cn:alice"
-services = ["web"]
-
-[[gateways]]
-signing_key = "{green_signing_pub}"
-receiver_keys = ["{green_pub}"]
-"#,
-            red_key = dir.s("red.key"),
-            red_db = dir.s("red.redb"),
-            red_sock = dir.s("red.sock"),
-            ca = dir.s("ca/ca.pem"),
+        write_red_config(
+            &dir,
+            &keys,
+            &RedRelayConfig {
+                order_port: ORDER_PORT,
+                management: None,
+                services: &[("web", WEB_PORT)],
+            },
         );
         let client_cfg = format!(
             r#"[profiles.lab]
@@ -305,29 +218,16 @@ lifetime = 30
             key = dir.s("alice.key"),
             cert = dir.s("alice.crt"),
         );
-        std::fs::write(dir.join("green.toml"), green_cfg).expect("write");
-        std::fs::write(dir.join("red.toml"), red_cfg).expect("write");
         std::fs::write(dir.join("client.toml"), client_cfg).expect("write");
         run_ok(Command::new(&server).args(["check-config", "--config", &dir.s("green.toml")]));
         run_ok(Command::new(&red_relay).args(["check-config", "--config", &dir.s("red.toml")]));
 
-        let red = Daemon::start_program(
-            &red_ns,
-            &red_relay,
-            &dir.join("red.toml"),
-            &dir.join("red.sock"),
-            &dir.join("red.log"),
-        );
+        let red = start_red(&red_ns, &red_relay, &dir);
         let web = TcpService::start(&red_ns, red_web());
-        let green = Daemon::start(
-            &green_ns,
-            &dir.join("green.toml"),
-            &dir.join("green.sock"),
-            &dir.join("green.log"),
-        );
-        let red_pk = spa_keys::decode_public_key(&red_pub).expect("red key");
+        let green = start_green(&green_ns, &dir);
+        let red_pk = spa_keys::decode_public_key(red_pub).expect("red key");
         let green_signing_pk =
-            spa_keys::decode_gateway_public_key(&green_signing_pub).expect("green signing key");
+            spa_keys::decode_gateway_public_key(green_signing_pub).expect("green signing key");
         Self {
             green,
             red,
@@ -576,13 +476,7 @@ fn red_killed_mid_session_restarts_and_serves_the_next_request() {
     let mut bed = Bed::new();
     bed.open_and_request_web();
     bed.red.kill9();
-    bed.red = Daemon::start_program(
-        &bed.red_ns,
-        &bin("red-relay"),
-        &bed.dir.join("red.toml"),
-        &bed.dir.join("red.sock"),
-        &bed.dir.join("red.log"),
-    );
+    bed.red = start_red(&bed.red_ns, &bin("red-relay"), &bed.dir);
     let log = bed.red.log_text();
     assert!(
         log.contains("replay state loaded"),

@@ -32,7 +32,11 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use tests::{Daemon, Netns, TempDir, bin, link4, require_tools, run_ok, unique_tag, wait_until};
+use tests::{
+    Daemon, GreenRelayConfig, Netns, RedRelayConfig, TempDir, bin, link4, make_relay_pki,
+    require_tools, run_ok, start_green, start_red, unique_tag, wait_until, write_green_config,
+    write_red_config,
+};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 200, 71, 2);
 const GREEN_C: Ipv4Addr = Ipv4Addr::new(10, 200, 71, 1);
@@ -57,15 +61,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn line_of(cmd: &mut Command) -> String {
-    String::from_utf8_lossy(&run_ok(cmd).stdout)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
 }
 
 #[test]
@@ -109,128 +104,28 @@ fn ssh_and_http_through_the_tunnel() {
     let server = bin("spa-server");
     let spa_client = bin("spa-client");
     let red_relay = bin("red-relay");
-    run_ok(Command::new(&server).args([
-        "pki",
-        "init",
-        "--dir",
-        &dir.s("ca"),
-        "--name",
-        "tunnel e2e CA",
-    ]));
-    for (who, usage) in [("alice", "--client"), ("green-tls", "--server")] {
-        run_ok(Command::new(&spa_client).args([
-            "keygen",
-            "--out",
-            &dir.s(&format!("{who}.key")),
-            "--csr",
-            &dir.s(&format!("{who}.csr")),
-            "--name",
-            who,
-        ]));
-        let mut issue = Command::new(&server);
-        issue.args([
-            "pki",
-            "issue",
-            "--dir",
-            &dir.s("ca"),
-            "--csr",
-            &dir.s(&format!("{who}.csr")),
-            "--name",
-            who,
-            usage,
-            "--out",
-            &dir.s(&format!("{who}.crt")),
-        ]);
-        if usage == "--server" {
-            issue.args(["--ip", &GREEN_C.to_string()]);
-        }
-        run_ok(&mut issue);
-    }
-    let green_pub = line_of(Command::new(&server).args(["keygen", "--out", &dir.s("green.key")]));
-    let green_signing_pub = line_of(Command::new(&server).args([
-        "keygen",
-        "--signing",
-        "--out",
-        &dir.s("green-signing.key"),
-    ]));
-    let red_pub = line_of(Command::new(&red_relay).args(["keygen", "--out", &dir.s("red.key")]));
-
-    let green_cfg = format!(
-        r#"[daemon]
-knock_port = {KNOCK_PORT}
-keys = ["{green_key}"]
-replay_db = "{green_db}"
-control_socket = "{green_sock}"
-user = "nobody"
-
-[trust]
-anchors = ["{ca}"]
-
-[firewall]
-mode = "blackhole"
-
-[[services]]
-name = "tunnel"
-port = {TUNNEL_PORT}
-
-[[rules]]
-identity = "cn:alice"
-services = ["tunnel", "ssh", "web"]
-
-[relay]
-red = "{RED}:{ORDER_PORT}"
-red_key = "{red_pub}"
-signing_key = "{signing}"
-source = "{GREEN_R}"
-services = [{{ name = "ssh", port = {SSH_PORT} }}, {{ name = "web", port = {WEB_PORT} }}]
-
-[tunnel]
-listen_port = {TUNNEL_PORT}
-certificate = "{tls_cert}"
-key = "{tls_key}"
-"#,
-        green_key = dir.s("green.key"),
-        green_db = dir.s("green.redb"),
-        green_sock = dir.s("green.sock"),
-        ca = dir.s("ca/ca.pem"),
-        signing = dir.s("green-signing.key"),
-        tls_cert = dir.s("green-tls.crt"),
-        tls_key = dir.s("green-tls.key"),
+    let keys = make_relay_pki(&dir, "tunnel e2e CA", &red_relay, Some(GREEN_C));
+    let green_pub = &keys.green_pub;
+    write_green_config(
+        &dir,
+        &keys,
+        &GreenRelayConfig {
+            knock_port: KNOCK_PORT,
+            tunnel_port: TUNNEL_PORT,
+            red: SocketAddr::from((RED, ORDER_PORT)),
+            source: GREEN_R,
+            services: &[("ssh", SSH_PORT), ("web", WEB_PORT)],
+            tunnel: true,
+        },
     );
-    let red_cfg = format!(
-        r#"[daemon]
-knock_port = {ORDER_PORT}
-keys = ["{red_key}"]
-replay_db = "{red_db}"
-control_socket = "{red_sock}"
-user = "nobody"
-
-[trust]
-anchors = ["{ca}"]
-
-[firewall]
-mode = "blackhole"
-
-[[services]]
-name = "ssh"
-port = {SSH_PORT}
-
-[[services]]
-name = "web"
-port = {WEB_PORT}
-
-[[rules]]
-identity = "cn:alice"
-services = ["ssh", "web"]
-
-[[gateways]]
-signing_key = "{green_signing_pub}"
-receiver_keys = ["{green_pub}"]
-"#,
-        red_key = dir.s("red.key"),
-        red_db = dir.s("red.redb"),
-        red_sock = dir.s("red.sock"),
-        ca = dir.s("ca/ca.pem"),
+    write_red_config(
+        &dir,
+        &keys,
+        &RedRelayConfig {
+            order_port: ORDER_PORT,
+            management: None,
+            services: &[("ssh", SSH_PORT), ("web", WEB_PORT)],
+        },
     );
     let client_cfg = format!(
         r#"[profiles.lab]
@@ -265,8 +160,6 @@ tunnel_port = {TUNNEL_PORT}
         cert = dir.s("alice.crt"),
         ca = dir.s("ca/ca.pem"),
     );
-    std::fs::write(dir.join("green.toml"), green_cfg).expect("write");
-    std::fs::write(dir.join("red.toml"), red_cfg).expect("write");
     std::fs::write(dir.join("client.toml"), client_cfg).expect("write");
     run_ok(Command::new(&server).args(["check-config", "--config", &dir.s("green.toml")]));
 
@@ -342,19 +235,8 @@ tunnel_port = {TUNNEL_PORT}
             .is_ok()),
         "the attacker has no route to red: the checks below would prove nothing"
     );
-    let red = Daemon::start_program(
-        &red_ns,
-        &red_relay,
-        &dir.join("red.toml"),
-        &dir.join("red.sock"),
-        &dir.join("red.log"),
-    );
-    let mut green = Daemon::start(
-        &green_ns,
-        &dir.join("green.toml"),
-        &dir.join("green.sock"),
-        &dir.join("green.log"),
-    );
+    let red = start_red(&red_ns, &red_relay, &dir);
+    let mut green = start_green(&green_ns, &dir);
     // Both servers listen (seen from red itself).
     for port in [SSH_PORT, WEB_PORT] {
         assert!(
