@@ -20,11 +20,7 @@ impl Counters {
     /// Adds one to the counter of a refusal: `refused.<code>` or
     /// `refused.<code>.<detail>`.
     pub fn refusal(&mut self, r: &Refusal) {
-        let name = match r.detail() {
-            Some(d) => format!("refused.{}.{}", r.code(), d),
-            None => format!("refused.{}", r.code()),
-        };
-        self.bump(&name);
+        self.bump(&refusal_name(r));
     }
 
     /// The value of `name`.
@@ -35,5 +31,14 @@ impl Counters {
     /// All counters.
     pub fn all(&self) -> &BTreeMap<String, u64> {
         &self.counts
+    }
+}
+
+/// The counter name of a refusal: `refused.<code>` or
+/// `refused.<code>.<detail>` (SPEC §8.3 codes).
+pub fn refusal_name(r: &Refusal) -> String {
+    match r.detail() {
+        Some(d) => format!("refused.{}.{}", r.code(), d),
+        None => format!("refused.{}", r.code()),
     }
 }

@@ -637,10 +637,6 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
 
     /// Refusal counter value (tests).
     pub fn refusals(&self, r: &Refusal) -> u64 {
-        let name = match r.detail() {
-            Some(d) => format!("refused.{}.{}", r.code(), d),
-            None => format!("refused.{}", r.code()),
-        };
-        self.counters.get(&name)
+        self.counters.get(&crate::counters::refusal_name(r))
     }
 }
