@@ -673,6 +673,50 @@ fn bad_inputs_give_one_clear_error_each() {
     );
 }
 
+/// While a key of this process keeps the token logged in, opening another
+/// key reads no PIN (the PIN file is gone by then, so a read would fail):
+/// the PIN is asked for once per process, not once per signer. Once every
+/// session is closed the token is logged out and the PIN is read again.
+#[test]
+fn second_key_on_a_logged_in_token_reads_no_pin() {
+    in_softhsm(
+        "second_key_on_a_logged_in_token_reads_no_pin",
+        &["spa-once"],
+        |module| {
+            let dir = scratch("pin_once");
+            let ca = Ca::new("spa token test CA");
+            let (_, cert) = enroll(
+                module,
+                "spa-once",
+                "knock",
+                &[0x01],
+                SignatureAlgorithm::Ed25519,
+                &ca,
+                "alice",
+                &dir,
+            );
+            let pin = pin_file(&dir, "pin", USER_PIN, 0o600);
+            let cfg = Pkcs11Config {
+                pin: PinSource::File(pin.clone()),
+                ..config(module, "spa-once", "knock", &cert)
+            };
+            // No session is open after enrolment: the first open reads it.
+            let first = Pkcs11Signer::open(&cfg).unwrap();
+            std::fs::remove_file(&pin).unwrap();
+            let second = Pkcs11Signer::open(&cfg).unwrap();
+            knock_and_verify(ca.cert_der(), "alice", &second).unwrap();
+            knock_and_verify(ca.cert_der(), "alice", &first).unwrap();
+
+            drop((first, second));
+            let e = Pkcs11Signer::open(&cfg).unwrap_err();
+            assert!(
+                matches!(&e, TokenError::PinFile { path, .. } if *path == pin),
+                "{e:?}"
+            );
+        },
+    );
+}
+
 /// PIN sources need no token.
 #[test]
 fn pin_sources() {

@@ -27,7 +27,7 @@ use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use proto_spec::body::SIGNATURE_LEN;
 use proto_spec::sign::{SignatureAlgorithm, Signer, SignerError};
@@ -299,15 +299,28 @@ impl Token {
         }
     }
 
-    /// Opens a session and logs the user in.
+    /// Opens a session and logs the user in. The login state is the
+    /// token's, shared by every session of this process (PKCS#11 §5.6): if
+    /// another key of this process keeps a session logged in, the new
+    /// session is logged in already and the PIN is not read (nor asked for)
+    /// a second time.
     fn login(&self, read_write: bool, pin: &PinSource) -> Result<Session, TokenError> {
-        let pin = pin.read(&format!("token '{}'", self.label))?;
         let session = if read_write {
             self.ctx.open_rw_session(self.slot)
         } else {
             self.ctx.open_ro_session(self.slot)
         }
         .map_err(|e| self.err(&e))?;
+        let logged_in = session.get_session_info().is_ok_and(|info| {
+            matches!(
+                info.session_state(),
+                SessionState::RoUser | SessionState::RwUser
+            )
+        });
+        if logged_in {
+            return Ok(session);
+        }
+        let pin = pin.read(&format!("token '{}'", self.label))?;
         match session.login(UserType::User, Some(&pin)) {
             // Login state is per token and process: another signer of this
             // process is already logged in.
