@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::CommandFactory;
 use proto_spec::body::{MessageType, OpenFor};
-use proto_spec::sign::SignatureAlgorithm;
+use proto_spec::sign::{SignatureAlgorithm, Signer};
 use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
 
@@ -73,6 +73,18 @@ fn required<T>(v: Option<T>, what: &str, profile: &str) -> Result<T, ClientError
 }
 
 fn send(cli: &Cli, a: &SendArgs) -> Result<Report, ClientError> {
+    send_signed(cli, a, None)
+}
+
+/// `send` with `signer` if given: `connect` opens its signer once and
+/// signs every knock and the TLS handshake with it, so a token is logged
+/// into once and its PIN asked for once. Without one, the signer of the
+/// flags and profile is opened here.
+fn send_signed(
+    cli: &Cli,
+    a: &SendArgs,
+    signer: Option<&dyn Signer>,
+) -> Result<Report, ClientError> {
     let (cfg, cfg_path) = profile::load_config(cli.config.as_deref())?;
     let (pname, p) = cfg.select(cli.profile.as_deref(), cfg_path.as_deref())?;
 
@@ -145,7 +157,14 @@ fn send(cli: &Cli, a: &SendArgs) -> Result<Report, ClientError> {
         })?,
     };
 
-    let signer = spec.open()?;
+    let opened;
+    let signer: &dyn Signer = match signer {
+        Some(s) => s,
+        None => {
+            opened = spec.open()?;
+            opened.as_ref()
+        }
+    };
     let addr = knock::resolve(&server, port)?;
     let sock = knock::connect_udp(addr)?;
     let open_for = knock::open_for(allow, &sock)?;
@@ -157,7 +176,7 @@ fn send(cli: &Cli, a: &SendArgs) -> Result<Report, ClientError> {
         session_id,
         timestamp_ms: st.next_timestamp(knock::now_ms()),
     };
-    let datagram = knock::seal(signer.as_ref(), &server_key, &plan)?;
+    let datagram = knock::seal(signer, &server_key, &plan)?;
 
     let mut out = json!({
         "ok": true,
@@ -234,7 +253,7 @@ fn send(cli: &Cli, a: &SendArgs) -> Result<Report, ClientError> {
             a.resend,
             || {
                 plan.timestamp_ms = st.next_timestamp(knock::now_ms());
-                let d = knock::seal(signer.as_ref(), &server_key, &plan)?;
+                let d = knock::seal(signer, &server_key, &plan)?;
                 knock::send(&sock, &d)?;
                 save(&st)
             },
@@ -308,7 +327,11 @@ fn connect(cli: &Cli, a: &ConnectArgs) -> Result<Report, ClientError> {
     })?;
     knock::check_services(std::slice::from_ref(&a.service))?;
     let spec = signer_spec(a.key.as_deref(), a.cert.as_deref(), &p, &pname)?;
-    let tls = tunnel::client_config(&profile::expand_home(&ca), spec.open_shared()?)?;
+    // One signer for the whole command: the knocks and the TLS client
+    // authentication share it, so a token is logged into once and its PIN
+    // read (or asked for) once.
+    let signer = spec.open_shared()?;
+    let tls = tunnel::client_config(&profile::expand_home(&ca), std::sync::Arc::clone(&signer))?;
     let addr = knock::resolve(&server, tunnel_port)?;
     let name = ServerName::try_from(server.clone())
         .map_err(|e| ClientError::config(format!("server '{server}': {e}")))?;
@@ -334,9 +357,10 @@ fn connect(cli: &Cli, a: &ConnectArgs) -> Result<Report, ClientError> {
     let open = st.session_id.is_none()
         || TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err();
     if open {
-        let r = send(
+        let r = send_signed(
             cli,
             &send_args(SendKind::Open { services: vec![] }, Some(tunnel_port)),
+            Some(signer.as_ref()),
         )?;
         if r.code != ExitCode::Ok {
             return Err(ClientError {
@@ -345,7 +369,7 @@ fn connect(cli: &Cli, a: &ConnectArgs) -> Result<Report, ClientError> {
             });
         }
     }
-    send(
+    send_signed(
         cli,
         &send_args(
             SendKind::Request {
@@ -353,6 +377,7 @@ fn connect(cli: &Cli, a: &ConnectArgs) -> Result<Report, ClientError> {
             },
             None,
         ),
+        Some(signer.as_ref()),
     )?;
     let io_err = |e: std::io::Error| ClientError::network(format!("tunnel: {e}"));
     match a.listen {
@@ -371,8 +396,13 @@ fn connect(cli: &Cli, a: &ConnectArgs) -> Result<Report, ClientError> {
             });
             // The stream ended (or failed): with `close_on_exit`, the
             // session is closed on every hop.
-            let closed = (p.close_on_exit == Some(true))
-                .then(|| send(cli, &send_args(SendKind::Close, None)));
+            let closed = (p.close_on_exit == Some(true)).then(|| {
+                send_signed(
+                    cli,
+                    &send_args(SendKind::Close, None),
+                    Some(signer.as_ref()),
+                )
+            });
             relayed?;
             if let Some(c) = closed {
                 c?;

@@ -569,3 +569,222 @@ fn bad_token_inputs_exit_3_with_one_line_naming_the_token_or_module() {
     let out = lab.client_ok(&["--config", good_s, "send", "--dry-run", "open"]);
     assert!(out.contains("cn:alice"), "{out}");
 }
+
+/// `program` on `PATH`, if it is there.
+fn on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// A TLS 1.3 server on 127.0.0.1 with a certificate from `ca/`, requiring a
+/// client certificate from `ca/`: it accepts connections (the `--wait`
+/// probes among them) until one completes a handshake, and returns the
+/// client certificate chain it saw; then it hangs up.
+fn tls_server(lab: &Lab) -> (u16, std::thread::JoinHandle<Option<Vec<Vec<u8>>>>) {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let ca = lab.path("ca");
+    let ca_s = ca.to_str().unwrap();
+    let (key, csr, crt) = (
+        lab.path("tls.key"),
+        lab.path("tls.csr"),
+        lab.path("tls.crt"),
+    );
+    lab.client_ok(&[
+        "keygen",
+        "--out",
+        key.to_str().unwrap(),
+        "--csr",
+        csr.to_str().unwrap(),
+        "--name",
+        "green",
+    ]);
+    lab.server(&[
+        "pki",
+        "issue",
+        "--dir",
+        ca_s,
+        "--csr",
+        csr.to_str().unwrap(),
+        "--name",
+        "green",
+        "--server",
+        "--ip",
+        "127.0.0.1",
+        "--out",
+        crt.to_str().unwrap(),
+    ]);
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for der in spa_keys::read_certificates(&ca.join("ca.pem")).unwrap() {
+        roots.add(CertificateDer::from(der)).unwrap();
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let chain = spa_keys::read_certificates(&crt)
+        .unwrap()
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
+    let config = std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, PrivateKeyDer::from_pem_file(&key).unwrap())
+            .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let thread = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        listener.set_nonblocking(true).unwrap();
+        while std::time::Instant::now() < deadline {
+            let Ok((mut tcp, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            tcp.set_nonblocking(false).unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut conn = rustls::ServerConnection::new(config.clone()).unwrap();
+            while conn.is_handshaking() {
+                if conn.complete_io(&mut tcp).is_err() {
+                    break;
+                }
+            }
+            if !conn.is_handshaking()
+                && let Some(certs) = conn.peer_certificates()
+            {
+                return Some(certs.iter().map(|c| c.as_ref().to_vec()).collect());
+            }
+        }
+        None
+    });
+    (port, thread)
+}
+
+/// `connect` with `pin = "prompt"` asks for the PIN once on the terminal
+/// (a pty made by `script`), although the token key signs the open-tunnel
+/// knock, the request-service knock and the TLS client authentication.
+#[test]
+fn connect_asks_for_the_pin_once() {
+    use std::io::{Read as _, Write as _};
+    const PROMPT: &str = "PIN for token 'spa-cli-once'";
+
+    let Some(script) = on_path("script") else {
+        eprintln!("connect_asks_for_the_pin_once: skipped: no `script` (util-linux) for a pty");
+        return;
+    };
+    let lab = Lab::new("once", "spa-cli-once");
+    let crt = lab.enroll("ed25519");
+    let (knocks, knock_port) = listener();
+    let (tunnel_port, server) = tls_server(&lab);
+    let server_key = spa_keys::encode_public_key(&testkit::receiver_key("green").public_key());
+    let cfg = lab.path("connect.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[profiles.x]\n\
+             server = \"127.0.0.1\"\n\
+             port = {knock_port}\n\
+             server_key = \"{server_key}\"\n\
+             certificate = \"{}\"\n\
+             tunnel_ca = \"{}\"\n\
+             tunnel_port = {tunnel_port}\n\
+             [profiles.x.pkcs11]\n\
+             module = \"{MODULE}\"\n\
+             token = \"spa-cli-once\"\n\
+             key_label = \"spa\"\n\
+             pin = \"prompt\"\n",
+            crt.display(),
+            lab.path("ca/ca.pem").display()
+        ),
+    )
+    .unwrap();
+
+    let command = format!(
+        "{BIN} --config {} --profile x connect ssh --wait-timeout 10",
+        cfg.display()
+    );
+    let mut child = Command::new(script)
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env("SHELL", "/bin/sh")
+        .env("SOFTHSM2_CONF", &lab.conf)
+        .env("XDG_STATE_HOME", lab.path("state"))
+        .env("HOME", &lab.dir)
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("SPA_PIN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Every prompt is answered (a second one would not hang the test, it
+    // would be counted).
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let terminal = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut answered = 0;
+        let mut buf = [0u8; 512];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            let prompts = String::from_utf8_lossy(&seen).matches(PROMPT).count();
+            while answered < prompts {
+                // Let rpassword turn the echo off first.
+                std::thread::sleep(Duration::from_millis(300));
+                let _ = writeln!(stdin, "{USER_PIN}");
+                answered += 1;
+            }
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    });
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    let seen = terminal.join().unwrap();
+    eprintln!("terminal ({status}):\n{seen}");
+
+    assert_eq!(seen.matches(PROMPT).count(), 1, "prompts:\n{seen}");
+    // The TLS server saw the certificate of the token key.
+    let chain = server
+        .join()
+        .unwrap()
+        .expect("a TLS handshake with the token key");
+    assert_eq!(
+        chain,
+        spa_keys::read_certificates(&crt).unwrap(),
+        "the client certificate"
+    );
+    // Both knocks came, signed by the token key as alice.
+    let mut green = lab.green();
+    let mut replay = MemoryReplayState::default();
+    let mut kinds = Vec::new();
+    let mut buf = [0u8; 2048];
+    while kinds.len() < 2 {
+        let (n, from) = knocks.recv_from(&mut buf).expect("two knocks");
+        let k = green
+            .verify(&buf[..n], from.ip(), now_ms(), &mut replay)
+            .expect("green accepts the knock");
+        assert!(k.identity.names.iter().any(|n| n == "cn:alice"));
+        kinds.push(k.msg_type);
+    }
+    assert_eq!(
+        kinds,
+        vec![MessageType::OpenTunnel, MessageType::RequestService]
+    );
+    assert!(!seen.contains(USER_PIN), "the PIN was echoed:\n{seen}");
+}
