@@ -106,6 +106,33 @@ impl Policy {
         Ok(())
     }
 
+    /// Red's authorization of a relayed body (SPEC §5.2, §6.4 "Relayed
+    /// requests"): red judges only the names in `hosted`, the services it
+    /// hosts; the others were judged by green and are left out. Returns
+    /// red's names, in the client's order.
+    ///
+    /// `unknown_identity` if no rule matches the identity;
+    /// `unauthorized_service` if a hosted name is not allowed (the whole
+    /// order is refused), or if the body names services but none that red
+    /// hosts. A close (no services) needs only a matching rule.
+    pub fn authorize_hosted<'a>(
+        &self,
+        id: &ClientIdentity,
+        services: &[&'a str],
+        hosted: &[String],
+    ) -> Result<Vec<&'a str>, Refusal> {
+        let mine: Vec<&'a str> = services
+            .iter()
+            .copied()
+            .filter(|s| hosted.iter().any(|h| h == s))
+            .collect();
+        self.authorize(id, &mine)?;
+        if mine.is_empty() && !services.is_empty() {
+            return Err(Refusal::UnauthorizedService);
+        }
+        Ok(mine)
+    }
+
     /// The lifetime granted for a request of `requested_s`. SPEC §6.4.
     pub fn grant_lifetime(&self, requested_s: u32) -> u32 {
         requested_s.min(self.max_lifetime_s)
@@ -150,5 +177,71 @@ mod tests {
             Err(Refusal::UnknownIdentity)
         );
         assert_eq!(p.grant_lifetime(10_000), DEFAULT_MAX_LIFETIME_S);
+    }
+
+    fn red_policy() -> (Policy, Vec<String>) {
+        let p = Policy {
+            rules: vec![Rule {
+                identity: IdentityPattern::parse("cn:alice"),
+                services: ServiceSet::Named(vec!["web".into()]),
+            }],
+            ..Policy::default()
+        };
+        (p, vec!["web".into(), "db".into()])
+    }
+
+    #[test]
+    fn hosted_names_are_judged_and_foreign_names_ignored() {
+        let (p, hosted) = red_policy();
+        let alice = id(&["cn:alice"]);
+        // "tunnel" is green's: red leaves it to green.
+        assert_eq!(
+            p.authorize_hosted(&alice, &["tunnel", "web", "ssh"], &hosted),
+            Ok(vec!["web"])
+        );
+        assert_eq!(
+            p.authorize_hosted(&alice, &["web", "web"], &hosted),
+            Ok(vec!["web", "web"])
+        );
+    }
+
+    #[test]
+    fn hosted_name_not_granted_refuses_the_whole_order() {
+        let (p, hosted) = red_policy();
+        assert_eq!(
+            p.authorize_hosted(&id(&["cn:alice"]), &["web", "db", "tunnel"], &hosted),
+            Err(Refusal::UnauthorizedService)
+        );
+    }
+
+    #[test]
+    fn request_naming_no_hosted_service_is_unauthorized_service() {
+        let (p, hosted) = red_policy();
+        assert_eq!(
+            p.authorize_hosted(&id(&["cn:alice"]), &["tunnel"], &hosted),
+            Err(Refusal::UnauthorizedService)
+        );
+        // The identity is judged first.
+        assert_eq!(
+            p.authorize_hosted(&id(&["cn:bob"]), &["tunnel"], &hosted),
+            Err(Refusal::UnknownIdentity)
+        );
+        assert_eq!(
+            p.authorize_hosted(&id(&["cn:bob"]), &["web"], &hosted),
+            Err(Refusal::UnknownIdentity)
+        );
+    }
+
+    #[test]
+    fn close_needs_only_a_matching_rule() {
+        let (p, hosted) = red_policy();
+        assert_eq!(
+            p.authorize_hosted(&id(&["cn:alice"]), &[], &hosted),
+            Ok(vec![])
+        );
+        assert_eq!(
+            p.authorize_hosted(&id(&["cn:bob"]), &[], &hosted),
+            Err(Refusal::UnknownIdentity)
+        );
     }
 }

@@ -361,7 +361,8 @@ pub struct Order {
     pub session_id: [u8; SESSION_ID_LEN],
     /// The address red opens for.
     pub open_for: IpAddr,
-    /// Services (empty for close).
+    /// The services red opens: the body's names that red hosts, in the
+    /// client's order (every name without `hosted_services`); empty for close.
     pub services: Vec<String>,
     /// Lifetime granted, seconds; 0 for close.
     pub lifetime_s: u32,
@@ -389,6 +390,10 @@ pub struct OrderVerifier {
     auth: ClientAuthenticator,
     /// Red's own authorization policy.
     pub policy: Policy,
+    /// The services red hosts (SPEC §5.2, §6.4): only these names of a
+    /// relayed body are red's to judge and open; the others are ignored.
+    /// `None` (the default): every name is red's.
+    pub hosted_services: Option<Vec<String>>,
     /// Freshness of the order timestamp.
     pub order_limits: TimeLimits,
     /// Freshness of the client body inside.
@@ -401,6 +406,7 @@ impl core::fmt::Debug for OrderVerifier {
             .field("keys", &self.keys)
             .field("gateways", &self.gateways.len())
             .field("policy", &self.policy)
+            .field("hosted_services", &self.hosted_services)
             .finish_non_exhaustive()
     }
 }
@@ -434,6 +440,7 @@ impl OrderVerifier {
             gateways,
             auth: ClientAuthenticator::new(trust),
             policy,
+            hosted_services: None,
             order_limits,
             client_limits,
         })
@@ -501,8 +508,18 @@ impl OrderVerifier {
             now,
             replay,
         )?;
-        self.policy
-            .authorize(&cert.identity, body.services.as_slice())?;
+        // SPEC §5.2: red judges the names it hosts; green judged the rest.
+        let services: Vec<&str> = match &self.hosted_services {
+            Some(hosted) => {
+                self.policy
+                    .authorize_hosted(&cert.identity, body.services.as_slice(), hosted)?
+            }
+            None => {
+                self.policy
+                    .authorize(&cert.identity, body.services.as_slice())?;
+                body.services.as_slice().to_vec()
+            }
+        };
         replay
             .commit_pair(
                 (&gw_identity, order.order_timestamp_ms),
@@ -518,12 +535,7 @@ impl OrderVerifier {
             client: cert.identity.clone(),
             session_id: order.session_id,
             open_for: order.open_for,
-            services: body
-                .services
-                .as_slice()
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            services: services.iter().map(|s| s.to_string()).collect(),
             lifetime_s,
             order_timestamp_ms: order.order_timestamp_ms,
             client_timestamp_ms: body.timestamp_ms,
