@@ -24,10 +24,18 @@
 //! without a TCP service to probe, and a close, are repeated
 //! [`BLIND_COPIES`] times (capped by `resends`) without confirmation.
 //!
-//! The order timestamp is kept in memory only: after a restart it starts
-//! again from the clock, which is above every timestamp sent before unless
-//! more orders went out within a few milliseconds than milliseconds passed
-//! during the restart.
+//! The order timestamp is durable (SPEC §7.5: red's floor for green is
+//! strict). Once [`Relay::use_store`] attached green's replay store, every
+//! order timestamp is covered by a *reservation* stored in that store
+//! ([`crate::store::OrderClock`]) and synced before the order leaves: when
+//! a timestamp would pass the stored bound, green first stores
+//! `timestamp + ORDER_RESERVE_MS` ([`ORDER_RESERVE_MS`]), then sends. On
+//! start the relay resumes from the stored bound (`last = bound`), so its
+//! next timestamp is `max(now, bound + 1)`: above everything sent before,
+//! also after a crash or with the clock set back. If the store cannot be
+//! written, the order is not sent (counted as `relay.store_failures`) and
+//! is retried with the next copy. Without a store (before `use_store`, and
+//! in unit tests) the timestamp is kept in memory only.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -45,6 +53,7 @@ use crate::config::{Config, RelayPort, RelaySection, RelayService, ServiceProto,
 use crate::counters::Counters;
 use crate::daemon::Hooks;
 use crate::gate::Decision;
+use crate::store::{OrderClock, ReplayDb};
 
 /// Unconfirmed copies after the first order of a close, or of a request
 /// with nothing to probe.
@@ -52,6 +61,16 @@ pub const BLIND_COPIES: u32 = 2;
 
 /// Orders being repeated at once; beyond, an order is sent once.
 pub const MAX_PENDING: usize = 1024;
+
+/// How far past an order's timestamp green reserves timestamps durably
+/// (SPEC §7.5), ms. One synced write then covers an order and the copies
+/// and other orders of the following second, instead of one `fsync` per
+/// datagram: a request's first order writes, its resends (every
+/// `resend_ms`, 300 ms by default) usually do not. The price is that after
+/// a crash green may resume up to this far ahead of its clock; that stays
+/// far below red's `max_future_skew_ms` (10 s by default), so red still
+/// accepts those orders.
+pub const ORDER_RESERVE_MS: u64 = 1_000;
 
 /// Why the relay could not be set up. Each names its key.
 #[derive(Debug, thiserror::Error)]
@@ -164,7 +183,10 @@ pub struct Relay {
     resends: u32,
     max_age_ms: u64,
     socket: UdpSocket,
+    /// The last order timestamp handed out. SPEC §7.5.
     last_order_ms: UnixMillis,
+    /// Where `last_order_ms` is reserved durably; `None`: memory only.
+    clock: Option<OrderClock>,
     pending: Vec<Pending>,
     counters: Counters,
 }
@@ -235,6 +257,7 @@ impl Relay {
             max_age_ms,
             socket,
             last_order_ms: 0,
+            clock: None,
             pending: Vec::new(),
             counters: Counters::default(),
         })
@@ -251,17 +274,45 @@ impl Relay {
         self.pending.len()
     }
 
-    /// `max(now, last + 1)`. SPEC §7.5.
-    fn next_timestamp(&mut self, now: UnixMillis) -> UnixMillis {
-        self.last_order_ms = now.max(self.last_order_ms.saturating_add(1));
-        self.last_order_ms
+    /// Keeps the order timestamps durable in green's replay store (SPEC
+    /// §7.5): resumes above the bound stored before the restart, and
+    /// reserves every later timestamp there before its order is sent.
+    pub fn use_store(&mut self, db: &ReplayDb) {
+        let clock = db.order_clock();
+        let stored = clock.reserved();
+        if stored > self.last_order_ms {
+            info!(
+                reserved_ms = stored,
+                "relay: order timestamps resume above the stored reservation"
+            );
+        }
+        self.last_order_ms = self.last_order_ms.max(stored);
+        self.clock = Some(clock);
+    }
+
+    /// `max(now, last + 1)` (SPEC §7.5), durably reserved first when a store
+    /// is attached: on error no timestamp is handed out, and the order must
+    /// not be sent.
+    fn next_timestamp(&mut self, now: UnixMillis) -> Result<UnixMillis, String> {
+        let ts = now.max(self.last_order_ms.saturating_add(1));
+        if let Some(clock) = &self.clock
+            && ts > clock.reserved()
+            && let Err(e) = clock.reserve(ts.saturating_add(ORDER_RESERVE_MS))
+        {
+            self.counters.bump("relay.store_failures");
+            return Err(format!("order timestamp not stored, order not sent: {e}"));
+        }
+        self.last_order_ms = ts;
+        Ok(ts)
     }
 
     /// Seals a fresh order for `p` and sends it.
     fn send(&mut self, p: &Pending, now: UnixMillis) -> Result<(), String> {
         let ikm = spa_keys::random_32().map_err(|e| e.to_string())?;
+        // Durable before the datagram exists, so before it is sent.
+        let order_timestamp_ms = self.next_timestamp(now)?;
         let fields = OrderFields {
-            order_timestamp_ms: self.next_timestamp(now),
+            order_timestamp_ms,
             session_id: p.session,
             lifetime_s: p.lifetime_s,
             open_for: self.source,
@@ -411,10 +462,12 @@ impl Hooks for Relay {
                     return;
                 }
                 if red.len() != services.len() {
-                    warn!(
+                    // SPEC §5.2: red considers only the names it hosts and
+                    // ignores the others, which green judged.
+                    debug!(
                         identity = %identity, session = %hex::encode(session),
                         services = %services.join(","),
-                        "a request mixes green's and red's services: red authorizes every service of the knock and refuses those it does not grant"
+                        "a request mixes green's and red's services: red judges only its own"
                     );
                 }
                 let target = red
@@ -557,14 +610,54 @@ mod tests {
             60_000,
         )
         .expect("relay");
-        assert_eq!(r.next_timestamp(1000), 1000);
-        assert_eq!(r.next_timestamp(1000), 1001);
-        assert_eq!(r.next_timestamp(900), 1002);
-        assert_eq!(r.next_timestamp(5000), 5000);
+        assert_eq!(r.next_timestamp(1000), Ok(1000));
+        assert_eq!(r.next_timestamp(1000), Ok(1001));
+        assert_eq!(r.next_timestamp(900), Ok(1002));
+        assert_eq!(r.next_timestamp(5000), Ok(5000));
+    }
+
+    /// SPEC §7.5: each timestamp is covered by a stored reservation before
+    /// it is handed out; one write covers the next `ORDER_RESERVE_MS`; after
+    /// a reopen (a restart, here with the clock set back) the relay resumes
+    /// above every timestamp sent before.
+    #[test]
+    fn timestamps_are_reserved_in_the_store_and_resume_after_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let red = testkit::receiver_key("red");
+        let sec = section(
+            dir.path(),
+            &red.public_key(),
+            "127.0.0.1:9".parse().expect("addr"),
+        );
+        let db_path = dir.path().join("replay.redb");
+        let (db, _) = ReplayDb::open(&db_path, 1).expect("open");
+        let mut r = Relay::new(&sec, 60_000).expect("relay");
+        r.use_store(&db);
+        assert_eq!(r.next_timestamp(10_000), Ok(10_000));
+        assert_eq!(db.order_clock().reserved(), 10_000 + ORDER_RESERVE_MS);
+        // Inside the reservation: handed out without a write.
+        assert_eq!(r.next_timestamp(10_500), Ok(10_500));
+        assert_eq!(r.next_timestamp(10_500), Ok(10_501));
+        assert_eq!(db.order_clock().reserved(), 11_000);
+        // Past it: a new reservation first.
+        assert_eq!(r.next_timestamp(11_200), Ok(11_200));
+        assert_eq!(db.order_clock().reserved(), 12_200);
+        drop((r, db));
+
+        let (db, _) = ReplayDb::open(&db_path, 2).expect("reopen");
+        let mut r = Relay::new(&sec, 60_000).expect("relay after the restart");
+        r.use_store(&db);
+        let first = r.next_timestamp(5_000).expect("timestamp");
+        assert!(first > 11_200, "{first} is not above what was sent");
+        assert_eq!(first, 12_201);
+        assert_eq!(db.order_clock().reserved(), 12_201 + ORDER_RESERVE_MS);
+        // Once the clock passes the bound, it leads again.
+        assert_eq!(r.next_timestamp(20_000), Ok(20_000));
     }
 
     /// The order that leaves the socket is one red accepts, opening for the
-    /// relay source; copies are refreshes; a close supersedes the repeats.
+    /// relay source and the red service of a request that also names one of
+    /// green's; copies are refreshes; a close supersedes the repeats.
     #[test]
     fn relays_a_request_red_accepts_and_a_close() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -594,7 +687,7 @@ mod tests {
         let mut green = KnockVerifier::new(
             vec![green_key],
             trust(),
-            policy(&["web", "dns"]),
+            policy(&["tunnel", "web", "dns"]),
             TimeLimits::default(),
         );
         let mut red = OrderVerifier::new(
@@ -609,6 +702,8 @@ mod tests {
             TimeLimits::default(),
         )
         .expect("red");
+        // Red hosts web only (SPEC §5.2): green's "tunnel" is not red's to judge.
+        red.hosted_services = Some(vec!["web".into()]);
         let now = VECTOR_NOW;
         let knock = |msg_type, ts, services: &[&str]| {
             let req = KnockRequest {
@@ -644,7 +739,7 @@ mod tests {
 
         let d = Gate::verify(
             &mut green,
-            &knock(MessageType::RequestService, now - 4, &["web"]),
+            &knock(MessageType::RequestService, now - 4, &["tunnel", "web"]),
             CLIENT,
             now,
             &mut floors,

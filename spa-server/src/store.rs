@@ -7,7 +7,9 @@
 //! One [`redb`] file with two tables:
 //!
 //! - `floors`: identity key (32 bytes) → floor (`u64`, ms);
-//! - `meta`: `"global_floor"` → `G` (ms), `"format"` → [`FORMAT_VERSION`].
+//! - `meta`: `"global_floor"` → `G` (ms), `"format"` → [`FORMAT_VERSION`],
+//!   and on green `"order_reserved"` → the bound of its order timestamps
+//!   ([`OrderClock`], SPEC §7.5; absent until green's relay sends an order).
 //!
 //! Every floor is mirrored in a `HashMap` loaded at open, so
 //! [`ReplayState::floor`] and [`ReplayState::global_floor`] never touch the
@@ -42,6 +44,15 @@
 //! largest floor it removed; memory and file size stay proportional to the
 //! identities accepted within the last `max_age`.
 //!
+//! # Green's order timestamps
+//!
+//! SPEC §7.5: green keeps the `last_sent` of its order timestamps durably,
+//! because red's floor for green is strict. [`ReplayDb::order_clock`] hands
+//! green's relay an [`OrderClock`]: a handle on the same file (redb allows
+//! one handle per file), writing `meta["order_reserved"]` with the same
+//! durable transactions. The relay decides what to store (see
+//! `crate::relay`); this module only keeps the value, never lowering it.
+//!
 //! No function here reads the clock: every time comes in as `now_ms`.
 
 use std::collections::HashMap;
@@ -50,6 +61,7 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use proto_spec::cert::IdentityKey;
 use proto_spec::replay::ReplayState;
@@ -63,6 +75,8 @@ const FLOORS: TableDefinition<&[u8; 32], u64> = TableDefinition::new("floors");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const KEY_GLOBAL: &str = "global_floor";
 const KEY_FORMAT: &str = "format";
+/// Green's order timestamp bound (SPEC §7.5), see [`OrderClock`].
+const KEY_ORDER: &str = "order_reserved";
 
 /// The layout version written in `meta`. A file with another version is
 /// treated as unreadable (moved aside, `G = now`).
@@ -162,11 +176,35 @@ pub struct PruneReport {
 #[derive(Debug)]
 pub struct ReplayDb {
     path: PathBuf,
+    /// Shared with the [`OrderClock`]s handed out, so that both write
+    /// through one database handle and one reopen path. The daemons are
+    /// single-threaded: the lock is never contended.
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// Green's durable order timestamp record (SPEC §7.5), kept in the replay
+/// store's file: a handle from [`ReplayDb::order_clock`].
+///
+/// It stores one value, the *reservation*: a bound at or above every order
+/// timestamp green has sent. What bound to store, and when, is the relay's
+/// choice (`crate::relay`); this handle only makes it durable and never
+/// lowers it.
+#[derive(Debug, Clone)]
+pub struct OrderClock {
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// The store's state, behind [`ReplayDb`]'s lock.
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
     /// `None` after a write failed: redb then refuses further writes until
     /// the file is reopened, which the next write does.
     db: Option<Database>,
     floors: HashMap<IdentityKey, u64>,
     global: u64,
+    /// `meta["order_reserved"]`, 0 if absent.
+    order_reserved: u64,
 }
 
 /// How opening an existing file failed.
@@ -182,6 +220,7 @@ struct Loaded {
     db: Database,
     floors: HashMap<IdentityKey, u64>,
     global: Option<u64>,
+    order_reserved: Option<u64>,
 }
 
 impl ReplayDb {
@@ -189,6 +228,90 @@ impl ReplayDb {
     /// documentation for the cases; `now_ms` becomes `G` whenever the state
     /// was lost (and names the moved-aside file of a corrupt one).
     pub fn open(path: &Path, now_ms: u64) -> Result<(Self, OpenReport), StoreError> {
+        let (inner, report) = Inner::open(path, now_ms)?;
+        let store = Self {
+            path: inner.path.clone(),
+            inner: Arc::new(Mutex::new(inner)),
+        };
+        Ok((store, report))
+    }
+
+    /// The store's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of identities with a floor.
+    pub fn len(&self) -> usize {
+        self.lock().floors.len()
+    }
+
+    /// True when no identity has a floor.
+    pub fn is_empty(&self) -> bool {
+        self.lock().floors.is_empty()
+    }
+
+    /// The global floor `G` (always set in this store).
+    pub fn global(&self) -> u64 {
+        self.lock().global
+    }
+
+    /// Raises every listed floor (never lowers one) in one durable
+    /// transaction. [`ReplayState::commit`] and [`ReplayState::commit_pair`]
+    /// are this with one and two entries; an identity listed twice gets the
+    /// larger timestamp. Returns once the write is on stable storage; on error
+    /// nothing changed in memory.
+    pub fn commit_many(&mut self, entries: &[(IdentityKey, u64)]) -> Result<(), StoreError> {
+        self.lock().commit_many(entries)
+    }
+
+    /// Removes the entries whose floor is below `now_ms - max_age_ms`, after
+    /// raising `G` to at least the largest of them, in one durable
+    /// transaction (SPEC §7.4). A timestamp at or below a pruned floor is
+    /// then refused by `G`; one above it is older than `max_age` and stale.
+    pub fn prune(&mut self, now_ms: u64, max_age_ms: u64) -> Result<PruneReport, StoreError> {
+        self.lock().prune(now_ms, max_age_ms)
+    }
+
+    /// A handle on green's order timestamp record in this store (SPEC §7.5),
+    /// for the relay. It shares this store's database handle.
+    pub fn order_clock(&self) -> OrderClock {
+        OrderClock {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        lock(&self.inner)
+    }
+}
+
+impl OrderClock {
+    /// The stored reservation: at or above every order timestamp sent while
+    /// it was in force; 0 if green never stored one (or the store was lost,
+    /// SPEC §7.2: green then resumes from its clock).
+    pub fn reserved(&self) -> u64 {
+        lock(&self.inner).order_reserved
+    }
+
+    /// Raises the reservation to `bound` (never lowers it) in one durable
+    /// transaction; returns once it is on stable storage. On error nothing
+    /// changed in memory, and the relay must not send the order.
+    pub fn reserve(&self, bound: u64) -> Result<(), StoreError> {
+        lock(&self.inner).reserve_order(bound)
+    }
+}
+
+/// The lock of the shared state. A panic while it was held (the daemons
+/// are single-threaded, so the process is going down anyway) leaves the
+/// state consistent: memory changes only after a successful write.
+fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    inner.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Inner {
+    /// [`ReplayDb::open`].
+    fn open(path: &Path, now_ms: u64) -> Result<(Self, OpenReport), StoreError> {
         let path = path.to_path_buf();
         match fs::symlink_metadata(&path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -203,6 +326,7 @@ impl ReplayDb {
                 db,
                 floors,
                 global: Some(global),
+                order_reserved,
             }) => {
                 let report = OpenReport {
                     state: OpenState::Reopened,
@@ -214,6 +338,7 @@ impl ReplayDb {
                     db: Some(db),
                     floors,
                     global,
+                    order_reserved: order_reserved.unwrap_or(0),
                 };
                 Ok((store, report))
             }
@@ -221,6 +346,7 @@ impl ReplayDb {
                 db,
                 floors,
                 global: None,
+                order_reserved,
             }) => {
                 // A database without G: whatever floors it holds are kept (they
                 // only refuse more), and G = now is stored before anything is
@@ -230,6 +356,7 @@ impl ReplayDb {
                     db: Some(db),
                     floors,
                     global: 0,
+                    order_reserved: order_reserved.unwrap_or(0),
                 };
                 store.write(|_, meta| {
                     meta.insert(KEY_GLOBAL, now_ms)?;
@@ -275,6 +402,7 @@ impl ReplayDb {
             db: Some(db),
             floors: HashMap::new(),
             global: 0,
+            order_reserved: 0,
         };
         store.write(|floors, meta| {
             // Create both tables now, so a later open finds them.
@@ -294,32 +422,8 @@ impl ReplayDb {
         Ok((store, report))
     }
 
-    /// The store's file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Number of identities with a floor.
-    pub fn len(&self) -> usize {
-        self.floors.len()
-    }
-
-    /// True when no identity has a floor.
-    pub fn is_empty(&self) -> bool {
-        self.floors.is_empty()
-    }
-
-    /// The global floor `G` (always set in this store).
-    pub fn global(&self) -> u64 {
-        self.global
-    }
-
-    /// Raises every listed floor (never lowers one) in one durable
-    /// transaction. [`ReplayState::commit`] and [`ReplayState::commit_pair`]
-    /// are this with one and two entries; an identity listed twice gets the
-    /// larger timestamp. Returns once the write is on stable storage; on error
-    /// nothing changed in memory.
-    pub fn commit_many(&mut self, entries: &[(IdentityKey, u64)]) -> Result<(), StoreError> {
+    /// [`ReplayDb::commit_many`].
+    fn commit_many(&mut self, entries: &[(IdentityKey, u64)]) -> Result<(), StoreError> {
         let mut raise: HashMap<IdentityKey, u64> = HashMap::new();
         for &(id, ts) in entries {
             if self.floors.get(&id).is_some_and(|&f| f >= ts) {
@@ -348,11 +452,8 @@ impl ReplayDb {
         Ok(())
     }
 
-    /// Removes the entries whose floor is below `now_ms - max_age_ms`, after
-    /// raising `G` to at least the largest of them, in one durable
-    /// transaction (SPEC §7.4). A timestamp at or below a pruned floor is
-    /// then refused by `G`; one above it is older than `max_age` and stale.
-    pub fn prune(&mut self, now_ms: u64, max_age_ms: u64) -> Result<PruneReport, StoreError> {
+    /// [`ReplayDb::prune`].
+    fn prune(&mut self, now_ms: u64, max_age_ms: u64) -> Result<PruneReport, StoreError> {
         let cutoff = now_ms.saturating_sub(max_age_ms);
         let victims: Vec<(IdentityKey, u64)> = self
             .floors
@@ -385,6 +486,24 @@ impl ReplayDb {
             removed: victims.len(),
             global_floor: new_global,
         })
+    }
+
+    /// [`OrderClock::reserve`]: the value on disk may be higher than the
+    /// mirror (a commit that reported failure may have reached the disk), so
+    /// the larger one is written.
+    fn reserve_order(&mut self, bound: u64) -> Result<(), StoreError> {
+        if bound <= self.order_reserved {
+            return Ok(());
+        }
+        let mut written = bound;
+        self.write(|_, meta| {
+            let old = meta.get(KEY_ORDER)?.map(|v| v.value());
+            written = old.map_or(bound, |o| o.max(bound));
+            meta.insert(KEY_ORDER, written)?;
+            Ok(())
+        })?;
+        self.order_reserved = written;
+        Ok(())
     }
 
     /// Runs `f` in one write transaction committed with immediate durability.
@@ -440,6 +559,9 @@ impl ReplayDb {
         if let Some(g) = loaded.global {
             self.global = self.global.max(g);
         }
+        if let Some(o) = loaded.order_reserved {
+            self.order_reserved = self.order_reserved.max(o);
+        }
         self.db = Some(loaded.db);
         Ok(())
     }
@@ -449,11 +571,11 @@ impl ReplayState for ReplayDb {
     type Error = StoreError;
 
     fn floor(&self, id: &IdentityKey) -> Option<u64> {
-        self.floors.get(id).copied()
+        self.lock().floors.get(id).copied()
     }
 
     fn global_floor(&self) -> Option<u64> {
-        Some(self.global)
+        Some(self.lock().global)
     }
 
     fn commit(&mut self, id: &IdentityKey, timestamp_ms: u64) -> Result<(), StoreError> {
@@ -483,8 +605,8 @@ fn builder() -> redb::Builder {
 fn load(path: &Path) -> Result<Loaded, LoadError> {
     let attempt = catch_unwind(AssertUnwindSafe(|| -> Result<_, redb::Error> {
         let db = builder().open(path)?;
-        let (floors, global, format) = read_state(&db)?;
-        Ok((db, floors, global, format))
+        let state = read_state(&db)?;
+        Ok((db, state))
     }));
     match attempt {
         Err(panic) => {
@@ -498,18 +620,29 @@ fn load(path: &Path) -> Result<Loaded, LoadError> {
             )))
         }
         Ok(Err(e)) => Err(classify(path, e)),
-        Ok(Ok((db, floors, global, format))) => {
-            if let Some(v) = format.filter(|&v| v != FORMAT_VERSION) {
+        Ok(Ok((db, state))) => {
+            if let Some(v) = state.format.filter(|&v| v != FORMAT_VERSION) {
                 return Err(LoadError::Corrupt(format!(
                     "format version {v}, expected {FORMAT_VERSION}"
                 )));
             }
-            Ok(Loaded { db, floors, global })
+            Ok(Loaded {
+                db,
+                floors: state.floors,
+                global: state.global,
+                order_reserved: state.order_reserved,
+            })
         }
     }
 }
 
-type State = (HashMap<IdentityKey, u64>, Option<u64>, Option<u64>);
+/// What a file holds, as read.
+struct State {
+    floors: HashMap<IdentityKey, u64>,
+    global: Option<u64>,
+    format: Option<u64>,
+    order_reserved: Option<u64>,
+}
 
 fn read_state(db: &Database) -> Result<State, redb::Error> {
     let txn = db.begin_read()?;
@@ -525,15 +658,21 @@ fn read_state(db: &Database) -> Result<State, redb::Error> {
         Err(redb::TableError::TableDoesNotExist(_)) => {}
         Err(e) => return Err(e.into()),
     }
-    let (global, format) = match txn.open_table(META) {
+    let (global, format, order_reserved) = match txn.open_table(META) {
         Ok(t) => (
             t.get(KEY_GLOBAL)?.map(|v| v.value()),
             t.get(KEY_FORMAT)?.map(|v| v.value()),
+            t.get(KEY_ORDER)?.map(|v| v.value()),
         ),
-        Err(redb::TableError::TableDoesNotExist(_)) => (None, None),
+        Err(redb::TableError::TableDoesNotExist(_)) => (None, None, None),
         Err(e) => return Err(e.into()),
     };
-    Ok((floors, global, format))
+    Ok(State {
+        floors,
+        global,
+        format,
+        order_reserved,
+    })
 }
 
 /// Whether an error from opening or reading says the file's contents are
@@ -648,6 +787,50 @@ mod tests {
         assert_eq!(db.floor(&id(1)), Some(5000));
         assert_eq!(db.floor(&id(2)), Some(9));
         assert_eq!(db.global_floor(), Some(1000));
+    }
+
+    #[test]
+    fn order_reservation_is_durable_never_lowers_and_shares_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("replay.redb");
+        let (mut db, _) = ReplayDb::open(&p, 1000).expect("open");
+        let clock = db.order_clock();
+        assert_eq!(clock.reserved(), 0, "nothing stored yet");
+        clock.reserve(5000).expect("reserve");
+        clock.reserve(4000).expect("lower is a no-op");
+        assert_eq!(clock.reserved(), 5000);
+        // Floors and the reservation go through the same handle.
+        db.commit(&id(1), 7000).expect("commit");
+        clock.reserve(6000).expect("reserve again");
+        assert_eq!(db.order_clock().reserved(), 6000);
+        drop((db, clock));
+        let (db, r) = ReplayDb::open(&p, 2000).expect("reopen");
+        assert_eq!(r.state, OpenState::Reopened);
+        assert_eq!(db.order_clock().reserved(), 6000);
+        assert_eq!(db.floor(&id(1)), Some(7000));
+        // The handle keeps the file open: a second open is still locked.
+        let clock = db.order_clock();
+        drop(db);
+        assert!(matches!(
+            ReplayDb::open(&p, 3000),
+            Err(StoreError::Locked { .. })
+        ));
+        drop(clock);
+        let (db, _) = ReplayDb::open(&p, 3000).expect("open after the last handle");
+        assert_eq!(db.order_clock().reserved(), 6000);
+    }
+
+    #[test]
+    fn lost_store_has_no_order_reservation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("replay.redb");
+        let (db, _) = ReplayDb::open(&p, 1000).expect("open");
+        db.order_clock().reserve(9000).expect("reserve");
+        drop(db);
+        fs::write(&p, b"not a database").expect("damage");
+        let (db, r) = ReplayDb::open(&p, 2000).expect("recover");
+        assert!(matches!(r.state, OpenState::Recovered { .. }), "{r:?}");
+        assert_eq!(db.order_clock().reserved(), 0);
     }
 
     #[test]
