@@ -72,6 +72,8 @@
 //! certificate = "/etc/spa/green-tls.pem" # spa-server pki issue --server
 //! key = "/etc/spa/green-tls.key"
 //! service = "tunnel"            # opened by open-tunnel knocks
+//! max_connections = 4096        # streams served at once (default 4096) …
+//! max_connections_per_source = 1024 # … and per client address (default 1024)
 //! ```
 //!
 //! red-relay takes the same file without `[relay]` and with, for each
@@ -370,6 +372,15 @@ pub struct TunnelSection {
     /// The `[[services]]` name of the tunnel port.
     #[serde(default = "default_tunnel_service")]
     pub service: String,
+    /// Connections (streams) served at once, handshakes included; beyond,
+    /// a new connection is closed at once. Each costs a thread and about
+    /// 50 KiB while idle (BENCHMARKS.md, "Tunnel").
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Of those, at most this many from one client address, so that one
+    /// client cannot take them all.
+    #[serde(default = "default_max_connections_per_source")]
+    pub max_connections_per_source: usize,
 }
 
 fn default_tunnel_port() -> u16 {
@@ -377,6 +388,12 @@ fn default_tunnel_port() -> u16 {
 }
 fn default_tunnel_service() -> String {
     "tunnel".into()
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_max_connections_per_source() -> usize {
+    1024
 }
 
 /// One service on red: a bare name, or a name with the port green probes
@@ -787,6 +804,16 @@ impl Config {
             }
             if t.listen_port == 0 {
                 bad("tunnel.listen_port".into(), "must be 1..=65535".into());
+            }
+            if !(1..=65_536).contains(&t.max_connections) {
+                bad("tunnel.max_connections".into(), "must be 1..=65536".into());
+            }
+            if t.max_connections_per_source == 0 || t.max_connections_per_source > t.max_connections
+            {
+                bad(
+                    "tunnel.max_connections_per_source".into(),
+                    "must be 1..=max_connections".into(),
+                );
             }
             let entry = self.services.iter().find(|s| s.name == t.service);
             match entry {

@@ -8,8 +8,9 @@
 //! A connection is served when:
 //!
 //! 1. the client certificate validates against the `[trust]` anchors and
-//!    CRLs (rustls's `WebPkiClientVerifier`; the files are read again for
-//!    every connection, so a new CRL applies at once), and
+//!    CRLs (rustls's `WebPkiClientVerifier`; each connection checks the
+//!    files' modification time, size and inode and reads them again when
+//!    one changed, so a new CRL applies at once), and
 //! 2. the SHA-256 of its SPKI ([`IdentityKey`]) is the identity of an open
 //!    tunnel session for the connection's source address: an open-tunnel
 //!    knock of that identity for that address, not expired and not closed
@@ -26,29 +27,34 @@
 //! the knock: the connect is retried for [`CONNECT_PATIENCE`]. Then both
 //! directions are spliced until both ends have closed.
 //!
+//! The TLS data path is [`spa_tunnel::TlsPipe`] (rustls's unbuffered API
+//! over poll(2), shared with `spa-client connect`): one thread per
+//! connection, at most `[tunnel] max_connections` at once and
+//! `max_connections_per_source` per client address; beyond, a new
+//! connection is closed at once.
+//!
 //! A served connection belongs to the session that granted its service:
 //! when that session ends (a close knock, `revoke-session`, or its
 //! openings expire; [`Hooks::session_closed`]), both of its sockets (the
 //! client's and the service's) are shut down, which ends the splice.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use proto_spec::UnixMillis;
 use proto_spec::body::MessageType;
 use proto_spec::cert::{ExpiredCrl, IdentityKey, UnknownRevocation};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{ConnectionCommon, RootCertStore, ServerConfig, ServerConnection, SideData};
+use rustls::server::{UnbufferedServerConnection, WebPkiClientVerifier};
+use rustls::{RootCertStore, ServerConfig};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use spa_tunnel::TlsPipe;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, RelayService, ServiceProto, parse_proto};
@@ -63,14 +69,19 @@ pub const CONNECT_PATIENCE: Duration = Duration::from_secs(5);
 /// How long a CONNECT waits for its request-service knock to be accepted.
 pub const GRANT_PATIENCE: Duration = Duration::from_secs(3);
 
-/// Connections served at once; beyond, new ones are closed at once.
-pub const MAX_CONNECTIONS: usize = 256;
-
 /// Handshake and request-line timeout.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-const MAX_LINE: usize = 256;
-const MAX_BUFFERED: usize = 64 * 1024;
+/// Bytes read (and dropped) from a refused client so that closing does not
+/// reset the connection before it has read the answer.
+const MAX_DRAINED: usize = 64 * 1024;
+
+/// Stack of a connection thread: the handshake (certificate path and CRL
+/// checks) and the splice need far less; Rust's default is 2 MiB.
+const CONNECTION_STACK: usize = 512 * 1024;
+
+/// First attempt's timeout to reach a service; it doubles per attempt.
+const FIRST_CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Why the tunnel could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +110,9 @@ struct Grant {
     services: HashMap<String, UnixMillis>,
 }
 
+/// A served connection's sockets: the client's and the service's.
+type Sockets = Vec<Arc<TcpStream>>;
+
 /// Sessions as the daemon accepted them, shared with the tunnel threads,
 /// and the sockets of the connections each session serves.
 #[derive(Debug, Default)]
@@ -106,7 +120,7 @@ pub struct Grants {
     sessions: HashMap<[u8; 16], Grant>,
     /// Per session: connection number and its sockets (clones), shut down
     /// when the session ends.
-    conns: HashMap<[u8; 16], Vec<(u64, Vec<TcpStream>)>>,
+    conns: HashMap<[u8; 16], Vec<(u64, Sockets)>>,
     next_conn: u64,
 }
 
@@ -180,7 +194,7 @@ impl Grants {
 
     /// Records a served connection's sockets under `session`; `None` when
     /// the session has ended meanwhile.
-    fn attach(&mut self, session: &[u8; 16], socks: Vec<TcpStream>) -> Option<u64> {
+    fn attach(&mut self, session: &[u8; 16], socks: Sockets) -> Option<u64> {
         if !self.sessions.contains_key(session) {
             return None;
         }
@@ -389,31 +403,100 @@ fn server_config(id: &Identity, trust: &TrustFiles) -> Result<Arc<ServerConfig>,
         .with_client_cert_verifier(verifier)
         .with_single_cert(id.chain.clone(), id.key.clone_key())
         .map_err(|e| format!("tunnel certificate and key: {e}"))?;
+    // Nothing resumes (each `connect` is a new process), and tickets
+    // would be post-handshake messages for nothing.
+    let mut cfg = cfg;
+    cfg.send_tls13_tickets = 0;
     Ok(Arc::new(cfg))
+}
+
+/// A trust file's modification time, size and inode (`None`: unreadable).
+type FileStamp = Option<(std::time::SystemTime, u64, u64)>;
+
+/// The state of every trust file, in order.
+fn stamps(trust: &TrustFiles) -> Vec<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    trust
+        .cas
+        .iter()
+        .chain(&trust.intermediates)
+        .chain(&trust.crls)
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len(), m.ino())))
+        })
+        .collect()
 }
 
 /// The running endpoint's shared state.
 struct Shared {
     id: Identity,
     trust: TrustFiles,
-    /// The last configuration built: used when the trust files cannot be
-    /// read again (e.g. after privileges were dropped).
-    config: Mutex<Arc<ServerConfig>>,
+    /// The last configuration built, and the trust files' state it was
+    /// built from: rebuilt when a file changes; kept when the files cannot
+    /// be read again (e.g. after privileges were dropped).
+    config: Mutex<(Arc<ServerConfig>, Vec<FileStamp>)>,
     grants: SharedGrants,
     targets: HashMap<String, Target>,
     active: AtomicUsize,
+    /// Connections per client address.
+    per_source: Mutex<HashMap<IpAddr, usize>>,
+    max_connections: usize,
+    max_per_source: usize,
 }
 
 impl Shared {
     /// A configuration from the trust files as they are now, else the last
     /// one.
+    /// Counts a new connection from `ip`, unless a cap is reached.
+    fn admit(&self, ip: IpAddr) -> bool {
+        let mut per = self
+            .per_source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let n = per.entry(ip).or_insert(0);
+        if *n >= self.max_per_source {
+            return false;
+        }
+        if self.active.fetch_add(1, Ordering::SeqCst) >= self.max_connections {
+            self.active.fetch_sub(1, Ordering::SeqCst);
+            if *n == 0 {
+                per.remove(&ip);
+            }
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Forgets a connection counted by [`Self::admit`].
+    fn release(&self, ip: IpAddr) {
+        let mut per = self
+            .per_source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = per.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(&ip);
+            }
+        }
+        self.active.fetch_sub(1, Ordering::SeqCst);
+    }
+
     fn current_config(&self) -> Arc<ServerConfig> {
         let mut last = self.config.lock().unwrap_or_else(PoisonError::into_inner);
-        match server_config(&self.id, &self.trust) {
-            Ok(c) => *last = c,
-            Err(e) => debug!(error = %e, "tunnel: trust files not reloaded, using the last ones"),
+        let stamps = stamps(&self.trust);
+        if stamps != last.1 {
+            match server_config(&self.id, &self.trust) {
+                Ok(c) => *last = (c, stamps),
+                Err(e) => {
+                    debug!(error = %e, "tunnel: trust files not reloaded, using the last ones");
+                }
+            }
         }
-        Arc::clone(&last)
+        Arc::clone(&last.0)
     }
 }
 
@@ -426,7 +509,10 @@ pub fn start(cfg: &Config) -> Result<Option<TunnelHooks>, TunnelError> {
     };
     let id = read_identity(&t.certificate, &t.key)?;
     let trust = trust_files(cfg);
-    let config = server_config(&id, &trust).map_err(TunnelError::Config)?;
+    let config = (
+        server_config(&id, &trust).map_err(TunnelError::Config)?,
+        stamps(&trust),
+    );
     let listener = listen(t.listen_port).map_err(|source| TunnelError::Listen {
         port: t.listen_port,
         source,
@@ -439,7 +525,11 @@ pub fn start(cfg: &Config) -> Result<Option<TunnelHooks>, TunnelError> {
         grants: grants.clone(),
         targets: targets(cfg),
         active: AtomicUsize::new(0),
+        per_source: Mutex::default(),
+        max_connections: t.max_connections,
+        max_per_source: t.max_connections_per_source,
     });
+    raise_fd_limit(t.max_connections);
     info!(port = t.listen_port, services = %{
         let mut v: Vec<_> = shared.targets.keys().cloned().collect();
         v.sort();
@@ -474,132 +564,154 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
                 continue;
             }
         };
-        if shared.active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            shared.active.fetch_sub(1, Ordering::SeqCst);
-            warn!(src = %peer.ip().to_canonical(), "tunnel: too many connections, closed");
+        let ip = peer.ip().to_canonical();
+        if !shared.admit(ip) {
+            warn!(src = %ip, "tunnel: too many connections, closed");
             continue;
         }
         let s = Arc::clone(shared);
         let spawned = std::thread::Builder::new()
             .name("tunnel-conn".into())
+            .stack_size(CONNECTION_STACK)
             .spawn(move || {
-                let ip = peer.ip().to_canonical();
                 match serve(&s, stream, ip) {
                     Ok(()) => debug!(src = %ip, "tunnel: connection ended"),
                     Err(e) => info!(src = %ip, reason = %e, "tunnel: connection closed"),
                 }
-                s.active.fetch_sub(1, Ordering::SeqCst);
+                s.release(ip);
             });
-        if spawned.is_err() {
-            shared.active.fetch_sub(1, Ordering::SeqCst);
+        if let Err(e) = spawned {
+            warn!(src = %ip, error = %e, "tunnel: no thread for the connection, closed");
+            shared.release(ip);
         }
     }
 }
 
-fn other(msg: impl Into<String>) -> io::Error {
-    io::Error::other(msg.into())
+/// Why a tunnel connection was closed (logged with the client's address).
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    /// The TLS connection (handshake, certificate, I/O, timeouts).
+    #[error("{0}")]
+    Pipe(#[from] spa_tunnel::Error),
+    /// Socket set-up.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The client certificate could not be parsed for its identity.
+    #[error("unreadable client certificate")]
+    Certificate,
+    /// No open-tunnel session of this identity for this address.
+    #[error("identity {0} has no open tunnel session for this address")]
+    NoSession(String),
+    /// The first line is not `CONNECT <service>`.
+    #[error("not a CONNECT line")]
+    BadLine,
+    /// The service was not granted in time.
+    #[error("service '{0}' not granted")]
+    NotGranted(String),
+    /// The service has no target.
+    #[error("service '{0}' has no tunnel target")]
+    UnknownService(String),
+    /// The service could not be reached.
+    #[error("service '{service}' at {addr}: {source}")]
+    Unreachable {
+        /// Service.
+        service: String,
+        /// Its address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The session ended before the service was connected.
+    #[error("service '{0}': the session ended meanwhile")]
+    SessionEnded(String),
 }
 
-fn serve(shared: &Shared, mut tcp: TcpStream, ip: IpAddr) -> io::Result<()> {
-    tcp.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
-    tcp.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+fn serve(shared: &Shared, tcp: TcpStream, ip: IpAddr) -> Result<(), ServeError> {
     tcp.set_nodelay(true)?;
-    let config = shared.current_config();
-    let mut conn = ServerConnection::new(config).map_err(|e| other(e.to_string()))?;
-    while conn.is_handshaking() {
-        conn.complete_io(&mut tcp)?;
-    }
-    let cert = conn
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    let conn = UnbufferedServerConnection::new(shared.current_config())
+        .map_err(spa_tunnel::Error::from)?;
+    let mut pipe = TlsPipe::new(conn, tcp)?;
+    pipe.handshake(deadline)?;
+    let identity = pipe
+        .connection()
         .peer_certificates()
         .and_then(|c| c.first())
-        .ok_or_else(|| other("no client certificate"))?;
-    let identity = identity_of(cert).ok_or_else(|| other("unreadable client certificate"))?;
+        .and_then(|cert| identity_of(cert))
+        .ok_or(ServeError::Certificate)?;
     let granted = |f: &dyn Fn(&Grants) -> bool| {
         f(&shared.grants.lock().unwrap_or_else(PoisonError::into_inner))
     };
     if !granted(&|g| g.tunnel_open(ip, &identity, now_ms())) {
-        let _ = refuse(
-            &mut conn,
-            &mut tcp,
+        refuse(
+            &mut pipe,
             "no open tunnel session for this identity and address",
         );
-        return Err(other(format!(
-            "identity {} has no open tunnel session for this address",
-            hex::encode(&identity.0[..8])
-        )));
+        return Err(ServeError::NoSession(hex::encode(&identity.0[..8])));
     }
-    let (line, rest) = read_line(&mut conn, &mut tcp)?;
-    let service = line
+    let line = pipe.read_line(deadline)?;
+    let Some(service) = line
         .strip_prefix("CONNECT ")
         .map(str::trim)
         .filter(|s| !s.is_empty() && !s.contains(' '))
-        .ok_or_else(|| other("not a CONNECT line"))?
-        .to_owned();
+        .map(str::to_owned)
+    else {
+        refuse(&mut pipe, "not a CONNECT line");
+        return Err(ServeError::BadLine);
+    };
     // The request-service knock is one UDP datagram sent just before the
     // connection: give the capture loop a moment to accept it.
-    let deadline = Instant::now() + GRANT_PATIENCE;
+    let patience = Instant::now() + GRANT_PATIENCE;
     while !granted(&|g| g.service_granted(ip, &identity, &service, now_ms()))
-        && Instant::now() < deadline
+        && Instant::now() < patience
     {
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
     if !granted(&|g| g.service_granted(ip, &identity, &service, now_ms())) {
-        let _ = refuse(&mut conn, &mut tcp, "service not granted");
-        return Err(other(format!("service '{service}' not granted")));
+        refuse(&mut pipe, "service not granted");
+        return Err(ServeError::NotGranted(service));
     }
     let Some(target) = shared.targets.get(&service).copied() else {
-        let _ = refuse(&mut conn, &mut tcp, "unknown service");
-        return Err(other(format!("service '{service}' has no tunnel target")));
+        refuse(&mut pipe, "unknown service");
+        return Err(ServeError::UnknownService(service));
     };
-    let mut upstream = match connect(target) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = refuse(&mut conn, &mut tcp, "service unreachable");
-            return Err(other(format!(
-                "service '{service}' at {}: {e}",
-                target.addr
-            )));
+    let upstream = match connect(target) {
+        Ok(s) => Arc::new(s),
+        Err(source) => {
+            refuse(&mut pipe, "service unreachable");
+            return Err(ServeError::Unreachable {
+                service,
+                addr: target.addr,
+                source,
+            });
         }
     };
-    let session = granted_session(shared, ip, &identity, &service);
-    let registered = match session {
-        Some(sid) => {
-            let socks = vec![tcp.try_clone()?, upstream.try_clone()?];
-            shared
-                .grants
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .attach(&sid, socks)
-                .map(|id| Registered {
-                    grants: &shared.grants,
-                    session: sid,
-                    id,
-                })
-        }
-        None => None,
-    };
+    let registered = granted_session(shared, ip, &identity, &service).and_then(|sid| {
+        let socks = vec![Arc::clone(pipe.socket()), Arc::clone(&upstream)];
+        shared
+            .grants
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .attach(&sid, socks)
+            .map(|id| Registered {
+                grants: &shared.grants,
+                session: sid,
+                id,
+            })
+    });
     let Some(_registered) = registered else {
-        let _ = refuse(&mut conn, &mut tcp, "session ended");
-        return Err(other(format!(
-            "service '{service}': the session ended meanwhile"
-        )));
+        refuse(&mut pipe, "session ended");
+        return Err(ServeError::SessionEnded(service));
     };
-    conn.writer().write_all(b"OK\n")?;
+    pipe.write_all(b"OK\n", deadline)?;
     info!(src = %ip, service = %service, target = %target.addr, "tunnel: connected");
-    tcp.set_read_timeout(None)?;
-    tcp.set_write_timeout(None)?;
-    let mut up_r = upstream.try_clone()?;
-    splice(
-        &mut conn,
-        &mut tcp,
-        &mut up_r,
-        &mut upstream,
-        rest,
-        Vec::new(),
-        |w: &mut TcpStream| {
-            let _ = w.shutdown(Shutdown::Write);
-        },
-    )
+    upstream.set_nonblocking(true)?;
+    let mut up_r: &TcpStream = &upstream;
+    let mut up_w: &TcpStream = &upstream;
+    pipe.splice(&mut up_r, &mut up_w, false, |w| {
+        let _ = w.shutdown(Shutdown::Write);
+    })?;
+    Ok(())
 }
 
 fn granted_session(
@@ -631,25 +743,32 @@ impl Drop for Registered<'_> {
     }
 }
 
-fn refuse(conn: &mut ServerConnection, tcp: &mut TcpStream, why: &str) -> io::Result<()> {
-    conn.writer().write_all(format!("ERR {why}\n").as_bytes())?;
-    conn.send_close_notify();
-    while conn.wants_write() {
-        conn.write_tls(tcp)?;
+/// Answers `ERR <why>` and closes, best effort, within a second.
+fn refuse(pipe: &mut TlsPipe<UnbufferedServerConnection>, why: &str) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    if pipe
+        .write_all(format!("ERR {why}\n").as_bytes(), deadline)
+        .is_err()
+    {
+        return;
     }
+    pipe.close(deadline);
     // A lingering close: closing with unread input would reset the
     // connection and could discard the answer at the client.
-    tcp.shutdown(Shutdown::Write)?;
-    tcp.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let sock = Arc::clone(pipe.socket());
+    if sock.set_nonblocking(false).is_err()
+        || sock.set_read_timeout(Some(Duration::from_secs(1))).is_err()
+    {
+        return;
+    }
     let mut sink = [0u8; 4096];
-    let mut left = MAX_BUFFERED;
+    let mut left = MAX_DRAINED;
     while left > 0 {
-        match tcp.read(&mut sink) {
+        match (&*sock).read(&mut sink) {
             Ok(0) | Err(_) => break,
             Ok(n) => left = left.saturating_sub(n),
         }
     }
-    Ok(())
 }
 
 /// The SPKI hash of a DER certificate.
@@ -660,39 +779,15 @@ pub fn identity_of(cert: &[u8]) -> Option<IdentityKey> {
     ))
 }
 
-/// Reads one `\n`-terminated line (blocking socket); returns it and the
-/// bytes that followed it.
-pub fn read_line<S: SideData>(
-    conn: &mut ConnectionCommon<S>,
-    tcp: &mut TcpStream,
-) -> io::Result<(String, Vec<u8>)> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 512];
-    loop {
-        if let Some(i) = got.iter().position(|b| *b == b'\n') {
-            let rest = got.split_off(i + 1);
-            got.pop();
-            let line = String::from_utf8(got).map_err(|_| other("line is not UTF-8"))?;
-            return Ok((line, rest));
-        }
-        if got.len() > MAX_LINE {
-            return Err(other("line too long"));
-        }
-        match conn.reader().read(&mut buf) {
-            Ok(0) => return Err(other("closed before a full line")),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                conn.complete_io(&mut *tcp)?;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
+/// Connects to a service. Red opens for green a moment after the order
+/// reached it, and drops SYNs until then: attempts start with a short
+/// timeout that doubles each time (so a slow path still gets long ones),
+/// until [`CONNECT_PATIENCE`].
 fn connect(t: Target) -> io::Result<TcpStream> {
     let deadline = Instant::now() + CONNECT_PATIENCE;
+    let mut timeout = FIRST_CONNECT_TIMEOUT;
     loop {
-        let attempt = || -> io::Result<TcpStream> {
+        let attempt = |timeout: Duration| -> io::Result<TcpStream> {
             let s = Socket::new(
                 Domain::for_address(t.addr),
                 Type::STREAM,
@@ -701,161 +796,50 @@ fn connect(t: Target) -> io::Result<TcpStream> {
             if let Some(b) = t.bind {
                 s.bind(&SockAddr::from(SocketAddr::new(b, 0)))?;
             }
-            s.connect_timeout(&SockAddr::from(t.addr), Duration::from_millis(700))?;
+            s.connect_timeout(&SockAddr::from(t.addr), timeout)?;
             s.set_tcp_nodelay(true)?;
             Ok(s.into())
         };
-        match attempt() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match attempt(timeout.min(left).max(Duration::from_millis(10))) {
             Ok(s) => return Ok(s),
             Err(e) if Instant::now() >= deadline => return Err(e),
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                // Red answers RSTs only when its firewall lets the SYN
+                // in and nothing listens: wait a little before the next.
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(_) => {}
         }
+        timeout = (timeout * 2).min(Duration::from_secs(2));
     }
 }
 
-/// Copies between a TLS connection (over `tls`) and a plaintext pair
-/// (`plain_r`, `plain_w`; one socket or two pipes) on one thread with
-/// poll(2), until both directions have ended. `to_plain` and `to_tls` are
-/// bytes already read and not yet forwarded. `shut_w` half-closes the
-/// plaintext writer when the TLS peer has finished.
-#[allow(clippy::too_many_arguments)]
-pub fn splice<S, R, W>(
-    conn: &mut ConnectionCommon<S>,
-    tls: &mut TcpStream,
-    plain_r: &mut R,
-    plain_w: &mut W,
-    mut to_plain: Vec<u8>,
-    to_tls: Vec<u8>,
-    mut shut_w: impl FnMut(&mut W),
-) -> io::Result<()>
-where
-    S: SideData,
-    R: Read + AsFd,
-    W: Write + AsFd,
-{
-    if !to_tls.is_empty() {
-        conn.writer().write_all(&to_tls)?;
+/// Raises the soft limit on open files to the hard limit when the
+/// connection cap needs more (two sockets per connection).
+fn raise_fd_limit(max_connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let want = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(256);
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < want => {
+            let new = want.min(hard);
+            match setrlimit(Resource::RLIMIT_NOFILE, new, hard) {
+                Ok(()) => debug!(from = soft, to = new, "tunnel: open-file limit raised"),
+                Err(e) => warn!(error = %e, "tunnel: cannot raise the open-file limit"),
+            }
+            if new < want {
+                warn!(
+                    limit = new,
+                    max_connections,
+                    "tunnel: the open-file limit is below what max_connections needs"
+                );
+            }
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "tunnel: cannot read the open-file limit"),
     }
-    tls.set_nonblocking(true)?;
-    set_nonblocking(plain_r.as_fd(), true)?;
-    set_nonblocking(plain_w.as_fd(), true)?;
-    let mut tcp_eof = false; // the TLS socket hit EOF
-    let mut tls_eof = false; // no more plaintext from the TLS peer
-    let mut plain_eof = false; // no more plaintext from the plain side
-    let mut plain_shut = false;
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        while !tls_eof && to_plain.len() < MAX_BUFFERED {
-            match conn.reader().read(&mut buf) {
-                Ok(0) => tls_eof = true,
-                Ok(n) => to_plain.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => tls_eof = true,
-                Err(e) => return Err(e),
-            }
-        }
-        while !to_plain.is_empty() {
-            match plain_w.write(&to_plain) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    to_plain.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
-        if tls_eof && to_plain.is_empty() && !plain_shut {
-            let _ = plain_w.flush();
-            shut_w(plain_w);
-            plain_shut = true;
-        }
-        while conn.wants_write() {
-            match conn.write_tls(tls) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
-        if plain_shut && plain_eof && !conn.wants_write() {
-            return Ok(());
-        }
-        if tcp_eof && !tls_eof {
-            tls_eof = true;
-            continue;
-        }
-        let mut tls_ev = PollFlags::empty();
-        if !tcp_eof && conn.wants_read() && to_plain.len() < MAX_BUFFERED {
-            tls_ev |= PollFlags::POLLIN;
-        }
-        if conn.wants_write() {
-            tls_ev |= PollFlags::POLLOUT;
-        }
-        let pr = if !plain_eof && !conn.wants_write() {
-            PollFlags::POLLIN
-        } else {
-            PollFlags::empty()
-        };
-        let pw = if to_plain.is_empty() {
-            PollFlags::empty()
-        } else {
-            PollFlags::POLLOUT
-        };
-        if tls_ev.is_empty() && pr.is_empty() && pw.is_empty() {
-            return Ok(());
-        }
-        let mut fds = [
-            PollFd::new(tls.as_fd(), tls_ev),
-            PollFd::new(plain_r.as_fd(), pr),
-            PollFd::new(plain_w.as_fd(), pw),
-        ];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-        let ready = |f: &PollFd| {
-            f.revents().is_some_and(|r| {
-                r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
-            })
-        };
-        let tls_ready = !tls_ev.is_empty() && ready(&fds[0]);
-        let plain_ready = !pr.is_empty() && ready(&fds[1]);
-        if tls_ready && tls_ev.contains(PollFlags::POLLIN) {
-            match conn.read_tls(tls) {
-                Ok(0) => tcp_eof = true,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-            if let Err(e) = conn.process_new_packets() {
-                let _ = conn.write_tls(tls);
-                return Err(other(format!("TLS: {e}")));
-            }
-        }
-        if plain_ready {
-            match plain_r.read(&mut buf) {
-                Ok(0) => {
-                    plain_eof = true;
-                    conn.send_close_notify();
-                }
-                Ok(n) => conn.writer().write_all(&buf[..n])?,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-}
-
-fn set_nonblocking(fd: std::os::fd::BorrowedFd<'_>, on: bool) -> io::Result<()> {
-    use nix::fcntl::{FcntlArg, OFlag, fcntl};
-    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
-    let new = if on {
-        flags | OFlag::O_NONBLOCK
-    } else {
-        flags & !OFlag::O_NONBLOCK
-    };
-    fcntl(fd, FcntlArg::F_SETFL(new))?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -866,6 +850,7 @@ mod tests {
     use rcgen::{CertificateParams, KeyPair};
     use rustls::pki_types::ServerName;
     use rustls::{ClientConfig, ClientConnection};
+    use std::io::Write;
 
     struct Pki {
         _dir: tempfile::TempDir,
@@ -927,7 +912,7 @@ mod tests {
             unknown_revocation: UnknownRevocation::Allow,
             expired_crl: ExpiredCrl::Refuse,
         };
-        let config = Mutex::new(server_config(&id, &trust).expect("config"));
+        let config = Mutex::new((server_config(&id, &trust).expect("config"), stamps(&trust)));
         let shared = Arc::new(Shared {
             id,
             trust,
@@ -935,6 +920,9 @@ mod tests {
             grants: SharedGrants::default(),
             targets,
             active: AtomicUsize::new(0),
+            per_source: Mutex::default(),
+            max_connections: 64,
+            max_per_source: 64,
         });
         Pki {
             ca_der: ca.cert_der().to_vec(),
@@ -1100,6 +1088,43 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(p.shared.active.load(Ordering::SeqCst), 0, "threads ended");
+    }
+
+    #[test]
+    fn connections_are_capped_in_total_and_per_source() {
+        let mut p = setup(HashMap::new());
+        let shared = Arc::get_mut(&mut p.shared).expect("unshared");
+        shared.max_connections = 3;
+        shared.max_per_source = 2;
+        let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        let b = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+        let c = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3));
+        assert!(shared.admit(a) && shared.admit(a));
+        assert!(!shared.admit(a), "per-source cap");
+        assert!(shared.admit(b));
+        assert!(!shared.admit(c), "total cap");
+        shared.release(a);
+        assert!(shared.admit(c), "a slot freed");
+        assert!(!shared.admit(b), "total cap again");
+        for ip in [a, b, c] {
+            shared.release(ip);
+        }
+        assert_eq!(shared.active.load(Ordering::SeqCst), 0);
+        assert!(shared.per_source.lock().expect("lock").is_empty());
+    }
+
+    #[test]
+    fn changed_trust_files_are_read_for_the_next_connection() {
+        let p = setup(HashMap::new());
+        let first = p.shared.current_config();
+        assert!(Arc::ptr_eq(&first, &p.shared.current_config()), "cached");
+        // A CA file rewritten (new inode): the next connection rebuilds.
+        let ca = &p.shared.trust.cas[0];
+        let bytes = std::fs::read(ca).expect("read");
+        let tmp = ca.with_extension("new");
+        std::fs::write(&tmp, bytes).expect("write");
+        std::fs::rename(&tmp, ca).expect("rename");
+        assert!(!Arc::ptr_eq(&first, &p.shared.current_config()), "rebuilt");
     }
 
     #[test]
