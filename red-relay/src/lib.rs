@@ -9,7 +9,8 @@
 //! store, firewall, sessions, intrusion prevention, control socket and
 //! trust reloads. This library holds the command line definitions ([`Cli`],
 //! so that a man page and completions can be generated from them), the
-//! verifier's assembly ([`verifier`]), [`run`], and key generation.
+//! verifier's assembly ([`verifier`]; red judges only the services it hosts,
+//! [`hosted_services`]), [`run`], and key generation.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -108,8 +109,18 @@ pub fn verifier(cfg: &Config) -> Result<OrderVerifier, StartError> {
         .load()
         .map_err(|e| step("trust")(e.to_string()))?;
     let limits = green::limits(cfg);
-    OrderVerifier::new(keys, gateways, trust, green::policy(cfg), limits, limits)
-        .map_err(|e| step("gateways")(e.to_string()))
+    let mut verifier =
+        OrderVerifier::new(keys, gateways, trust, green::policy(cfg), limits, limits)
+            .map_err(|e| step("gateways")(e.to_string()))?;
+    verifier.hosted_services = Some(hosted_services(cfg));
+    Ok(verifier)
+}
+
+/// The services red hosts, its `[[services]]`: the only names of a relayed
+/// request red judges and opens; the others (green's own) it ignores, and
+/// a request naming none of them is `unauthorized_service`. SPEC §5.2.
+pub fn hosted_services(cfg: &Config) -> Vec<String> {
+    cfg.services.iter().map(|s| s.name.clone()).collect()
 }
 
 /// `red-relay run`: loads and checks the configuration, builds the
@@ -182,6 +193,7 @@ mod tests {
         let cfg = spa_server::config::parse(&text, &path).expect("parses");
         assert_eq!(cfg.gateways.len(), 1);
         assert!(cfg.relay.is_none());
+        assert_eq!(hosted_services(&cfg), vec!["web".to_owned()]);
     }
 
     #[test]
