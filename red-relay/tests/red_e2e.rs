@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use proto_spec::body::{BodyFields, MessageType, OpenFor, encode_signed_part};
 use proto_spec::keys::ReceiverPublicKey;
 use proto_spec::order::{OrderFields, encode_order_signed_part};
 use proto_spec::seal::{seal_order, seal_plaintext};
@@ -366,9 +367,12 @@ fn relayed_request_opens_red_for_green_only_and_close_closes_it() {
 }
 
 /// Red refuses, and counts in `status`, a forged order (another gateway
-/// key), an order claiming green's key with a bad signature, a replayed
-/// order datagram, and an order for a service red's policy does not grant
-/// the client; client-side refusals do not get green blocked.
+/// key), an order claiming green's key with a bad signature, an order
+/// green's key signed around a client body with a forged client signature,
+/// a replayed order datagram, and an order naming no service red hosts;
+/// client-side refusals do not get green blocked, and red answers none of
+/// it. A request naming green's `tunnel` and red's `web` opens web at red
+/// (SPEC §5.2: red judges only the names it hosts).
 #[test]
 fn red_refuses_forged_replayed_and_unauthorized_orders() {
     if !runnable() {
@@ -426,12 +430,61 @@ fn red_refuses_forged_replayed_and_unauthorized_orders() {
     bed.red
         .wait_counter_within("refused.bad_gateway_signature", 1, Duration::from_secs(5));
 
+    // Green's key and a valid gateway signature, sealed to red, from green's
+    // address, around a fresh request-service body with alice's valid
+    // certificate whose client signature is forged (as the vector
+    // order_forged_client_signature): red checks the client itself.
+    let alice_cert = spa_keys::read_certificates(&bed.dir.join("alice.crt"))
+        .expect("alice's certificate")
+        .remove(0);
+    let session = [0x5b; 16];
+    let mut forged_body = encode_signed_part(&BodyFields {
+        msg_type: MessageType::RequestService,
+        timestamp_ms: now_ms(),
+        nonce: [0x11; 16],
+        session_id: session,
+        lifetime_s: 30,
+        open_for: OpenFor::Addr(IpAddr::V4(CLIENT)),
+        services: &["web"],
+        certificate: &alice_cert,
+    })
+    .expect("body");
+    forged_body.extend_from_slice(&[0x55; 64]);
+    let green_signer = spa_keys::read_gateway_signer(&bed.dir.join("green-signing.key"))
+        .expect("green's signing key");
+    assert_eq!(green_signer.public_key(), bed.green_signing_pk);
+    let forged_client = seal_order(
+        &green_signer,
+        &bed.red_pk,
+        &OrderFields {
+            order_timestamp_ms: now_ms() + 500,
+            session_id: session,
+            lifetime_s: 30,
+            open_for: green,
+            client_body: &forged_body,
+        },
+        *spa_keys::random_32().expect("random"),
+    )
+    .expect("seal");
+    let orders = bed.red.counter("accepted.order");
+    bed.green_ns.send_udp(green, red_addr, &forged_client);
+    bed.red
+        .wait_counter_within("refused.bad_signature", 1, Duration::from_secs(5));
+    assert_eq!(bed.red.counter("refused.bad_signature"), 1);
+    assert_eq!(bed.red.counter("accepted.order"), orders);
+    let session_hex: String = session.iter().map(|b| format!("{b:02x}")).collect();
+    let status = bed.red.status();
+    assert!(
+        !status.to_string().contains(&session_hex),
+        "red keeps the forged session: {status}"
+    );
+
     // Replayed: green's first order again, from green's own address.
     bed.green_ns.send_udp(green, red_addr, &captured[0]);
     bed.red
         .wait_counter_within("refused.replayed", 1, Duration::from_secs(5));
 
-    // Authorized at green, not at red.
+    // Authorized at green; red does not host db (SPEC §5.2).
     let orders = bed.red.counter("accepted.order");
     bed.spa_client(&["send", "request", "db"]);
     bed.green
@@ -452,16 +505,27 @@ fn red_refuses_forged_replayed_and_unauthorized_orders() {
         status["blocked"].as_array().is_some_and(Vec::is_empty),
         "red blocked someone: {status}"
     );
-    // Red never answered any of it: no UDP datagram from red at green.
+    // Red never answered any of it: no datagram and no connection from red
+    // at green.
     assert!(
         green_tap.from(IpAddr::V4(RED), Proto::Udp).is_empty(),
         "red sent UDP to green"
     );
+    assert!(
+        green_tap.from(IpAddr::V4(RED), Proto::Tcp).is_empty(),
+        "red connected to green"
+    );
 
-    // And green's next request still goes through.
-    bed.spa_client(&["send", "request", "web"]);
+    // And green's next request still goes through, also one naming green's
+    // own service beside red's: red ignores "tunnel" and opens web.
+    let unauthorized = bed.red.counter("refused.unauthorized_service");
+    bed.spa_client(&["send", "request", "tunnel", "web"]);
     bed.red
         .wait_counter_within("accepted.order", orders + 1, Duration::from_secs(5));
+    assert_eq!(
+        bed.red.counter("refused.unauthorized_service"),
+        unauthorized
+    );
     assert!(bed.green_reaches_web());
 }
 
