@@ -290,9 +290,14 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         .load()
         .map_err(|e| step("trust")(e.to_string()))?;
     let verifier = KnockVerifier::new(keys, store, policy(&cfg), limits(&cfg));
-    let relay = crate::relay::Relay::from_config(&cfg).map_err(|e| step("relay")(e.to_string()))?;
+    let mut relay =
+        crate::relay::Relay::from_config(&cfg).map_err(|e| step("relay")(e.to_string()))?;
     // Before privileges are dropped: the server key and the listener.
     let tunnel = crate::tunnel::start(&cfg).map_err(|e| step("tunnel")(e.to_string()))?;
     let s = setup(cfg)?;
+    if let Some(r) = relay.as_mut() {
+        // SPEC §7.5: order timestamps durable in the replay store.
+        r.use_store(&s.db);
+    }
     run_daemon(s, verifier, (relay, tunnel))
 }
