@@ -22,8 +22,13 @@
 //! Flow control: the socket is read only while less than [`HIGH_WATER`]
 //! plaintext waits for the plaintext side, and the plaintext side is read
 //! only while less than [`HIGH_WATER`] ciphertext waits for the socket, so
-//! a slow reader on either side stops the sender (TCP's own window), and
-//! a connection never holds more than a few hundred KiB.
+//! a slow reader on either side stops the sender (TCP's own window). A
+//! connection's buffers stay below about 6 MiB (ciphertext read ≤ 1 MiB,
+//! plaintext waiting ≤ 2 MiB, plaintext read ≤ 1 MiB, ciphertext waiting
+//! ≤ 2 MiB), reached only by bulk transfers both ways into slow readers;
+//! an idle connection holds a few KiB. The sizes were chosen by
+//! measurement: 1 MiB reads moved more per CPU second than 256 KiB,
+//! 512 KiB or 2 MiB on the bench machine (BENCHMARKS.md, "Tunnel").
 #![forbid(unsafe_code)]
 
 use std::io::{self, Read, Write};
@@ -44,10 +49,10 @@ use rustls::unbuffered::{
 pub const MIN_BUFFER: usize = 4 * 1024;
 
 /// Largest buffer for one direction's reads.
-pub const MAX_BUFFER: usize = 256 * 1024;
+pub const MAX_BUFFER: usize = 1024 * 1024;
 
 /// Bytes waiting for a side above which the other side is not read.
-pub const HIGH_WATER: usize = 256 * 1024;
+pub const HIGH_WATER: usize = 1024 * 1024;
 
 /// Longest line [`TlsPipe::read_line`] accepts.
 pub const MAX_LINE: usize = 256;
@@ -290,17 +295,13 @@ impl<C: Unbuffered> TlsPipe<C> {
     }
 
     /// Runs the rustls state machine over the bytes received: decrypted
-    /// records go to `deliver` (which returns how many bytes it took; the
-    /// rest is kept in `plain`), handshake messages and alerts to `tx`;
-    /// `outgoing` (if any) is encrypted into `tx` once the connection may
-    /// send, then emptied; with `close`, a close_notify follows. Returns
-    /// whether the connection reached a state where it may send.
-    fn pump(
-        &mut self,
-        deliver: &mut dyn FnMut(&[u8]) -> io::Result<usize>,
-        mut outgoing: Option<&mut Window>,
-        close: bool,
-    ) -> Result<bool, Error> {
+    /// records are appended to `plain` (and later written to the plaintext
+    /// side in one write: measured faster than one write per 16 KiB record,
+    /// BENCHMARKS.md), handshake messages and alerts to `tx`; `outgoing`
+    /// (if any) is encrypted into `tx` once the connection may send, then
+    /// emptied; with `close`, a close_notify follows. Returns whether the
+    /// connection reached a state where it may send.
+    fn pump(&mut self, mut outgoing: Option<&mut Window>, close: bool) -> Result<bool, Error> {
         let Self {
             conn,
             rx,
@@ -326,16 +327,7 @@ impl<C: Unbuffered> TlsPipe<C> {
                     while let Some(rec) = r.next_record() {
                         let rec = rec?;
                         discard += rec.discard;
-                        let taken = if plain.is_empty() {
-                            match deliver(rec.payload) {
-                                Ok(n) => n.min(rec.payload.len()),
-                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                                Err(e) => return Err(e.into()),
-                            }
-                        } else {
-                            0
-                        };
-                        plain.extend(&rec.payload[taken..]);
+                        plain.extend(rec.payload);
                     }
                 }
                 ConnectionState::EncodeTlsData(mut e) => loop {
@@ -425,7 +417,7 @@ impl<C: Unbuffered> TlsPipe<C> {
 
     /// After a TLS error: sends the alert rustls queued, best effort.
     fn send_alert(&mut self) {
-        let _ = self.pump(&mut |_| Ok(0), None, false);
+        let _ = self.pump(None, false);
         let _ = self.flush();
     }
 
@@ -478,7 +470,7 @@ impl<C: Unbuffered> TlsPipe<C> {
 
     fn handshake_inner(&mut self, deadline: Instant) -> Result<(), Error> {
         loop {
-            self.pump(&mut |_| Ok(0), None, false)?;
+            self.pump(None, false)?;
             self.flush_until(deadline, "the TLS handshake")?;
             if !self.conn.common().is_handshaking() {
                 return Ok(());
@@ -492,7 +484,7 @@ impl<C: Unbuffered> TlsPipe<C> {
         let mut out = Window::default();
         out.extend(bytes);
         while !out.is_empty() {
-            if !self.pump(&mut |_| Ok(0), Some(&mut out), false)? {
+            if !self.pump(Some(&mut out), false)? {
                 self.fill_until(deadline, "a write")?;
             }
         }
@@ -503,7 +495,7 @@ impl<C: Unbuffered> TlsPipe<C> {
     /// effort (`deadline` bounds the wait).
     pub fn close(&mut self, deadline: Instant) {
         if !self.close_sent {
-            let _ = self.pump(&mut |_| Ok(0), None, true);
+            let _ = self.pump(None, true);
         }
         let _ = self.flush_until(deadline, "the close");
         let _ = self.sock.shutdown(Shutdown::Write);
@@ -525,7 +517,7 @@ impl<C: Unbuffered> TlsPipe<C> {
             if self.peer_closed {
                 return Err(Error::Closed("a line"));
             }
-            let r = self.pump(&mut |_| Ok(0), None, false);
+            let r = self.pump(None, false);
             if let Err(e) = r {
                 self.send_alert();
                 return Err(e);
@@ -586,12 +578,8 @@ impl<C: Unbuffered> TlsPipe<C> {
         loop {
             // Plaintext for `plain_w`, then whatever the TLS bytes held
             // decrypt to, then our plaintext and close_notify into `tx`.
-            let mut w_blocked = !self.plain.write_to(plain_w)?;
-            let mut deliver = |b: &[u8]| plain_w.write(b);
-            self.pump(&mut deliver, Some(&mut outgoing), plain_eof)?;
-            if !self.plain.is_empty() {
-                w_blocked = !self.plain.write_to(plain_w)?;
-            }
+            self.pump(Some(&mut outgoing), plain_eof)?;
+            let w_blocked = !self.plain.write_to(plain_w)?;
             let tx_blocked = !self.flush()?;
             if tcp_eof && !self.peer_closed {
                 // EOF without close_notify: nothing more will come.

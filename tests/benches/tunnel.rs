@@ -287,7 +287,11 @@ tunnel_port = {TUNNEL_PORT}
     let mut direct = Vec::new();
     let mut green_cpu = Vec::new();
     let tck = 100.0; // USER_HZ
-    for run in 0..RUNS {
+    let runs: usize = std::env::var("SPA_TUNNEL_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(RUNS);
+    for run in 0..runs {
         // Through the tunnel.
         let c0 = cpu_ticks(gpid);
         let mut child = spawn_client(
@@ -352,6 +356,10 @@ tunnel_port = {TUNNEL_PORT}
         t_med / d_med,
         if t_med / d_med >= 0.7 { "PASS" } else { "FAIL" }
     );
+
+    if std::env::var_os("SPA_TUNNEL_ONLY_THROUGHPUT").is_some() {
+        return;
+    }
 
     // 2. Set-up time.
     let setup = |cold: bool| -> Vec<f64> {
