@@ -98,6 +98,22 @@ fn cpu_ticks(pid: u32) -> u64 {
         + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
+/// Busy time of the whole machine (all CPUs, every process and
+/// interrupt), in clock ticks, from /proc/stat.
+fn busy_ticks() -> u64 {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = s
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    f.iter().take(8).sum::<u64>() - f.get(3).copied().unwrap_or(0) - f.get(4).copied().unwrap_or(0)
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -286,6 +302,10 @@ tunnel_port = {TUNNEL_PORT}
     let mut tun = Vec::new();
     let mut direct = Vec::new();
     let mut green_cpu = Vec::new();
+    // Busy CPU-seconds of the whole machine per transfer (the tunnel's
+    // includes starting spa-client and its knock).
+    let mut busy_t = Vec::new();
+    let mut busy_d = Vec::new();
     let tck = 100.0; // USER_HZ
     let runs: usize = std::env::var("SPA_TUNNEL_RUNS")
         .ok()
@@ -294,6 +314,7 @@ tunnel_port = {TUNNEL_PORT}
     for run in 0..runs {
         // Through the tunnel.
         let c0 = cpu_ticks(gpid);
+        let b0 = busy_ticks();
         let mut child = spawn_client(
             &warm_state,
             &["sink"],
@@ -318,17 +339,20 @@ tunnel_port = {TUNNEL_PORT}
         let client_cpu = cpu_ticks(child.id()) as f64 / 100.0;
         let st = child.wait().unwrap();
         let c1 = cpu_ticks(gpid);
+        let busy_tun = (busy_ticks() - b0) as f64 / tck;
         assert_eq!(n, BYTES, "tunnel transfer incomplete (client {st})");
         let mbs = n as f64 / d.as_secs_f64() / 1e6;
         let cpu_s = (c1 - c0) as f64 / tck;
         println!(
             "[1] run {run}: tunnel {mbs:.0} MB/s ({:.3} s), green CPU {cpu_s:.2} s, \
-             spa-client CPU {client_cpu:.2} s, client {st}",
+             spa-client CPU {client_cpu:.2} s, machine busy {busy_tun:.2} CPU-s, client {st}",
             d.as_secs_f64()
         );
+        busy_t.push(busy_tun);
         tun.push(mbs);
         green_cpu.push(cpu_s);
         // Direct: client namespace -> red's sink, routed by green.
+        let b0 = busy_ticks();
         let mut s = client
             .run_in(|| {
                 TcpStream::connect_timeout(
@@ -341,10 +365,12 @@ tunnel_port = {TUNNEL_PORT}
         s.shutdown(Shutdown::Write).unwrap();
         let (n, d) = sink_rx.recv_timeout(Duration::from_secs(60)).unwrap();
         drop(s);
+        let busy_dir = (busy_ticks() - b0) as f64 / tck;
+        busy_d.push(busy_dir);
         assert_eq!(n, BYTES, "direct transfer incomplete");
         let mbs = n as f64 / d.as_secs_f64() / 1e6;
         println!(
-            "[1] run {run}: direct {mbs:.0} MB/s ({:.3} s)",
+            "[1] run {run}: direct {mbs:.0} MB/s ({:.3} s), machine busy {busy_dir:.2} CPU-s",
             d.as_secs_f64()
         );
         direct.push(mbs);
@@ -357,6 +383,13 @@ tunnel_port = {TUNNEL_PORT}
         if t_med / d_med >= 0.7 { "PASS" } else { "FAIL" }
     );
 
+    println!(
+        "[1] machine busy per 200 MB: tunnel median {:.2} CPU-s, direct median {:.2} CPU-s \
+         (ratio {:.2}: the ceiling of tunnel/direct throughput when both are CPU-bound)",
+        median(&mut busy_t.clone()),
+        median(&mut busy_d.clone()),
+        median(&mut busy_d.clone()) / median(&mut busy_t.clone())
+    );
     if std::env::var_os("SPA_TUNNEL_ONLY_THROUGHPUT").is_some() {
         return;
     }
