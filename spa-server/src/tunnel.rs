@@ -1,4 +1,4 @@
-//! Green's mutual-TLS tunnel endpoint (`[tunnel]`).
+//! Green's mutual-TLS tunnel endpoint (`[tunnel]`, SPEC §12).
 //!
 //! A TLS 1.3 listener (rustls, ring) on `[tunnel] listen_port`, on threads
 //! of its own: the capture loop never waits for it. The port is the

@@ -1,4 +1,4 @@
-//! The data path of spa's mutual-TLS tunnel (SPEC.md §10: green's tunnel
+//! The data path of spa's mutual-TLS tunnel (SPEC.md §12: green's tunnel
 //! endpoint and `spa-client connect`), shared by both ends.
 //!
 //! One [`TlsPipe`] drives one TLS 1.3 connection over a TCP socket with
