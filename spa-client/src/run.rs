@@ -331,7 +331,25 @@ fn connect(cli: &Cli, a: &ConnectArgs) -> Result<Report, ClientError> {
     // authentication share it, so a token is logged into once and its PIN
     // read (or asked for) once.
     let signer = spec.open_shared()?;
-    let tls = tunnel::client_config(&profile::expand_home(&ca), std::sync::Arc::clone(&signer))?;
+    // Intermediates for the TLS chain (SPEC §12.2): the certificates that
+    // follow the client's own in its certificate file, if any.
+    let chain_file = a
+        .cert
+        .clone()
+        .or(p.certificate.clone())
+        .map(|c| profile::expand_home(&c));
+    let intermediates = match &chain_file {
+        Some(f) => spa_keys::read_certificates(f)?
+            .into_iter()
+            .skip(1)
+            .collect(),
+        None => Vec::new(),
+    };
+    let tls = tunnel::client_config(
+        &profile::expand_home(&ca),
+        std::sync::Arc::clone(&signer),
+        intermediates,
+    )?;
     let addr = knock::resolve(&server, tunnel_port)?;
     let name = ServerName::try_from(server.clone())
         .map_err(|e| ClientError::config(format!("server '{server}': {e}")))?;

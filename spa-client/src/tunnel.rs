@@ -26,10 +26,12 @@ use spa_tunnel::TlsPipe;
 use crate::exit::ClientError;
 
 /// The TLS client configuration: roots from `ca`, the signer's certificate
-/// and key for client authentication.
+/// (then `intermediates`, DER, sent as its chain) and key for client
+/// authentication.
 pub fn client_config(
     ca: &Path,
     signer: Arc<dyn Signer + Send + Sync>,
+    intermediates: Vec<Vec<u8>>,
 ) -> Result<Arc<ClientConfig>, ClientError> {
     let mut roots = RootCertStore::empty();
     for der in spa_keys::read_certificates(ca)? {
@@ -37,7 +39,11 @@ pub fn client_config(
             .add(CertificateDer::from(der))
             .map_err(|e| ClientError::config(format!("tunnel_ca {}: {e}", ca.display())))?;
     }
-    let key = crate::token::tls::certified_key(signer, Vec::new())
+    let intermediates = intermediates
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
+    let key = crate::token::tls::certified_key(signer, intermediates)
         .map_err(|e| ClientError::signer(e.to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = ClientConfig::builder_with_provider(provider)

@@ -1127,6 +1127,117 @@ mod tests {
         assert!(!Arc::ptr_eq(&first, &p.shared.current_config()), "rebuilt");
     }
 
+    /// SPEC §12.2: intermediates come from the client's TLS chain.
+    #[test]
+    fn a_client_chain_through_an_intermediate_is_served_only_with_the_intermediate() {
+        use rcgen::{BasicConstraints, CertifiedIssuer, IsCa, KeyUsagePurpose};
+        let ca_params = |name: &str| {
+            let mut p = CertificateParams::new(vec![]).expect("params");
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            p.distinguished_name
+                .push(rcgen::DnType::CommonName, name.to_owned());
+            p
+        };
+        let root = CertifiedIssuer::self_signed(
+            ca_params("root"),
+            KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key"),
+        )
+        .expect("root");
+        let inter = CertifiedIssuer::signed_by(
+            ca_params("intermediate"),
+            KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key"),
+            &root,
+        )
+        .expect("intermediate");
+        let server_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .expect("params")
+            .signed_by(&server_key, &root)
+            .expect("server");
+        let alice_key = KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key");
+        let mut leaf = CertificateParams::new(vec![]).expect("params");
+        leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let alice = leaf.signed_by(&alice_key, &inter).expect("alice");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root_path = dir.path().join("root.pem");
+        std::fs::write(&root_path, root.as_ref().pem()).expect("write");
+        let id = Identity {
+            chain: vec![server.der().clone()],
+            key: PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+        };
+        let trust = TrustFiles {
+            cas: vec![root_path],
+            intermediates: vec![],
+            crls: vec![],
+            unknown_revocation: UnknownRevocation::Allow,
+            expired_crl: ExpiredCrl::Refuse,
+        };
+        let config = Mutex::new((server_config(&id, &trust).expect("config"), stamps(&trust)));
+        let echo = echo_server();
+        let shared = Arc::new(Shared {
+            id,
+            trust,
+            config,
+            grants: SharedGrants::default(),
+            targets: HashMap::from([(
+                "echo".to_owned(),
+                Target {
+                    addr: echo,
+                    bind: None,
+                },
+            )]),
+            active: AtomicUsize::new(0),
+            per_source: Mutex::default(),
+            max_connections: 64,
+            max_per_source: 64,
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let s2 = Arc::clone(&shared);
+        std::thread::spawn(move || accept_loop(&listener, &s2));
+        let identity = identity_of(alice.der()).expect("identity");
+        open(
+            &shared.grants,
+            MessageType::OpenTunnel,
+            3,
+            identity,
+            &["tunnel", "echo"],
+        );
+        let client_with = |chain: Vec<CertificateDer<'static>>| {
+            let mut roots = RootCertStore::empty();
+            roots.add(root.as_ref().der().clone()).expect("root");
+            Arc::new(
+                ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .expect("tls13")
+                .with_root_certificates(roots)
+                .with_client_auth_cert(
+                    chain,
+                    PrivateKeyDer::Pkcs8(alice_key.serialize_der().into()),
+                )
+                .expect("client auth"),
+            )
+        };
+        let got = exchange(
+            port,
+            client_with(vec![alice.der().clone(), inter.as_ref().der().clone()]),
+            "echo",
+            b"ping",
+        );
+        assert_eq!(got, b"OK\nping");
+        let got = exchange(
+            port,
+            client_with(vec![alice.der().clone()]),
+            "echo",
+            b"ping",
+        );
+        assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    }
+
     #[test]
     fn a_closed_session_cuts_its_live_connections() {
         let echo = echo_server();
