@@ -6,8 +6,9 @@
 //!   [`ips`] (rate limits, blocks, scans), [`ctl`] (control socket),
 //!   [`privdrop`], [`logging`], [`green`] (assembly), [`relay`] (green's
 //!   orders to red).
-//! - The CA tooling ([`pki`]), key generation ([`keygen`]) and the command
-//!   line definitions ([`cli`]).
+//! - The CA tooling ([`pki`]), key generation ([`keygen`]), the command
+//!   line definitions ([`cli`]) and what the `pki` and `keygen` commands
+//!   print ([`pki_cmd`]).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -24,6 +25,7 @@ pub mod keygen;
 pub mod logging;
 pub mod nft;
 pub mod pki;
+pub mod pki_cmd;
 pub mod privdrop;
 pub mod relay;
 pub mod store;
