@@ -277,10 +277,24 @@ impl KnockVerifier {
         now: UnixMillis,
         replay: &mut R,
     ) -> Result<Knock, Refusal> {
+        self.verify_detailed(datagram, source, now, replay)
+            .map_err(|r| r.reason)
+    }
+
+    /// [`Self::verify`], with the client's identity in a refusal that came
+    /// after the client was proven (K13-K14: policy, source address,
+    /// storage), for the receiver's log.
+    pub fn verify_detailed<R: ReplayState>(
+        &mut self,
+        datagram: &[u8],
+        source: IpAddr,
+        now: UnixMillis,
+        replay: &mut R,
+    ) -> Result<Knock, Refused> {
         // SPEC §4.3: an IPv4-mapped IPv6 source is compared as IPv4.
         let source = source.to_canonical();
         let (plaintext, receiver) = self.keys.open(datagram)?;
-        let body = parse_body(&plaintext)?;
+        let body = parse_body(&plaintext).map_err(Refusal::from)?;
         let cert = self.auth.check_client(
             &body,
             core::slice::from_ref(&receiver),
@@ -289,19 +303,21 @@ impl KnockVerifier {
             now,
             replay,
         )?;
+        let proven = |reason| Refused::by(reason, &cert.identity);
         let (open_for, source_mode) = match body.open_for {
             OpenFor::Source if self.policy.allow_source_mode => (source, true),
-            OpenFor::Source => return Err(Refusal::SourceModeNotAllowed),
+            OpenFor::Source => return Err(proven(Refusal::SourceModeNotAllowed)),
             OpenFor::Addr(a) if self.policy.require_source_match && a != source => {
-                return Err(Refusal::WrongSourceAddress);
+                return Err(proven(Refusal::WrongSourceAddress));
             }
             OpenFor::Addr(a) => (a, false),
         };
         self.policy
-            .authorize(&cert.identity, body.services.as_slice())?;
+            .authorize(&cert.identity, body.services.as_slice())
+            .map_err(proven)?;
         replay
             .commit(&cert.identity.key, body.timestamp_ms)
-            .map_err(|_| Refusal::StorageFailure)?;
+            .map_err(|_| proven(Refusal::StorageFailure))?;
         Ok(Knock {
             msg_type: body.msg_type,
             identity: cert.identity.clone(),
@@ -319,6 +335,36 @@ impl KnockVerifier {
             receiver_key: receiver,
             body: body.raw.to_vec(),
         })
+    }
+}
+
+/// A refusal, and the client's identity when the client had been proven
+/// (certificate valid, signature verified) before the check that refused
+/// it. A refusal never goes on the wire; the identity is for the
+/// receiver's log only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Why.
+    pub reason: Refusal,
+    /// The proven client, if any.
+    pub identity: Option<ClientIdentity>,
+}
+
+impl Refused {
+    fn by(reason: Refusal, identity: &ClientIdentity) -> Self {
+        Self {
+            reason,
+            identity: Some(identity.clone()),
+        }
+    }
+}
+
+impl From<Refusal> for Refused {
+    fn from(reason: Refusal) -> Self {
+        Self {
+            reason,
+            identity: None,
+        }
     }
 }
 
@@ -464,9 +510,23 @@ impl OrderVerifier {
         now: UnixMillis,
         replay: &mut R,
     ) -> Result<Order, Refusal> {
+        self.verify_detailed(datagram, source, now, replay)
+            .map_err(|r| r.reason)
+    }
+
+    /// [`Self::verify`], with the client's identity in a refusal that came
+    /// after the client was proven (O21-O22: red's policy, storage), for
+    /// red's log.
+    pub fn verify_detailed<R: ReplayState>(
+        &mut self,
+        datagram: &[u8],
+        source: IpAddr,
+        now: UnixMillis,
+        replay: &mut R,
+    ) -> Result<Order, Refused> {
         let source = source.to_canonical();
         let (plaintext, red_key) = self.keys.open(datagram)?;
-        let order = parse_order(&plaintext)?;
+        let order = parse_order(&plaintext).map_err(Refusal::from)?;
         let gw = self
             .gateways
             .iter()
@@ -474,29 +534,29 @@ impl OrderVerifier {
             .ok_or(Refusal::UnknownGateway)?;
         self.order_limits.check(order.order_timestamp_ms, now)?;
         if !FloorRule::Strict.admits(order.order_timestamp_ms, &gw.identity, replay) {
-            return Err(Refusal::Replayed);
+            return Err(Refusal::Replayed.into());
         }
         let t = transcript(ORDER_SIGNATURE_CONTEXT, &red_key, order.signed_part);
         let sig = ed25519_dalek::Signature::from_bytes(order.signature);
         if gw.verifying.verify_strict(&t, &sig).is_err() {
-            return Err(Refusal::BadGatewaySignature);
+            return Err(Refusal::BadGatewaySignature.into());
         }
         if order.open_for != source {
-            return Err(Refusal::WrongSourceAddress);
+            return Err(Refusal::WrongSourceAddress.into());
         }
-        let body = parse_body(order.client_body)?;
+        let body = parse_body(order.client_body).map_err(Refusal::from)?;
         let action = match body.msg_type {
             MessageType::RequestService => OrderAction::Open,
             MessageType::Close => OrderAction::Close,
             MessageType::OpenTunnel | MessageType::Order => {
-                return Err(Refusal::WrongMessageType);
+                return Err(Refusal::WrongMessageType.into());
             }
         };
         if body.session_id != order.session_id {
-            return Err(Refusal::SessionMismatch);
+            return Err(Refusal::SessionMismatch.into());
         }
         if (action == OrderAction::Close) != (order.lifetime_s == 0) {
-            return Err(Refusal::Malformed(crate::MalformedReason::FieldNotAllowed));
+            return Err(Refusal::Malformed(crate::MalformedReason::FieldNotAllowed).into());
         }
         let gw_identity = gw.identity;
         let gw_receivers = gw.gateway.receiver_keys.clone();
@@ -508,15 +568,17 @@ impl OrderVerifier {
             now,
             replay,
         )?;
+        let proven = |reason| Refused::by(reason, &cert.identity);
         // SPEC §5.2: red judges the names it hosts; green judged the rest.
         let services: Vec<&str> = match &self.hosted_services {
-            Some(hosted) => {
-                self.policy
-                    .authorize_hosted(&cert.identity, body.services.as_slice(), hosted)?
-            }
+            Some(hosted) => self
+                .policy
+                .authorize_hosted(&cert.identity, body.services.as_slice(), hosted)
+                .map_err(proven)?,
             None => {
                 self.policy
-                    .authorize(&cert.identity, body.services.as_slice())?;
+                    .authorize(&cert.identity, body.services.as_slice())
+                    .map_err(proven)?;
                 body.services.as_slice().to_vec()
             }
         };
@@ -525,7 +587,7 @@ impl OrderVerifier {
                 (&gw_identity, order.order_timestamp_ms),
                 (&cert.identity.key, body.timestamp_ms),
             )
-            .map_err(|_| Refusal::StorageFailure)?;
+            .map_err(|_| proven(Refusal::StorageFailure))?;
         let lifetime_s = self
             .policy
             .grant_lifetime(order.lifetime_s.min(body.lifetime_s));

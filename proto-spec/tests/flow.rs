@@ -167,6 +167,49 @@ fn refuses_each_bad_datagram_class() {
     );
 }
 
+/// A refusal names the client only once the client was proven: after its
+/// certificate and signature, not before (anyone can attach a certificate).
+#[test]
+fn refusals_name_the_client_only_once_proven() {
+    let w = World::new();
+    let alice = w.signer("alice", KeyAlg::Ed25519);
+    let refused = |d: &[u8], src: &str| {
+        let mut green = w.green();
+        green
+            .verify_detailed(d, ip(src), NOW, &mut MemoryReplayState::default())
+            .expect_err("refused")
+    };
+    let names = |r: &proto_spec::verify::Refused| r.identity.as_ref().map(|i| i.names.clone());
+    let svc = knock(
+        &w,
+        alice.as_ref(),
+        &request(MessageType::RequestService, NOW, &["db"]),
+    );
+    let r = refused(&svc, CLIENT_IP);
+    assert_eq!(r.reason, Refusal::UnauthorizedService);
+    assert!(names(&r).is_some_and(|n| n.contains(&"cn:alice".to_string())));
+    let good = knock(
+        &w,
+        alice.as_ref(),
+        &request(MessageType::OpenTunnel, NOW, &["tunnel"]),
+    );
+    let r = refused(&good, "10.200.9.9");
+    assert_eq!(r.reason, Refusal::WrongSourceAddress);
+    assert!(r.identity.is_some());
+    // Before the signature is checked, or when it fails: no name.
+    let r = refused(&good[..100], CLIENT_IP);
+    assert_eq!((r.reason, r.identity), (Refusal::TooShort, None));
+    let mut green = w.green();
+    let mut replay = MemoryReplayState::default();
+    green
+        .verify(&good, ip(CLIENT_IP), NOW, &mut replay)
+        .expect("accepted");
+    let r = green
+        .verify_detailed(&good, ip(CLIENT_IP), NOW, &mut replay)
+        .expect_err("replayed");
+    assert_eq!((r.reason, r.identity), (Refusal::Replayed, None));
+}
+
 #[test]
 fn refuses_replay_including_after_restart_with_durable_floor() {
     let w = World::new();

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proto_spec::cert::{IdentityKey, TrustStore};
+use proto_spec::verify::Refused;
 use proto_spec::{Refusal, UnixMillis};
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
@@ -368,9 +369,17 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             return;
         }
         match self.gate.verify(payload, ip, now, &mut self.db) {
-            Err(r) => {
+            Err(Refused {
+                reason: r,
+                identity,
+            }) => {
                 self.counters.refusal(&r);
-                warn!(src = %ip, reason = %r, "refused");
+                match identity {
+                    Some(id) => {
+                        warn!(src = %ip, reason = %r, identity = %id.display_name(), "refused");
+                    }
+                    None => warn!(src = %ip, reason = %r, "refused"),
+                }
                 if let Some(kind) = FailureKind::of_refusal(&r)
                     && self.gate.blames_source(&r)
                     && let Some(b) = self.offenses.record_failure(ip, now, kind)
@@ -591,7 +600,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
                 })
             })
             .collect();
-        let mut counters = self.counters.all().clone();
+        let mut counters = self.counters.all();
         counters.extend(self.hooks.counters());
         json!({
             "uptime_s": now.saturating_sub(self.started_ms) / 1000,
@@ -637,6 +646,6 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
 
     /// Refusal counter value (tests).
     pub fn refusals(&self, r: &Refusal) -> u64 {
-        self.counters.get(&crate::counters::refusal_name(r))
+        self.counters.get_refusal(r)
     }
 }

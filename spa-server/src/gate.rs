@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use proto_spec::body::MessageType;
 use proto_spec::cert::{IdentityKey, TrustStore};
 use proto_spec::replay::ReplayState;
-use proto_spec::verify::{KnockVerifier, OrderAction, OrderVerifier};
+use proto_spec::verify::{KnockVerifier, OrderAction, OrderVerifier, Refused};
 use proto_spec::{Refusal, UnixMillis};
 
 /// What an accepted datagram asks the daemon to do.
@@ -49,14 +49,15 @@ pub enum Decision {
 pub trait Gate {
     /// Size, version and pre-check MAC only (SPEC §8.1 steps 1-3).
     fn precheck(&self, datagram: &[u8]) -> Result<(), Refusal>;
-    /// The full verification, committing the replay floor on success.
+    /// The full verification, committing the replay floor on success; a
+    /// refusal names the client once it was proven.
     fn verify<R: ReplayState>(
         &mut self,
         datagram: &[u8],
         source: IpAddr,
         now: UnixMillis,
         replay: &mut R,
-    ) -> Result<Decision, Refusal>;
+    ) -> Result<Decision, Refused>;
     /// Replaces the trust store (SIGHUP or a changed file).
     fn replace_trust(&mut self, trust: TrustStore);
     /// Whether a refusal counts against the datagram's source address for
@@ -78,8 +79,8 @@ impl Gate for KnockVerifier {
         source: IpAddr,
         now: UnixMillis,
         replay: &mut R,
-    ) -> Result<Decision, Refusal> {
-        let k = KnockVerifier::verify(self, datagram, source, now, replay)?;
+    ) -> Result<Decision, Refused> {
+        let k = KnockVerifier::verify_detailed(self, datagram, source, now, replay)?;
         let identity = k.identity.display_name();
         Ok(match k.msg_type {
             MessageType::Close => Decision::Close {
@@ -117,8 +118,8 @@ impl Gate for OrderVerifier {
         source: IpAddr,
         now: UnixMillis,
         replay: &mut R,
-    ) -> Result<Decision, Refusal> {
-        let o = OrderVerifier::verify(self, datagram, source, now, replay)?;
+    ) -> Result<Decision, Refused> {
+        let o = OrderVerifier::verify_detailed(self, datagram, source, now, replay)?;
         let identity = o.client.display_name();
         Ok(match o.action {
             OrderAction::Close => Decision::Close {

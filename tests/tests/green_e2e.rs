@@ -916,6 +916,22 @@ fn every_bad_input_is_refused_counted_and_unanswered() {
         .map(|(_, v)| v.as_u64().unwrap_or(0))
         .sum();
     assert_eq!(refused, cases.len() as u64, "one refusal per case: {st}");
+    // Every refusal is logged with its reason; one refused after the client
+    // was proven (signature verified) also names the client, one refused
+    // before (a replay, checked before the signature) does not.
+    let log = green.log_text();
+    let line = |reason: &str| {
+        log.lines()
+            .find(|l| l.contains("refused") && l.contains(&format!("reason={reason}")))
+            .unwrap_or_else(|| panic!("no refusal line for {reason}:\n{log}"))
+            .to_owned()
+    };
+    assert!(
+        line("unauthorized_service").contains("identity=cn:alice"),
+        "{}",
+        line("unauthorized_service")
+    );
+    assert!(!line("replayed").contains("identity="), "{}", line("replayed"));
     assert_eq!(counters["accepted.open-tunnel"], 2, "{st}");
     assert_eq!(st["sessions"].as_array().map(Vec::len), Some(2), "{st}");
     let allow = lab.nft_set("allow4");
