@@ -1132,3 +1132,24 @@ pub fn start_green(green_ns: &Netns, dir: &TempDir) -> Daemon {
         &dir.join("green.log"),
     )
 }
+
+/// Open sessions in a daemon's status.
+pub fn sessions(d: &Daemon) -> usize {
+    d.status()["sessions"].as_array().map_or(0, Vec::len)
+}
+
+/// The elements of `inet spa allow4` in `ns` (green or red; one string
+/// per element).
+pub fn allow4(ns: &Netns) -> Vec<String> {
+    let out = ns.ok(&["nft", "list", "set", "inet", "spa", "allow4"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let Some(start) = text.find("elements = {") else {
+        return Vec::new();
+    };
+    let body = &text[start + "elements = {".len()..];
+    let body = &body[..body.find('}').unwrap_or(body.len())];
+    body.split(',')
+        .map(|e| e.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|e| !e.is_empty())
+        .collect()
+}

@@ -36,9 +36,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tests::{
-    Daemon, GreenRelayConfig, Netns, RedRelayConfig, TempDir, bin, link4, make_relay_pki,
-    require_root, run_ok, start_green, start_red, unique_tag, wait_until, write_green_config,
-    write_red_config,
+    Daemon, GreenRelayConfig, Netns, RedRelayConfig, TempDir, allow4, bin, link4, make_relay_pki,
+    require_root, run_ok, sessions, start_green, start_red, unique_tag, wait_until,
+    write_green_config, write_red_config,
 };
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 200, 81, 2);
@@ -643,24 +643,4 @@ impl Prompted {
         wait_until(timeout, || child.try_wait().ok().flatten().is_some());
         self.stop()
     }
-}
-
-/// Open sessions in a daemon's status.
-fn sessions(d: &Daemon) -> usize {
-    d.status()["sessions"].as_array().map_or(0, Vec::len)
-}
-
-/// The elements of `inet spa allow4` in `ns`.
-fn allow4(ns: &Netns) -> Vec<String> {
-    let out = ns.ok(&["nft", "list", "set", "inet", "spa", "allow4"]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let Some(start) = text.find("elements = {") else {
-        return Vec::new();
-    };
-    let body = &text[start + "elements = {".len()..];
-    let body = &body[..body.find('}').unwrap_or(body.len())];
-    body.split(',')
-        .map(|e| e.split_whitespace().collect::<Vec<_>>().join(" "))
-        .filter(|e| !e.is_empty())
-        .collect()
 }
