@@ -85,14 +85,16 @@
 //! batch: one atomic transaction, so the element is never missing for a
 //! packet in between.
 
+mod elements;
 mod error;
 mod netlink;
 mod ruleset;
 mod sets;
 
+pub use elements::{AllowEntry, BlockEntry, SetContents};
 pub use error::{NftError, SetOp};
 pub use ruleset::{FirewallConfig, Mode, Ruleset, TableName};
-pub use sets::{AllowEntry, BlockEntry, NftSets, Refresh, SetContents, list};
+pub use sets::{NftSets, Refresh, list};
 
 use std::fmt;
 use std::str::FromStr;
