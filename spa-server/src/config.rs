@@ -1033,16 +1033,24 @@ services = ["tunnel"]
 [tunnel]
 certificate = "/nonexistent/c.pem"
 key = "/nonexistent/c.key"
+max_connections = 10
+max_connections_per_source = 11
 "#;
         let cfg = parse(text, Path::new("t.toml")).expect("parses");
         let t = cfg.tunnel.as_ref().expect("tunnel");
         assert_eq!((t.listen_port, t.service.as_str()), (8443, "tunnel"));
+        assert_eq!((t.max_connections, t.max_connections_per_source), (10, 11));
         let keys: Vec<String> = cfg
             .check(Role::Green, None)
             .into_iter()
             .map(|p| p.key)
             .collect();
-        for k in ["tunnel.service", "tunnel.certificate", "tunnel.key"] {
+        for k in [
+            "tunnel.service",
+            "tunnel.certificate",
+            "tunnel.key",
+            "tunnel.max_connections_per_source",
+        ] {
             assert!(keys.iter().any(|x| x == k), "{k} in {keys:?}");
         }
         let red: Vec<String> = cfg
