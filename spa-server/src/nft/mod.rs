@@ -5,11 +5,13 @@
 //! * **The ruleset** ([`Ruleset`], [`FirewallConfig`]), installed once when
 //!   the daemon starts and removed when it stops, through the `nft` binary
 //!   (`nft -f -`, one atomic transaction). Our own table (`inet spa` by
-//!   default) holds four sets with per-element timeouts and one input base
-//!   chain; other tables are never touched.
+//!   default) holds four sets with per-element timeouts (plus one prefix
+//!   set per family whose blocks cover a network, see below) and one input
+//!   base chain; other tables are never touched.
 //! * **The per-knock path** ([`NftSets`]): adding, refreshing and deleting
 //!   set elements (`allow4`/`allow6` for `address . protocol . port`,
-//!   `block4`/`block6` for addresses) with nf_tables batch messages written
+//!   `block4`/`block6` for addresses, `block4_<n>`/`block6_<n>` for
+//!   networks) with nf_tables batch messages written
 //!   straight to a `NETLINK_NETFILTER` socket that is opened once. No
 //!   process is spawned per knock, and the kernel expires each element by
 //!   itself when its timeout runs out.
@@ -44,7 +46,10 @@
 //!    because someone spoofed that source's address in bad knocks and got it
 //!    blocked; blocking on spoofable evidence must not be a way to kill
 //!    other people's sessions.
-//! 4. `ip saddr @block4 drop`, `ip6 saddr @block6 drop`.
+//! 4. `ip saddr @block4 drop`, `ip6 saddr @block6 drop`, and for a family
+//!    whose blocks cover a prefix ([`BlockPrefixes`], IPv6 /64 by default)
+//!    `ip6 saddr & ffff:ffff:ffff:ffff:: @block6_64 drop` (see *Prefix
+//!    blocks*).
 //! 5. ICMPv6 neighbour discovery (`nd-router-solicit`, `nd-router-advert`,
 //!    `nd-neighbor-solicit`, `nd-neighbor-advert`) accepted, so that IPv6
 //!    keeps resolving neighbours and routers (conntrack does not see these
@@ -74,6 +79,26 @@
 //! Reinstalling the ruleset (daemon restart) replaces the table in one
 //! transaction, which also empties the sets: every open door closes.
 //!
+//! # Prefix blocks
+//!
+//! The intrusion prevention counts IPv6 sources per /64 by default (one
+//! host usually holds a whole /64 and can rotate addresses inside it), so
+//! a block must cover the /64 too, or a scanner would simply move to the
+//! next address. [`FirewallConfig::block_prefixes`] gives the length per
+//! family; for a length shorter than the address the ruleset adds a set
+//! named after it (`block6_64`, type `ipv6_addr`, flags timeout) and a rule
+//! that masks the source before the lookup, `ip6 saddr &
+//! ffff:ffff:ffff:ffff:: @block6_64 drop`. [`NftSets::block_net`] adds the
+//! network address (host bits zero) with a timeout, so the kernel expires
+//! prefix blocks like any other element; single-address blocks stay in
+//! `block4`/`block6`. The sets stay plain hash sets rather than interval
+//! sets: one bitwise AND and one exact lookup per packet, and the same
+//! add/refresh/delete messages as for addresses. The prefix is in the set's
+//! name so that a listing ([`list`]) knows each element's prefix length
+//! without any other state. IPv4 defaults to one address per block (/32:
+//! no prefix set); a shorter IPv4 length works the same way
+//! (`ip saddr & 255.255.255.0 @block4_24 drop`).
+//!
 //! # Refreshing an element
 //!
 //! Adding an element that already exists must refresh its timeout (a knock
@@ -93,7 +118,7 @@ mod sets;
 
 pub use elements::{AllowEntry, BlockEntry, SetContents};
 pub use error::{NftError, SetOp};
-pub use ruleset::{FirewallConfig, Mode, Ruleset, TableName};
+pub use ruleset::{BlockPrefixes, FirewallConfig, Mode, Ruleset, TableName};
 pub use sets::{NftSets, Refresh, list};
 
 use std::fmt;

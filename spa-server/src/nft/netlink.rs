@@ -44,6 +44,7 @@ pub(crate) const NFPROTO_INET: u8 = libc::NFPROTO_INET as u8;
 
 // linux/netfilter/nf_tables.h: enum nf_tables_msg_types.
 pub(crate) const NFT_MSG_GETSET: u8 = libc::NFT_MSG_GETSET as u8;
+pub(crate) const NFT_MSG_NEWSET: u8 = libc::NFT_MSG_NEWSET as u8;
 pub(crate) const NFT_MSG_DELTABLE: u8 = libc::NFT_MSG_DELTABLE as u8;
 /// `NFTA_TABLE_NAME` (linux/netfilter/nf_tables.h).
 pub(crate) const NFTA_TABLE_NAME: u16 = 1;

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use ipnet::IpNet;
 
 use super::Proto;
+use super::elements::{SetId, netmask};
 use super::error::NftError;
 
 /// Name of the set of allowed `ipv4_addr . inet_proto . inet_service`.
@@ -118,6 +119,45 @@ impl Default for Mode {
     }
 }
 
+/// The prefix lengths whose blocks cover a whole network: a block of one
+/// source then drops every address of its prefix. The length of the full
+/// address (32, 128) means one address per block.
+///
+/// For a shorter length the ruleset adds a prefix set named after it
+/// (`block6_64`: type `ipv6_addr`, flags timeout) holding network addresses
+/// (host bits zero), and the rule `ip6 saddr & ffff:ffff:ffff:ffff:: @block6_64
+/// drop` beside `ip6 saddr @block6 drop`; [`super::NftSets::block_net`] adds
+/// the elements. The sets stay plain hash sets (no intervals): one mask and
+/// one exact lookup per packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockPrefixes {
+    /// IPv4 prefix length (0..=32; longer is read as 32). Default 32: one
+    /// address.
+    pub ipv4: u8,
+    /// IPv6 prefix length (0..=128; longer is read as 128). Default 64: one
+    /// IPv6 host usually holds a whole /64.
+    pub ipv6: u8,
+}
+
+impl Default for BlockPrefixes {
+    /// The intrusion prevention's default aggregation
+    /// ([`crate::ips::SourceAggregation`]): IPv4 /32, IPv6 /64.
+    fn default() -> Self {
+        Self {
+            ipv4: crate::ips::DEFAULT_IPV4_PREFIX,
+            ipv6: crate::ips::DEFAULT_IPV6_PREFIX,
+        }
+    }
+}
+
+impl BlockPrefixes {
+    /// One address per block, in both families.
+    pub const HOSTS: BlockPrefixes = BlockPrefixes {
+        ipv4: 32,
+        ipv6: 128,
+    };
+}
+
 /// Everything the ruleset depends on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FirewallConfig {
@@ -133,6 +173,10 @@ pub struct FirewallConfig {
     /// placed right after `iif "lo" accept`. Host bits are ignored and
     /// overlapping networks are merged.
     pub management: Vec<IpNet>,
+    /// How wide a block is in each family (default: IPv4 one address, IPv6
+    /// the /64). Set it to the intrusion prevention's aggregation, whose
+    /// blocks the daemon adds.
+    pub block_prefixes: BlockPrefixes,
 }
 
 impl FirewallConfig {
@@ -147,6 +191,7 @@ impl FirewallConfig {
             priority: Self::DEFAULT_PRIORITY,
             mode,
             management: Vec::new(),
+            block_prefixes: BlockPrefixes::default(),
         }
     }
 }
@@ -220,12 +265,22 @@ impl Ruleset {
 
 fn render_into(s: &mut String, cfg: &FirewallConfig) -> fmt::Result {
     writeln!(s, "table inet {} {{", cfg.table)?;
-    for (name, ty) in [
-        (SET_ALLOW4, "ipv4_addr . inet_proto . inet_service"),
-        (SET_ALLOW6, "ipv6_addr . inet_proto . inet_service"),
-        (SET_BLOCK4, "ipv4_addr"),
-        (SET_BLOCK6, "ipv6_addr"),
-    ] {
+    let net4 = SetId::block_for(false, cfg.block_prefixes.ipv4);
+    let net6 = SetId::block_for(true, cfg.block_prefixes.ipv6);
+    let mut sets = vec![
+        (SetId::Allow4, "ipv4_addr . inet_proto . inet_service"),
+        (SetId::Allow6, "ipv6_addr . inet_proto . inet_service"),
+        (SetId::Block4, "ipv4_addr"),
+        (SetId::Block6, "ipv6_addr"),
+    ];
+    if net4 != SetId::Block4 {
+        sets.push((net4, "ipv4_addr"));
+    }
+    if net6 != SetId::Block6 {
+        sets.push((net6, "ipv6_addr"));
+    }
+    for (set, ty) in sets {
+        let name = set.name();
         writeln!(s, "\tset {name} {{")?;
         writeln!(s, "\t\ttype {ty}")?;
         writeln!(s, "\t\tflags timeout")?;
@@ -258,6 +313,14 @@ fn render_into(s: &mut String, cfg: &FirewallConfig) -> fmt::Result {
     writeln!(s, "\t\tct state established,related accept")?;
     writeln!(s, "\t\tip saddr @{SET_BLOCK4} drop")?;
     writeln!(s, "\t\tip6 saddr @{SET_BLOCK6} drop")?;
+    if let SetId::Block4Net(p) = net4 {
+        let (mask, set) = (netmask(false, p), net4.name());
+        writeln!(s, "\t\tip saddr & {mask} @{set} drop")?;
+    }
+    if let SetId::Block6Net(p) = net6 {
+        let (mask, set) = (netmask(true, p), net6.name());
+        writeln!(s, "\t\tip6 saddr & {mask} @{set} drop")?;
+    }
     writeln!(
         s,
         "\t\ticmpv6 type {{ nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert }} accept"
@@ -400,12 +463,17 @@ table inet spa {
 \t\ttype ipv6_addr
 \t\tflags timeout
 \t}
+\tset block6_64 {
+\t\ttype ipv6_addr
+\t\tflags timeout
+\t}
 \tchain input {
 \t\ttype filter hook input priority filter - 10; policy accept;
 \t\tiif \"lo\" accept
 \t\tct state established,related accept
 \t\tip saddr @block4 drop
 \t\tip6 saddr @block6 drop
+\t\tip6 saddr & ffff:ffff:ffff:ffff:: @block6_64 drop
 \t\ticmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept
 \t\tip saddr . meta l4proto . th dport @allow4 accept
 \t\tip6 saddr . meta l4proto . th dport @allow6 accept
@@ -461,6 +529,7 @@ table inet spa {
                 "ct state established,related accept",
                 "ip saddr @block4 drop",
                 "ip6 saddr @block6 drop",
+                "ip6 saddr & ffff:ffff:ffff:ffff:: @block6_64 drop",
                 "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept",
                 "ip saddr . meta l4proto . th dport @allow4 accept",
                 "ip6 saddr . meta l4proto . th dport @allow6 accept",
@@ -478,6 +547,61 @@ table inet spa {
         let text = Ruleset::render(&FirewallConfig::new(Mode::Protect { ports: vec![] }));
         assert!(!text.contains("drop\n\t}"));
         assert!(!text.contains("dport {"));
+    }
+
+    #[test]
+    fn prefix_blocks_get_a_set_and_a_masked_rule_each() {
+        let mut cfg = FirewallConfig {
+            block_prefixes: BlockPrefixes { ipv4: 24, ipv6: 48 },
+            ..FirewallConfig::default()
+        };
+        let text = Ruleset::render(&cfg);
+        for needle in [
+            "\tset block4_24 {\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t}\n",
+            "\tset block6_48 {\n\t\ttype ipv6_addr\n\t\tflags timeout\n\t}\n",
+            "\t\tip saddr @block4 drop\n\t\tip6 saddr @block6 drop\n\
+             \t\tip saddr & 255.255.255.0 @block4_24 drop\n\
+             \t\tip6 saddr & ffff:ffff:ffff:: @block6_48 drop\n\
+             \t\ticmpv6 type",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+        }
+        // Odd lengths mask inside a group.
+        cfg.block_prefixes = BlockPrefixes { ipv4: 9, ipv6: 57 };
+        let text = Ruleset::render(&cfg);
+        assert!(
+            text.contains("ip saddr & 255.128.0.0 @block4_9 drop"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ip6 saddr & ffff:ffff:ffff:ff80:: @block6_57 drop"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn host_blocks_need_no_prefix_set() {
+        let mut cfg = FirewallConfig {
+            block_prefixes: BlockPrefixes::HOSTS,
+            ..FirewallConfig::default()
+        };
+        let text = Ruleset::render(&cfg);
+        assert!(
+            !text.contains("block4_") && !text.contains("block6_"),
+            "{text}"
+        );
+        assert!(!text.contains(" & "), "{text}");
+        // Lengths past the address size count as the address size.
+        cfg.block_prefixes = BlockPrefixes {
+            ipv4: 40,
+            ipv6: 200,
+        };
+        assert_eq!(Ruleset::render(&cfg), text);
+        // The default is the intrusion prevention's: v4 per address, v6 /64.
+        assert_eq!(
+            BlockPrefixes::default(),
+            BlockPrefixes { ipv4: 32, ipv6: 64 }
+        );
     }
 
     #[test]

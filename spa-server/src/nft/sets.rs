@@ -8,16 +8,18 @@ use std::time::Duration;
 use nix::errno::Errno;
 
 use super::Proto;
-use super::elements::{Key, RawElem, SetContents, decode, parse_elements};
+use super::elements::{Key, RawElem, SetContents, SetId, decode, parse_elements};
 use super::error::{NftError, SetOp};
 use super::netlink::{
     self, MsgBuf, NFPROTO_INET, NFT_MSG_DELSETELEM, NFT_MSG_DELTABLE, NFT_MSG_GETSET,
-    NFT_MSG_GETSETELEM, NFT_MSG_NEWSETELEM, NFTA_DATA_VALUE, NFTA_LIST_ELEM, NFTA_SET_ELEM_KEY,
-    NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE,
-    NFTA_SET_ELEM_TIMEOUT, NFTA_SET_NAME, NFTA_SET_TABLE, NFTA_TABLE_NAME, NLM_F_ACK, NLM_F_CREATE,
-    NLM_F_DUMP, NLM_F_REQUEST, NlSocket, nft_type,
+    NFT_MSG_GETSETELEM, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM, NFTA_DATA_VALUE, NFTA_LIST_ELEM,
+    NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
+    NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_TIMEOUT, NFTA_SET_NAME, NFTA_SET_TABLE,
+    NFTA_TABLE_NAME, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST, NlSocket, nft_type,
 };
-use super::ruleset::{SET_ALLOW4, SET_ALLOW6, SET_BLOCK4, SET_BLOCK6, TableName};
+use ipnet::IpNet;
+
+use super::ruleset::TableName;
 
 /// The largest element timeout the kernel takes: `nf_msecs_to_jiffies64`
 /// refuses `ms >= U64_MAX / NSEC_PER_MSEC` with `ERANGE`.
@@ -45,7 +47,7 @@ pub enum Refresh {
 #[derive(Debug)]
 struct Op<'a> {
     op: SetOp,
-    set: &'static str,
+    set: SetId,
     keys: &'a [Key],
     timeout_ms: Option<u64>,
 }
@@ -75,7 +77,7 @@ impl NftSets {
             refresh: Refresh::Replace,
             msg: MsgBuf::new(),
         };
-        for set in [SET_ALLOW4, SET_ALLOW6, SET_BLOCK4, SET_BLOCK6] {
+        for set in SetId::FIXED {
             if !sets.set_exists(set)? {
                 return Err(sets.missing(set));
             }
@@ -147,10 +149,35 @@ impl NftSets {
         self.delete(Key::block(addr))
     }
 
-    /// Lists the four sets.
+    /// Blocks new flows from every address of `net` for `timeout`
+    /// (refreshing an existing block). A `/32` or `/128` is one address
+    /// ([`NftSets::block`]); a shorter prefix goes to the prefix set of its
+    /// length (`block6_64` for a /64), keyed by the network address, which
+    /// the ruleset installs when [`super::FirewallConfig::block_prefixes`]
+    /// names that length: without it, [`NftError::MissingSet`] names the
+    /// set. Host bits of `net` are ignored.
+    pub fn block_net(&mut self, net: IpNet, timeout: Duration) -> Result<(), NftError> {
+        let ms = timeout_ms(timeout)?;
+        self.add(&mut [Key::block_net(net)], ms)
+    }
+
+    /// Removes the block of `net` (exactly that prefix: a /64 block is not
+    /// removed by unblocking one of its addresses). A missing element is not
+    /// an error.
+    pub fn unblock_net(&mut self, net: IpNet) -> Result<(), NftError> {
+        self.delete(Key::block_net(net))
+    }
+
+    /// Lists the four sets and the prefix sets (`block4_<n>`,
+    /// `block6_<n>`) the table has.
     pub fn list(&mut self) -> Result<SetContents, NftError> {
         let mut out = SetContents::default();
-        for set in [SET_ALLOW4, SET_ALLOW6, SET_BLOCK4, SET_BLOCK6] {
+        for set in SetId::FIXED {
+            for raw in self.dump(set)? {
+                decode(set, raw, &mut out)?;
+            }
+        }
+        for set in self.prefix_sets()? {
             for raw in self.dump(set)? {
                 decode(set, raw, &mut out)?;
             }
@@ -158,14 +185,14 @@ impl NftSets {
         Ok(out)
     }
 
-    fn missing(&self, set: &str) -> NftError {
+    fn missing(&self, set: SetId) -> NftError {
         NftError::MissingSet {
             table: self.table.to_string(),
-            set: set.to_owned(),
+            set: set.name().into_owned(),
         }
     }
 
-    fn kernel(&self, op: SetOp, set: &str, errno: Errno) -> NftError {
+    fn kernel(&self, op: SetOp, set: SetId, errno: Errno) -> NftError {
         if errno == Errno::ENOENT && op == SetOp::Add {
             // Adding can only miss the table or the set.
             return self.missing(set);
@@ -173,7 +200,7 @@ impl NftSets {
         NftError::Kernel {
             op,
             table: self.table.to_string(),
-            set: set.to_owned(),
+            set: set.name().into_owned(),
             errno,
         }
     }
@@ -278,7 +305,7 @@ impl NftSets {
             };
             let start = self.msg.begin(nft_type(ty), flags, seq, NFPROTO_INET, 0);
             self.msg.attr_strz(NFTA_SET_ELEM_LIST_TABLE, table)?;
-            self.msg.attr_strz(NFTA_SET_ELEM_LIST_SET, op.set)?;
+            self.msg.attr_strz(NFTA_SET_ELEM_LIST_SET, &op.set.name())?;
             let list = self.msg.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
             for key in op.keys {
                 let elem = self.msg.nest_begin(NFTA_LIST_ELEM);
@@ -382,7 +409,7 @@ impl NftSets {
     }
 
     /// `NFT_MSG_GETSET` for one of our sets: does it exist?
-    fn set_exists(&mut self, set: &str) -> Result<bool, NftError> {
+    fn set_exists(&mut self, set: SetId) -> Result<bool, NftError> {
         self.msg.clear();
         let seq = self.sock.next_seq();
         let start = self.msg.begin(
@@ -393,7 +420,7 @@ impl NftSets {
             0,
         );
         self.msg.attr_strz(NFTA_SET_TABLE, self.table.as_str())?;
-        self.msg.attr_strz(NFTA_SET_NAME, set)?;
+        self.msg.attr_strz(NFTA_SET_NAME, &set.name())?;
         self.msg.end(start)?;
         self.sock.send(self.msg.as_bytes())?;
         loop {
@@ -406,36 +433,75 @@ impl NftSets {
                 return match m.status()? {
                     Some(0) => Ok(true),
                     Some(code) if netlink::errno_of(code) == Errno::ENOENT => Ok(false),
-                    Some(code) => Err(NftError::Kernel {
-                        op: SetOp::Lookup,
-                        table: self.table.to_string(),
-                        set: set.to_owned(),
-                        errno: netlink::errno_of(code),
-                    }),
+                    Some(code) => Err(self.kernel(SetOp::Lookup, set, netlink::errno_of(code))),
                     None => Err(NftError::Malformed("NLMSG_ERROR without a status")),
                 };
             }
         }
     }
 
+    /// The prefix sets (`block4_<n>`, `block6_<n>`) of our table: an
+    /// `NFT_MSG_GETSET` dump of the table, by name. Errors name `allow4`
+    /// (the table is missing when it is).
+    fn prefix_sets(&mut self) -> Result<Vec<SetId>, NftError> {
+        let mut sets = self.dump_msgs(SetId::Allow4, SetOp::Lookup, |m, out| {
+            for attr in m.nft_attrs()? {
+                let (ty, payload) = attr?;
+                if ty == NFTA_SET_NAME {
+                    let name = payload.split(|&b| b == 0).next().unwrap_or_default();
+                    let name = std::str::from_utf8(name).unwrap_or_default();
+                    if let Some(set @ (SetId::Block4Net(_) | SetId::Block6Net(_))) =
+                        SetId::from_name(name)
+                    {
+                        out.push(set);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        sets.sort_unstable();
+        Ok(sets)
+    }
+
     /// `NFT_MSG_GETSETELEM` dump of one set: the raw elements.
-    fn dump(&mut self, set: &'static str) -> Result<Vec<RawElem>, NftError> {
+    fn dump(&mut self, set: SetId) -> Result<Vec<RawElem>, NftError> {
+        self.dump_msgs(set, SetOp::List, parse_elements)
+    }
+
+    /// A dump in our table: `NFT_MSG_GETSETELEM` of `set` (op
+    /// [`SetOp::List`]), or `NFT_MSG_GETSET` of every set (any other op,
+    /// errors blamed on `set`); `parse` reads each answer message. Restarted
+    /// when a concurrent change interrupts it.
+    fn dump_msgs<T>(
+        &mut self,
+        set: SetId,
+        op: SetOp,
+        parse: impl Fn(netlink::NlMsg<'_>, &mut Vec<T>) -> Result<(), NftError>,
+    ) -> Result<Vec<T>, NftError> {
+        let (request, answer) = if op == SetOp::List {
+            (NFT_MSG_GETSETELEM, NFT_MSG_NEWSETELEM)
+        } else {
+            (NFT_MSG_GETSET, NFT_MSG_NEWSET)
+        };
         'retry: for _ in 0..DUMP_RETRIES {
             self.msg.clear();
             let seq = self.sock.next_seq();
             let start = self.msg.begin(
-                nft_type(NFT_MSG_GETSETELEM),
+                nft_type(request),
                 NLM_F_REQUEST | NLM_F_DUMP,
                 seq,
                 NFPROTO_INET,
                 0,
             );
+            // NFTA_SET_TABLE and NFTA_SET_ELEM_LIST_TABLE are both 1.
             self.msg
                 .attr_strz(NFTA_SET_ELEM_LIST_TABLE, self.table.as_str())?;
-            self.msg.attr_strz(NFTA_SET_ELEM_LIST_SET, set)?;
+            if op == SetOp::List {
+                self.msg.attr_strz(NFTA_SET_ELEM_LIST_SET, &set.name())?;
+            }
             self.msg.end(start)?;
             self.sock.send(self.msg.as_bytes())?;
-            let mut elems = Vec::new();
+            let mut items = Vec::new();
             let mut interrupted = false;
             loop {
                 let dgram = self.sock.recv()?;
@@ -454,9 +520,9 @@ impl NftSets {
                                     return Err(self.missing(set));
                                 }
                                 return Err(NftError::Kernel {
-                                    op: SetOp::List,
+                                    op,
                                     table: self.table.to_string(),
-                                    set: set.to_owned(),
+                                    set: set.name().into_owned(),
                                     errno,
                                 });
                             }
@@ -465,23 +531,18 @@ impl NftSets {
                             if interrupted {
                                 continue 'retry;
                             }
-                            return Ok(elems);
+                            return Ok(items);
                         }
                         continue;
                     }
-                    if m.ty != nft_type(NFT_MSG_NEWSETELEM) {
+                    if m.ty != nft_type(answer) {
                         continue;
                     }
-                    parse_elements(m, &mut elems)?;
+                    parse(m, &mut items)?;
                 }
             }
         }
-        Err(NftError::Kernel {
-            op: SetOp::List,
-            table: self.table.to_string(),
-            set: set.to_owned(),
-            errno: Errno::EINTR,
-        })
+        Err(self.kernel(op, set, Errno::EINTR))
     }
 
     /// See [`NftSets::open`].
