@@ -13,7 +13,7 @@
 //! without root the tests say so and pass.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::sync::mpsc;
 use std::thread;
@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sched::{CloneFlags, unshare};
 use spa_server::nft::{
-    FirewallConfig, Mode, NftError, NftSets, Proto, Refresh, Ruleset, SetOp, TableName, list,
+    BlockPrefixes, FirewallConfig, Mode, NftError, NftSets, Proto, Refresh, Ruleset, SetOp,
+    TableName, list,
 };
 
 const IN_NETNS: &str = "SPA_IN_NETNS";
@@ -652,4 +653,151 @@ fn protect_drops_only_listed_ports() {
         sets.unblock(IpAddr::V4(PEER)).expect("unblock");
         drop(assert_open(&peer, pport));
     });
+}
+
+/// Whether a UDP datagram sent by the peer from `src` reaches `sock` (bound
+/// to `[::]`, both families): up to three tries, so that a neighbour
+/// resolution on the way does not count as a drop.
+fn arrives(peer: &Peer, sock: &UdpSocket, src: IpAddr, tries: usize) -> bool {
+    let port = sock.local_addr().expect("addr").port();
+    let dst = match src {
+        IpAddr::V4(_) => IpAddr::V4(HERE),
+        IpAddr::V6(_) => IpAddr::V6(HERE6),
+    };
+    let mut buf = [0u8; 64];
+    for _ in 0..tries {
+        peer.run(move || {
+            let s = UdpSocket::bind((src, 0)).expect("peer UDP socket");
+            s.send_to(b"probe", (dst, port)).expect("peer UDP send");
+        });
+        let deadline = Instant::now() + Duration::from_millis(600);
+        while Instant::now() < deadline {
+            match sock.recv_from(&mut buf) {
+                Ok((_, from)) if from.ip().to_canonical() == src => return true,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    false
+}
+
+const HERE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 1);
+
+#[test]
+fn a_prefix_block_drops_every_address_of_the_prefix() {
+    in_netns("a_prefix_block_drops_every_address_of_the_prefix", || {
+        let peer = Peer::new();
+        // Two networks per family on the link: the peer holds two addresses
+        // of one IPv6 /64 (and IPv4 /24) and one address of another.
+        sh("ip -6 addr add fd00:99::1/64 dev spa0 nodad && \
+            ip -6 addr add fd00:98::1/64 dev spa0 nodad && \
+            ip addr add 10.200.98.1/24 dev spa0");
+        peer.run(|| {
+            sh("ip -6 addr add fd00:99::2/64 dev spa1 nodad && \
+                ip -6 addr add fd00:99::3/64 dev spa1 nodad && \
+                ip -6 addr add fd00:98::2/64 dev spa1 nodad && \
+                ip addr add 10.200.99.3/24 dev spa1 && \
+                ip addr add 10.200.98.2/24 dev spa1")
+        });
+        let sock = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).expect("udp bind [::]");
+        sock.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        let knock = sock.local_addr().expect("addr").port();
+        let mut fw = cfg(Mode::Blackhole {
+            udp_knock_port: Some(knock),
+        });
+        fw.block_prefixes = BlockPrefixes { ipv4: 24, ipv6: 64 };
+        Ruleset::install(&fw).expect("install");
+        let table = Ruleset::list_table("spa").expect("list table");
+        for needle in [
+            "set block4_24 {",
+            "set block6_64 {",
+            "ip saddr & 255.255.255.0 == @block4_24 drop",
+            "ip6 saddr & ffff:ffff:ffff:ffff:: == @block6_64 drop",
+        ] {
+            assert!(table.contains(needle), "{needle:?} missing from:\n{table}");
+        }
+        let mut sets = NftSets::open("spa").expect("open");
+        let (a6, b6, other6) = (ip("fd00:99::2"), ip("fd00:99::3"), ip("fd00:98::2"));
+        let (a4, b4, other4) = (IpAddr::V4(PEER), ip("10.200.99.3"), ip("10.200.98.2"));
+        for src in [a6, b6, other6, a4, b4, other4] {
+            assert!(arrives(&peer, &sock, src, 3), "{src} before any block");
+        }
+
+        // The /64 of a6 is blocked: b6 shares it, other6 does not.
+        sets.block_net(net("fd00:99::2/64"), Duration::from_secs(30))
+            .expect("block the /64");
+        let listed = sh("nft list set inet spa block6_64");
+        assert!(listed.contains("fd00:99:: timeout 30s expires"), "{listed}");
+        assert!(!sh("nft list set inet spa block6").contains("fd00:99"));
+        assert!(!arrives(&peer, &sock, b6, 2), "another address of the /64");
+        assert!(!arrives(&peer, &sock, a6, 1), "the offender itself");
+        assert!(arrives(&peer, &sock, other6, 3), "another /64");
+        assert!(arrives(&peer, &sock, a4, 3), "IPv4 is not affected");
+        let seen = list("spa").expect("list");
+        let e = seen.blocked(b6).expect("b6 is covered");
+        assert_eq!((e.addr, e.prefix_len), (ip("fd00:99::"), 64), "{seen:?}");
+        assert_eq!(e.timeout, Some(Duration::from_secs(30)));
+        assert!(seen.blocked(other6).is_none(), "{seen:?}");
+
+        // The same for the IPv4 /24.
+        sets.block_net(net("10.200.99.2/24"), Duration::from_secs(30))
+            .expect("block the /24");
+        assert!(sh("nft list set inet spa block4_24").contains("10.200.99.0 timeout 30s"));
+        assert!(!arrives(&peer, &sock, b4, 2), "another address of the /24");
+        assert!(arrives(&peer, &sock, other4, 3), "another /24");
+
+        // A refresh replaces the timeout; unblocking the prefix lets it in
+        // again (unblocking one of its addresses does not).
+        sets.block_net(net("fd00:99::3/64"), Duration::from_secs(9))
+            .expect("refresh");
+        let e = list("spa")
+            .expect("list")
+            .blocked(a6)
+            .cloned()
+            .expect("listed");
+        assert_eq!(e.timeout, Some(Duration::from_secs(9)));
+        sets.unblock(b6)
+            .expect("unblock one address: not the prefix");
+        assert!(list("spa").expect("list").blocked(b6).is_some());
+        sets.unblock_net(net("fd00:99::/64"))
+            .expect("unblock the /64");
+        sets.unblock_net(net("fd00:99::/64")).expect("again: fine");
+        assert!(arrives(&peer, &sock, b6, 3), "unblocked");
+
+        // A prefix block expires in the kernel by itself.
+        sets.block_net(net("fd00:99::/64"), Duration::from_secs(1))
+            .expect("block 1 s");
+        assert!(!arrives(&peer, &sock, b6, 1), "blocked for 1 s");
+        thread::sleep(Duration::from_millis(1500));
+        assert!(arrives(&peer, &sock, b6, 3), "expired");
+        assert!(list("spa").expect("list").blocked(b6).is_none());
+
+        // A prefix length the ruleset has no set for is refused by name.
+        match sets.block_net(net("fd00:99::/48"), Duration::from_secs(1)) {
+            Err(NftError::MissingSet { set, .. }) => assert_eq!(set, "block6_48"),
+            other => panic!("expected MissingSet block6_48, got {other:?}"),
+        }
+        // Hosts only: no prefix sets, and block_net of a /128 is a plain
+        // address block.
+        fw.block_prefixes = BlockPrefixes::HOSTS;
+        Ruleset::install(&fw).expect("reinstall, hosts only");
+        let table = Ruleset::list_table("spa").expect("list table");
+        assert!(
+            !table.contains("block6_") && !table.contains("block4_"),
+            "{table}"
+        );
+        sets.block_net(net("fd00:99::2/128"), Duration::from_secs(30))
+            .expect("block one address");
+        assert!(!arrives(&peer, &sock, a6, 1), "the blocked address");
+        assert!(arrives(&peer, &sock, b6, 3), "its neighbour in the /64");
+        assert_eq!(list("spa").expect("list").block.len(), 1);
+        Ruleset::remove("spa").expect("remove");
+        drop(peer);
+    });
+}
+
+fn net(s: &str) -> ipnet::IpNet {
+    s.parse().expect("test prefix")
 }
