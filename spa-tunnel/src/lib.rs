@@ -667,3 +667,91 @@ pub fn readable(fd: BorrowedFd<'_>) -> bool {
     let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
     poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::VecDeque;
+
+    /// A reader that hands out `data` in chunks of the given sizes.
+    struct Chunks {
+        data: VecDeque<u8>,
+        sizes: Vec<usize>,
+    }
+
+    impl Read for Chunks {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let want = self.sizes.pop().unwrap_or(usize::MAX).max(1);
+            let n = want.min(buf.len()).min(self.data.len());
+            for b in buf.iter_mut().take(n) {
+                *b = self.data.pop_front().unwrap_or(0);
+            }
+            Ok(n)
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Extend(Vec<u8>),
+        Consume(usize),
+        Read(usize),
+        Spare(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..20_000).prop_map(Op::Extend),
+            (0usize..70_000).prop_map(Op::Consume),
+            (1usize..120_000).prop_map(Op::Read),
+            (0usize..70_000).prop_map(Op::Spare),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// The window behaves as a byte queue whatever the order of
+        /// appends, reads, partial consumption and reservations, and a
+        /// read never grows it beyond MAX_BUFFER.
+        #[test]
+        fn window_is_a_byte_queue(ops in proptest::collection::vec(op(), 1..40)) {
+            let mut w = Window::default();
+            let mut model: VecDeque<u8> = VecDeque::new();
+            let mut counter = 0u8;
+            for op in ops {
+                match op {
+                    Op::Extend(b) => {
+                        w.extend(&b);
+                        model.extend(b);
+                    }
+                    Op::Consume(n) => {
+                        let n = n.min(w.len());
+                        w.consume(n);
+                        model.drain(..n);
+                    }
+                    Op::Read(n) => {
+                        let data: VecDeque<u8> = (0..n)
+                            .map(|_| {
+                                counter = counter.wrapping_add(1);
+                                counter
+                            })
+                            .collect();
+                        let mut r = Chunks { data: data.clone(), sizes: vec![n] };
+                        let before = w.buf.len();
+                        match w.read_from(&mut r) {
+                            Ok(k) => model.extend(data.iter().take(k)),
+                            Err(e) => prop_assert_eq!(e.kind(), io::ErrorKind::WouldBlock),
+                        }
+                        prop_assert!(w.buf.len() <= before.max(MAX_BUFFER));
+                    }
+                    Op::Spare(n) => {
+                        prop_assert!(w.spare(n).len() >= n);
+                    }
+                }
+                prop_assert_eq!(w.len(), model.len());
+                prop_assert!(w.filled().iter().eq(model.iter()));
+            }
+        }
+    }
+}
