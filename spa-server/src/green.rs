@@ -18,7 +18,8 @@ use crate::ctl::ControlSocket;
 use crate::daemon::{Daemon, Flags, Hooks, Parts, TrustWatch, now_ms, trust_files};
 use crate::gate::Gate;
 use crate::ips::{
-    OffenseConfig, Offenses, RateLimitConfig, RateLimiter, ScanConfig, ScanDetector, Transport,
+    OffenseConfig, Offenses, RateLimitConfig, RateLimiter, ScanConfig, ScanDetector,
+    SourceAggregation, Transport,
 };
 use crate::nft::{FirewallConfig, Mode, NftSets, Ruleset, TableName};
 use crate::store::ReplayDb;
@@ -102,6 +103,8 @@ pub fn firewall_config(cfg: &Config) -> Result<FirewallConfig, StartError> {
     };
     let mut fw = FirewallConfig::new(mode);
     fw.table = TableName::new(&f.table).map_err(|e| step("firewall.table")(e.to_string()))?;
+    // A block covers what the IPS counts as one source (an IPv6 /64).
+    fw.block_prefixes = aggregation(cfg).block_prefixes();
     fw.management = f
         .management
         .iter()
@@ -192,6 +195,13 @@ pub fn setup(cfg: Config) -> Result<Setup, StartError> {
     })
 }
 
+/// How the intrusion prevention groups source addresses, and so how wide
+/// its blocks are in the firewall ([`firewall_config`]): the defaults, IPv4
+/// per address and IPv6 per /64 (not a setting yet).
+pub fn aggregation(_cfg: &Config) -> SourceAggregation {
+    SourceAggregation::default()
+}
+
 /// The intrusion-prevention state of `[ips]` and `[firewall] management`.
 pub fn ips(cfg: &Config) -> Result<(RateLimiter, Offenses, ScanDetector), StartError> {
     let allow: Vec<ipnet::IpNet> = cfg
@@ -201,9 +211,11 @@ pub fn ips(cfg: &Config) -> Result<(RateLimiter, Offenses, ScanDetector), StartE
         .filter_map(|s| config::parse_cidr(s))
         .collect();
     let i = &cfg.ips;
+    let aggregation = aggregation(cfg);
     let limiter = RateLimiter::new(RateLimitConfig {
         rate_per_s: i.rate,
         burst: i.burst,
+        aggregation,
         ..RateLimitConfig::default()
     })
     .map_err(|e| step("ips")(e.to_string()))?;
@@ -212,6 +224,7 @@ pub fn ips(cfg: &Config) -> Result<(RateLimiter, Offenses, ScanDetector), StartE
         window_ms: i.failure_window * 1000,
         block_ms: i.block * 1000,
         allowlist: allow.clone(),
+        aggregation,
         ..OffenseConfig::default()
     })
     .map_err(|e| step("ips")(e.to_string()))?;
@@ -221,6 +234,7 @@ pub fn ips(cfg: &Config) -> Result<(RateLimiter, Offenses, ScanDetector), StartE
         block_ms: i.block * 1000,
         allowlist: allow,
         ignored_ports: vec![(Transport::Udp, cfg.daemon.knock_port)],
+        aggregation,
         ..ScanConfig::default()
     })
     .map_err(|e| step("ips")(e.to_string()))?;

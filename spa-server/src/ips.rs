@@ -29,7 +29,12 @@
 //! could otherwise rotate addresses to dodge every per-source limit. IPv4-
 //! mapped IPv6 addresses count as IPv4. A block covers the aggregate, except
 //! when the aggregate overlaps the allowlist, in which case only the offending
-//! address is blocked.
+//! address is blocked. The firewall enforces it the same way: the daemon
+//! adds [`BlockDecision::target`] whole (a /64 goes to the prefix set
+//! `block6_64` of the ruleset, whose widths come from
+//! [`SourceAggregation::block_prefixes`]), and its own early drop of blocked
+//! sources matches on the prefix too, so another address of a blocked /64
+//! is dropped like the offender.
 //!
 //! # Memory and eviction
 //!
@@ -174,6 +179,15 @@ impl SourceAggregation {
             IpAddr::V6(_) => self.ipv6_prefix,
         };
         prefix_net(src, prefix)
+    }
+
+    /// The firewall's block widths for this grouping: a block then covers
+    /// the whole aggregate (`block6_64` for IPv6 /64, see [`crate::nft`]).
+    pub fn block_prefixes(&self) -> crate::nft::BlockPrefixes {
+        crate::nft::BlockPrefixes {
+            ipv4: self.ipv4_prefix,
+            ipv6: self.ipv6_prefix,
+        }
     }
 
     fn validate(&self) -> Result<(), IpsError> {
