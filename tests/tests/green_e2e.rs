@@ -407,7 +407,7 @@ impl Signer for WrongKeySigner {
 }
 
 /// Runs nmap in `ns` with fast timing; returns the grepable output.
-fn nmap(ns: &Netns, args: &[&str], target: Ipv4Addr) -> std::process::Child {
+fn nmap(ns: &Netns, args: &[&str], target: impl std::fmt::Display) -> std::process::Child {
     let mut c = ns.cmd("nmap");
     c.args([
         "-Pn",
@@ -931,7 +931,11 @@ fn every_bad_input_is_refused_counted_and_unanswered() {
         "{}",
         line("unauthorized_service")
     );
-    assert!(!line("replayed").contains("identity="), "{}", line("replayed"));
+    assert!(
+        !line("replayed").contains("identity="),
+        "{}",
+        line("replayed")
+    );
     assert_eq!(counters["accepted.open-tunnel"], 2, "{st}");
     assert_eq!(st["sessions"].as_array().map(Vec::len), Some(2), "{st}");
     let allow = lab.nft_set("allow4");
@@ -1095,6 +1099,188 @@ fn a_scanner_is_blocked_then_released() {
         .expect("attacker connects after a knock once the block ended");
     eprintln!(
         "released {released:?} after the scan; done in {:?}",
+        started.elapsed()
+    );
+}
+
+/// 6b. An IPv6 scanner is blocked for its whole /64 (the IPS counts IPv6
+///     sources per /64): status shows the prefix, the prefix set
+///     `block6_64` holds it, a valid knock from a second address of the
+///     same /64 is dropped by the daemon (before any work) and its
+///     connections by the firewall, while another /64 of the same host
+///     knocks and connects; the block ends after `[ips] block` seconds.
+#[test]
+fn an_ipv6_scanner_is_blocked_for_its_whole_64() {
+    let started = Instant::now();
+    let lab = Lab::new();
+    let pk = lab.green_key();
+    let pki = Pki::new("spa e2e CA");
+    let ca = pki.write_ca(&lab.path("ca.pem"));
+    let cfg = lab.green_config(
+        &ca,
+        None,
+        "[[rules]]\nidentity = \"cn:mallet\"\nservices = [\"ssh\"]\n\
+         [ips]\nblock = 5\nscan_ports = 10\nscan_window = 10\n",
+    );
+    // Dual stack: the echo service answers on IPv6 too.
+    let _svc = TcpService::start(&lab.green, SocketAddr::from(([0u16; 8], SSH_PORT)));
+    // A second /64 on the attacker's link (green fd00:200:3::1, attacker
+    // fd00:200:3::2): the same host, another prefix.
+    let (green_other, attacker_other): (Ipv6Addr, Ipv6Addr) = (
+        "fd00:200:3::1".parse().expect("address"),
+        "fd00:200:3::2".parse().expect("address"),
+    );
+    let attacker_if = format!("a{}", lab.tag);
+    lab.green.ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd00:200:3::1/64",
+        "dev",
+        &format!("g2{}", lab.tag),
+        "nodad",
+    ]);
+    lab.attacker.ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd00:200:3::2/64",
+        "dev",
+        &attacker_if,
+        "nodad",
+    ]);
+    let green = lab.start_green(&cfg, "green.log");
+    let table = String::from_utf8_lossy(
+        &lab.green
+            .ok(&["nft", "list", "table", "inet", "spa"])
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        table.contains("ip6 saddr & ffff:ffff:ffff:ffff:: == @block6_64 drop"),
+        "{table}"
+    );
+
+    // The scan comes from fd00:200:2::2, the attacker's only address in
+    // that /64 so far.
+    let scanner: Ipv6Addr = "fd00:200:2::2".parse().expect("address");
+    let scan = nmap(&lab.attacker, &["-6", "-sS", "-p", "1-25"], GREEN_A6);
+    let is_blocked = |st: &Value| st["blocked"].as_array().is_some_and(|b| !b.is_empty());
+    assert!(
+        wait_until(Duration::from_secs(20), || is_blocked(&green.status())),
+        "the IPv6 scanner was not blocked: {}",
+        green.status()
+    );
+    let blocked_at = Instant::now();
+    let st = green.status();
+    let blocked = st["blocked"].as_array().expect("blocked");
+    assert_eq!(blocked.len(), 1, "{st}");
+    assert_eq!(blocked[0]["address"], "fd00:200:2::/64", "{st}");
+    assert_eq!(blocked[0]["prefix"], 64, "{st}");
+    assert_eq!(blocked[0]["source"], scanner.to_string(), "{st}");
+    let set = lab.nft_set("block6_64");
+    assert!(set.contains("fd00:200:2:: timeout 5s"), "{set}");
+    assert!(
+        !lab.nft_set("block6").contains("fd00:200:2"),
+        "per /64, not per address"
+    );
+
+    // The scanner moves to another address of its /64 and knocks validly:
+    // dropped by the daemon before any work, nothing opened, and its
+    // connections get no answer.
+    let second: Ipv6Addr = "fd00:200:2::3".parse().expect("address");
+    lab.attacker.ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd00:200:2::3/64",
+        "dev",
+        &attacker_if,
+        "nodad",
+    ]);
+    let mallet = pki.signer(&spec("mallet", 41));
+    let to_green = SocketAddr::new(IpAddr::V6(GREEN_A6), KNOCK_PORT);
+    let from_second = knock(
+        mallet.as_ref(),
+        &pk,
+        fresh_ts(),
+        OpenFor::Addr(IpAddr::V6(second)),
+        &["ssh"],
+    );
+    lab.attacker
+        .send_udp(IpAddr::V6(second), to_green, &from_second);
+    green.wait_counter("refused.blocked_source", 1);
+    assert_eq!(green.counter("accepted.open-tunnel"), 0);
+    assert!(!lab.nft_set("allow6").contains(&second.to_string()));
+    // Whichever address of the /64 the kernel picks as the source.
+    assert_silently_dropped(
+        lab.attacker.connect(
+            SocketAddr::new(IpAddr::V6(GREEN_A6), SSH_PORT),
+            CONNECT_TIMEOUT,
+        ),
+        "a second address of the blocked /64",
+    );
+
+    // The same host from another /64 is not blocked.
+    let from_other = knock(
+        mallet.as_ref(),
+        &pk,
+        fresh_ts(),
+        OpenFor::Addr(IpAddr::V6(attacker_other)),
+        &["ssh"],
+    );
+    lab.attacker.send_udp(
+        IpAddr::V6(attacker_other),
+        SocketAddr::new(IpAddr::V6(green_other), KNOCK_PORT),
+        &from_other,
+    );
+    green.wait_counter("accepted.open-tunnel", 1);
+    lab.attacker
+        .connect(
+            SocketAddr::new(IpAddr::V6(green_other), SSH_PORT),
+            CONNECT_TIMEOUT,
+        )
+        .expect("another /64 of the attacker connects after its knock");
+    assert!(is_blocked(&green.status()), "the block ended too early");
+    check_scan(scan, "attacker TCP over IPv6", 25, &["filtered"]);
+
+    // The block ends after 5 s, in the kernel and in the daemon; then the
+    // second address knocks and connects.
+    assert!(
+        wait_until(Duration::from_secs(8), || !lab
+            .nft_set("block6_64")
+            .contains("fd00:200:2::")),
+        "still in block6_64: {}",
+        lab.nft_set("block6_64")
+    );
+    assert!(wait_until(Duration::from_secs(2), || {
+        green.status()["blocked"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    }));
+    let released = blocked_at.elapsed();
+    assert!(
+        released >= Duration::from_secs(3),
+        "released after {released:?}"
+    );
+    let again = knock(
+        mallet.as_ref(),
+        &pk,
+        fresh_ts(),
+        OpenFor::Addr(IpAddr::V6(second)),
+        &["ssh"],
+    );
+    lab.attacker.send_udp(IpAddr::V6(second), to_green, &again);
+    green.wait_counter("accepted.open-tunnel", 2);
+    assert!(
+        lab.nft_set("allow6")
+            .contains(&format!("{second} . tcp . {SSH_PORT}"))
+    );
+    eprintln!(
+        "IPv6 /64 released {released:?} after the scan; done in {:?}",
         started.elapsed()
     );
 }
