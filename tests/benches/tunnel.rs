@@ -205,6 +205,15 @@ fn main() {
     let red_ns = Netns::new("br", &tag);
     link4(&client, "to-green", CLIENT, &green_ns, "to-client", GREEN_C);
     link4(&green_ns, "to-red", GREEN_R, &red_ns, "to-green", RED);
+    // Optionally a link of a real rate between client and green (both
+    // paths cross it, client to green): `SPA_TUNNEL_LINK_RATE=10gbit`.
+    if let Ok(rate) = std::env::var("SPA_TUNNEL_LINK_RATE") {
+        client.ok(&[
+            "tc", "qdisc", "replace", "dev", "to-green", "root", "tbf", "rate", &rate, "burst",
+            "4mb", "latency", "50ms",
+        ]);
+        println!("client -> green link shaped to {rate} (tbf)");
+    }
     // The direct path: green routes client <-> red (the tunnel does not use
     // it: its traffic is local to green).
     green_ns.ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
