@@ -3,7 +3,8 @@
 //! - The daemon: [`config`], [`capture`] (passive AF_PACKET or UDP),
 //!   [`gate`] (what is verified), [`daemon`] (the receive-verify-open loop),
 //!   [`nft`] (the kernel firewall), [`store`] (durable replay floors),
-//!   [`ips`] (rate limits, blocks, scans), [`ctl`] (control socket),
+//!   [`ips`] (rate limits, blocks, scans), [`blocked`] (blocks for the
+//!   early drop), [`ctl`] (control socket),
 //!   [`privdrop`], [`logging`], [`green`] (assembly), [`relay`] (green's
 //!   orders to red).
 //! - The CA tooling ([`pki`]), key generation ([`keygen`]), the command
@@ -12,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod blocked;
 pub mod capture;
 pub mod cli;
 pub mod config;
