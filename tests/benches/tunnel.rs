@@ -17,8 +17,12 @@
 //!    connect sink`, the bytes on its stdin: client → TLS → green → red) and
 //!    directly (a TCP connection from the client namespace to red's sink,
 //!    routed by green's kernel: the same two veth hops; red's firewall
-//!    accepts the client's address as `management`, green forwards). Three
-//!    runs each, alternated; rate = bytes / (sink's first byte → EOF).
+//!    accepts the client's address as `management`, green forwards), and
+//!    through a plain relay of the tunnel's shape without TLS (a pipe into
+//!    a copying thread in the client namespace, TCP to a copying thread in
+//!    green's, TCP to red: the ceiling of any user-space relay here).
+//!    `SPA_TUNNEL_RUNS` (3) runs each, alternated; rate = bytes / (sink's
+//!    first byte → EOF).
 //! 2. Set-up: `spa-client connect greet` spawned (in the client namespace,
 //!    no `ip netns exec`) → first byte on its stdout, 20 runs cold (no
 //!    session: open-tunnel knock, wait for the port, request-service knock,
@@ -62,6 +66,8 @@ const SINK_PORT: u16 = 9001;
 const GREET_PORT: u16 = 9002;
 const LOCAL_PORT: u16 = 18090;
 const BYTES: usize = 200 * 1024 * 1024;
+/// Green's port for the plain relay (the tunnel's shape without TLS).
+const PLAIN_RELAY_PORT: u16 = 9100;
 const RUNS: usize = 3;
 const SETUP_RUNS: usize = 20;
 /// Streams held open first (the old cap), then up to [`STREAMS`].
@@ -168,6 +174,18 @@ fn greet(l: TcpListener) {
                     }
                 }
             });
+    }
+}
+
+/// Copies `r` to `w` in 1 MiB reads until EOF, then half-closes `w`.
+fn copy_1m(r: &mut impl Read, w: &mut TcpStream) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 1024 * 1024];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return w.shutdown(Shutdown::Write);
+        }
+        w.write_all(&buf[..n])?;
     }
 }
 
@@ -315,6 +333,46 @@ tunnel_port = {TUNNEL_PORT}
     // includes starting spa-client and its knock).
     let mut busy_t = Vec::new();
     let mut busy_d = Vec::new();
+    let mut plain = Vec::new();
+    let mut busy_p = Vec::new();
+    // The plain relay's green side (see the runs): green's firewall lets
+    // the client reach its port.
+    green_ns.ok(&[
+        "nft",
+        "insert",
+        "rule",
+        "inet",
+        "spa",
+        "input",
+        "tcp",
+        "dport",
+        &PLAIN_RELAY_PORT.to_string(),
+        "accept",
+    ]);
+    let relay_l = green_ns
+        .run_in(|| TcpListener::bind((GREEN_C, PLAIN_RELAY_PORT)))
+        .unwrap();
+    // Spawned from inside green's namespace: the thread stays there, and
+    // so do the sockets it opens toward red.
+    green_ns.run_in(|| {
+        std::thread::spawn(move || {
+            for c in relay_l.incoming() {
+                let Ok(mut c) = c else { continue };
+                let out = socket2::Socket::new(
+                    socket2::Domain::IPV4,
+                    socket2::Type::STREAM,
+                    Some(socket2::Protocol::TCP),
+                )
+                .and_then(|s| {
+                    s.bind(&SocketAddr::from((GREEN_R, 0)).into())?;
+                    s.connect(&SocketAddr::from((RED, SINK_PORT)).into())?;
+                    Ok(TcpStream::from(s))
+                });
+                let Ok(mut out) = out else { continue };
+                let _ = copy_1m(&mut c, &mut out);
+            }
+        })
+    });
     let tck = 100.0; // USER_HZ
     let runs: usize = std::env::var("SPA_TUNNEL_RUNS")
         .ok()
@@ -383,8 +441,44 @@ tunnel_port = {TUNNEL_PORT}
             d.as_secs_f64()
         );
         direct.push(mbs);
+        // The shape of the tunnel without TLS: a pipe into a copying
+        // thread in the client namespace, TCP to a copying thread in
+        // green's namespace, TCP to red's sink (from green's address toward
+        // red, which red opened for the tunnel's sink above).
+        let b0 = busy_ticks();
+        let (mut pr, mut pw) = std::io::pipe().unwrap();
+        let w = std::thread::spawn(move || feed(&mut pw));
+        let mut up = client
+            .run_in(|| {
+                TcpStream::connect_timeout(
+                    &SocketAddr::from((GREEN_C, PLAIN_RELAY_PORT)),
+                    Duration::from_secs(2),
+                )
+            })
+            .expect("plain relay connect");
+        let c = std::thread::spawn(move || copy_1m(&mut pr, &mut up));
+        let (n, d) = sink_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        w.join().unwrap().unwrap();
+        c.join().unwrap().unwrap();
+        let busy_pl = (busy_ticks() - b0) as f64 / tck;
+        assert_eq!(n, BYTES, "plain relay transfer incomplete");
+        let mbs = n as f64 / d.as_secs_f64() / 1e6;
+        println!(
+            "[1] run {run}: plain relay {mbs:.0} MB/s ({:.3} s), machine busy {busy_pl:.2} CPU-s",
+            d.as_secs_f64()
+        );
+        plain.push(mbs);
+        busy_p.push(busy_pl);
     }
     let (t_med, d_med) = (median(&mut tun.clone()), median(&mut direct.clone()));
+    let p_med = median(&mut plain.clone());
+    println!(
+        "[1] plain relay (same shape, no TLS) median {p_med:.0} MB/s (runs {plain:.0?}): {:.2} of \
+         direct, machine busy {:.2} CPU-s per 200 MB; the tunnel is {:.2} of it",
+        p_med / d_med,
+        median(&mut busy_p.clone()),
+        t_med / p_med
+    );
     println!(
         "[1] tunnel median {t_med:.0} MB/s (runs {tun:.0?}), direct median {d_med:.0} MB/s \
          (runs {direct:.0?}), ratio {:.2} (target >= 0.70: {}); green CPU per 200 MB {green_cpu:.2?} s",
