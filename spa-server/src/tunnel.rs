@@ -447,6 +447,29 @@ struct Shared {
 }
 
 impl Shared {
+    /// The endpoint's state: the first TLS configuration built from the
+    /// trust files, no sessions, no connections.
+    fn new(
+        id: Identity,
+        trust: TrustFiles,
+        targets: HashMap<String, Target>,
+        max_connections: usize,
+        max_per_source: usize,
+    ) -> Result<Self, String> {
+        let config = Mutex::new((server_config(&id, &trust)?, stamps(&trust)));
+        Ok(Self {
+            id,
+            trust,
+            config,
+            grants: SharedGrants::default(),
+            targets,
+            active: AtomicUsize::new(0),
+            per_source: Mutex::default(),
+            max_connections,
+            max_per_source,
+        })
+    }
+
     /// A configuration from the trust files as they are now, else the last
     /// one.
     /// Counts a new connection from `ip`, unless a cap is reached.
@@ -507,28 +530,21 @@ pub fn start(cfg: &Config) -> Result<Option<TunnelHooks>, TunnelError> {
     let Some(t) = &cfg.tunnel else {
         return Ok(None);
     };
-    let id = read_identity(&t.certificate, &t.key)?;
-    let trust = trust_files(cfg);
-    let config = (
-        server_config(&id, &trust).map_err(TunnelError::Config)?,
-        stamps(&trust),
+    let shared = Arc::new(
+        Shared::new(
+            read_identity(&t.certificate, &t.key)?,
+            trust_files(cfg),
+            targets(cfg),
+            t.max_connections,
+            t.max_connections_per_source,
+        )
+        .map_err(TunnelError::Config)?,
     );
     let listener = listen(t.listen_port).map_err(|source| TunnelError::Listen {
         port: t.listen_port,
         source,
     })?;
-    let grants = SharedGrants::default();
-    let shared = Arc::new(Shared {
-        id,
-        trust,
-        config: Mutex::new(config),
-        grants: grants.clone(),
-        targets: targets(cfg),
-        active: AtomicUsize::new(0),
-        per_source: Mutex::default(),
-        max_connections: t.max_connections,
-        max_per_source: t.max_connections_per_source,
-    });
+    let grants = shared.grants.clone();
     raise_fd_limit(t.max_connections);
     info!(port = t.listen_port, services = %{
         let mut v: Vec<_> = shared.targets.keys().cloned().collect();
@@ -851,6 +867,7 @@ mod tests {
     use rustls::pki_types::ServerName;
     use rustls::{ClientConfig, ClientConnection};
     use std::io::Write;
+    use std::path::PathBuf;
 
     struct Pki {
         _dir: tempfile::TempDir,
@@ -905,30 +922,44 @@ mod tests {
             chain: vec![CertificateDer::from(server_cert)],
             key: PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
         };
-        let trust = TrustFiles {
-            cas: vec![dir.path().join("ca").join(pki::CA_CERT)],
-            intermediates: vec![],
-            crls: vec![],
-            unknown_revocation: UnknownRevocation::Allow,
-            expired_crl: ExpiredCrl::Refuse,
-        };
-        let config = Mutex::new((server_config(&id, &trust).expect("config"), stamps(&trust)));
-        let shared = Arc::new(Shared {
-            id,
-            trust,
-            config,
-            grants: SharedGrants::default(),
-            targets,
-            active: AtomicUsize::new(0),
-            per_source: Mutex::default(),
-            max_connections: 64,
-            max_per_source: 64,
-        });
+        let shared = shared(id, dir.path().join("ca").join(pki::CA_CERT), targets);
         Pki {
             ca_der: ca.cert_der().to_vec(),
             _dir: dir,
             shared,
         }
+    }
+
+    /// The endpoint's state for tests: one trust anchor, caps of 64.
+    fn shared(id: Identity, anchor: PathBuf, targets: HashMap<String, Target>) -> Arc<Shared> {
+        let trust = TrustFiles {
+            cas: vec![anchor],
+            intermediates: vec![],
+            crls: vec![],
+            unknown_revocation: UnknownRevocation::Allow,
+            expired_crl: ExpiredCrl::Refuse,
+        };
+        Arc::new(Shared::new(id, trust, targets, 64, 64).expect("shared"))
+    }
+
+    /// One service, `echo`, on a local echo server.
+    fn echo_targets() -> HashMap<String, Target> {
+        HashMap::from([(
+            "echo".to_owned(),
+            Target {
+                addr: echo_server(),
+                bind: None,
+            },
+        )])
+    }
+
+    /// Serves `shared` on a local port; returns the port.
+    fn serve_locally(shared: &Arc<Shared>) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let shared = Arc::clone(shared);
+        std::thread::spawn(move || accept_loop(&listener, &shared));
+        port
     }
 
     fn client(p: &Pki, cert: Vec<u8>, key: &KeyPair) -> Arc<ClientConfig> {
@@ -1013,19 +1044,8 @@ mod tests {
 
     #[test]
     fn serves_only_open_sessions_and_granted_services() {
-        let echo = echo_server();
-        let targets = HashMap::from([(
-            "echo".to_owned(),
-            Target {
-                addr: echo,
-                bind: None,
-            },
-        )]);
-        let p = setup(targets);
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let shared = Arc::clone(&p.shared);
-        std::thread::spawn(move || accept_loop(&listener, &shared));
+        let p = setup(echo_targets());
+        let port = serve_locally(&p.shared);
 
         let ca = pki::Ca::open(&p._dir.path().join("ca")).expect("ca");
         let alice_key = KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key");
@@ -1167,36 +1187,8 @@ mod tests {
             chain: vec![server.der().clone()],
             key: PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
         };
-        let trust = TrustFiles {
-            cas: vec![root_path],
-            intermediates: vec![],
-            crls: vec![],
-            unknown_revocation: UnknownRevocation::Allow,
-            expired_crl: ExpiredCrl::Refuse,
-        };
-        let config = Mutex::new((server_config(&id, &trust).expect("config"), stamps(&trust)));
-        let echo = echo_server();
-        let shared = Arc::new(Shared {
-            id,
-            trust,
-            config,
-            grants: SharedGrants::default(),
-            targets: HashMap::from([(
-                "echo".to_owned(),
-                Target {
-                    addr: echo,
-                    bind: None,
-                },
-            )]),
-            active: AtomicUsize::new(0),
-            per_source: Mutex::default(),
-            max_connections: 64,
-            max_per_source: 64,
-        });
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let s2 = Arc::clone(&shared);
-        std::thread::spawn(move || accept_loop(&listener, &s2));
+        let shared = shared(id, root_path, echo_targets());
+        let port = serve_locally(&shared);
         let identity = identity_of(alice.der()).expect("identity");
         open(
             &shared.grants,
@@ -1240,19 +1232,8 @@ mod tests {
 
     #[test]
     fn a_closed_session_cuts_its_live_connections() {
-        let echo = echo_server();
-        let targets = HashMap::from([(
-            "echo".to_owned(),
-            Target {
-                addr: echo,
-                bind: None,
-            },
-        )]);
-        let p = setup(targets);
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let shared = Arc::clone(&p.shared);
-        std::thread::spawn(move || accept_loop(&listener, &shared));
+        let p = setup(echo_targets());
+        let port = serve_locally(&p.shared);
         let ca = pki::Ca::open(&p._dir.path().join("ca")).expect("ca");
         let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key");
         let cert = issue(&ca, &key, "alice", Usage::Client);
