@@ -144,13 +144,8 @@ fn grow_pipe(f: &File) {
 /// connection (about four descriptors while it relays): the soft limit on
 /// open files is raised to the hard limit once.
 fn raise_fd_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-            && soft < hard
-        {
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-        }
+        let _ = spa_tunnel::raise_open_file_limit(u64::MAX);
     });
 }

@@ -834,16 +834,13 @@ fn connect(t: Target) -> io::Result<TcpStream> {
 /// Raises the soft limit on open files to the hard limit when the
 /// connection cap needs more (two sockets per connection).
 fn raise_fd_limit(max_connections: usize) {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let want = (max_connections as u64)
         .saturating_mul(2)
         .saturating_add(256);
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < want => {
-            let new = want.min(hard);
-            match setrlimit(Resource::RLIMIT_NOFILE, new, hard) {
-                Ok(()) => debug!(from = soft, to = new, "tunnel: open-file limit raised"),
-                Err(e) => warn!(error = %e, "tunnel: cannot raise the open-file limit"),
+    match spa_tunnel::raise_open_file_limit(want) {
+        Ok((old, new)) => {
+            if new > old {
+                debug!(from = old, to = new, "tunnel: open-file limit raised");
             }
             if new < want {
                 warn!(
@@ -853,8 +850,7 @@ fn raise_fd_limit(max_connections: usize) {
                 );
             }
         }
-        Ok(_) => {}
-        Err(e) => warn!(error = %e, "tunnel: cannot read the open-file limit"),
+        Err(e) => warn!(error = %e, "tunnel: cannot raise the open-file limit"),
     }
 }
 

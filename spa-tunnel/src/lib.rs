@@ -33,7 +33,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -662,10 +662,18 @@ impl<C: Unbuffered> TlsPipe<C> {
     }
 }
 
-/// Whether `fd` is readable now (for tests and callers that poll).
-pub fn readable(fd: BorrowedFd<'_>) -> bool {
-    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-    poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0)
+/// Raises the soft limit on open files toward `want`, at most to the hard
+/// limit (a process serving many tunnel connections needs a few
+/// descriptors each). Returns the soft limit before and after.
+pub fn raise_open_file_limit(want: u64) -> nix::Result<(u64, u64)> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft >= want {
+        return Ok((soft, soft));
+    }
+    let new = want.min(hard);
+    setrlimit(Resource::RLIMIT_NOFILE, new, hard)?;
+    Ok((soft, new))
 }
 
 #[cfg(test)]
