@@ -48,11 +48,7 @@ impl Counters {
     pub fn all(&self) -> BTreeMap<String, u64> {
         let mut all = self.counts.clone();
         for ((code, detail), v) in &self.refusals {
-            let name = match detail {
-                Some(d) => format!("refused.{code}.{d}"),
-                None => format!("refused.{code}"),
-            };
-            *all.entry(name).or_insert(0) += v;
+            *all.entry(name_of(code, *detail)).or_insert(0) += v;
         }
         all
     }
@@ -61,9 +57,13 @@ impl Counters {
 /// The counter name of a refusal: `refused.<code>` or
 /// `refused.<code>.<detail>` (SPEC §8.3 codes).
 pub fn refusal_name(r: &Refusal) -> String {
-    match r.detail() {
-        Some(d) => format!("refused.{}.{}", r.code(), d),
-        None => format!("refused.{}", r.code()),
+    name_of(r.code(), r.detail())
+}
+
+fn name_of(code: &str, detail: Option<&str>) -> String {
+    match detail {
+        Some(d) => format!("refused.{code}.{d}"),
+        None => format!("refused.{code}"),
     }
 }
 
