@@ -18,7 +18,8 @@
 
 use std::path::PathBuf;
 
-use proto_spec::sign::{ClientPublicKey, SignatureAlgorithm};
+use proto_spec::body::SIGNATURE_LEN;
+use proto_spec::sign::{ClientPublicKey, SignatureAlgorithm, SignerError};
 
 mod der;
 mod pin;
@@ -345,6 +346,29 @@ struct LoadedCertificate {
 }
 
 impl LoadedCertificate {
+    /// Checks a signature made on `token` with `key` against this
+    /// certificate's key: a token that signs with another key than the
+    /// certificate's is refused before its signature is used.
+    fn check_signature(
+        &self,
+        token: &str,
+        key: &str,
+        transcript: &[u8],
+        sig: &[u8; SIGNATURE_LEN],
+    ) -> Result<(), SignerError> {
+        if self.key.verify(transcript, sig) {
+            return Ok(());
+        }
+        Err(SignerError(
+            TokenError::BadSignature {
+                token: token.to_owned(),
+                key: key.to_owned(),
+                cause: format!("it does not verify with certificate {}", self.name),
+            }
+            .to_string(),
+        ))
+    }
+
     /// Parses PEM or DER bytes; `name` is the file or object, for messages.
     fn parse(bytes: &[u8], name: String) -> Result<Self, TokenError> {
         let der = der::certificate_from_pem_or_der(bytes).map_err(|cause| {

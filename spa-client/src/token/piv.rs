@@ -211,19 +211,8 @@ impl Signer for PivSigner {
         let sig = self
             .sign_message(transcript)
             .map_err(|e| SignerError(e.to_string()))?;
-        if !self.certificate.key.verify(transcript, &sig) {
-            return Err(SignerError(
-                TokenError::BadSignature {
-                    token: self.name.clone(),
-                    key: SLOT.to_owned(),
-                    cause: format!(
-                        "it does not verify with certificate {}",
-                        self.certificate.name
-                    ),
-                }
-                .to_string(),
-            ));
-        }
+        self.certificate
+            .check_signature(&self.name, SLOT, transcript, &sig)?;
         Ok(sig)
     }
 }

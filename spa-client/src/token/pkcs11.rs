@@ -944,19 +944,12 @@ impl Signer for Pkcs11Signer {
             .key
             .sign_message(transcript)
             .map_err(|e| SignerError(e.to_string()))?;
-        if !self.certificate.key.verify(transcript, &sig) {
-            return Err(SignerError(
-                TokenError::BadSignature {
-                    token: self.key.token.clone(),
-                    key: self.key.selector.to_string(),
-                    cause: format!(
-                        "it does not verify with certificate {}",
-                        self.certificate.name
-                    ),
-                }
-                .to_string(),
-            ));
-        }
+        self.certificate.check_signature(
+            &self.key.token,
+            &self.key.selector.to_string(),
+            transcript,
+            &sig,
+        )?;
         Ok(sig)
     }
 }
