@@ -17,13 +17,12 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 use proto_spec::verify::{Gateway, OrderVerifier};
-use spa_keys::{
-    KeyFileError, encode_public_key, generate_receiver_key, read_receiver_key, write_receiver_key,
-};
+use spa_keys::{KeyFileError, encode_public_key, read_receiver_key};
 use spa_server::cli::{ConfigArg, ControlArgs, PubkeyArgs};
 use spa_server::config::{Config, Role};
 use spa_server::daemon::{NoHooks, TrustWatch, trust_files};
 use spa_server::green::{self, StartError};
+use spa_server::keygen::{KeyKind, KeygenError};
 
 /// The default configuration file.
 pub const DEFAULT_CONFIG: &str = "/etc/spa/red-relay.toml";
@@ -148,10 +147,8 @@ pub struct KeygenArgs {
 /// Generates red's X25519 receiver key, writes it to `out` (0600; an
 /// existing file only with `force`) and returns its public key as one line
 /// of base64, for green's configuration.
-pub fn keygen(out: &Path, force: bool) -> Result<String, KeyFileError> {
-    let key = generate_receiver_key()?;
-    write_receiver_key(out, &key, force)?;
-    Ok(encode_public_key(&key.public_key()))
+pub fn keygen(out: &Path, force: bool) -> Result<String, KeygenError> {
+    spa_server::keygen::keygen(out, KeyKind::Receiver, force)
 }
 
 /// The one-line public key of red's X25519 key file.
@@ -205,7 +202,7 @@ mod tests {
         assert_eq!(pubkey(&out).expect("pubkey"), line);
         assert!(matches!(
             keygen(&out, false),
-            Err(KeyFileError::Exists { .. })
+            Err(KeygenError::File(KeyFileError::Exists { .. }))
         ));
         assert_ne!(keygen(&out, true).expect("force"), line);
     }
