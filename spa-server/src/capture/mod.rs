@@ -510,11 +510,11 @@ fn deliver<F: FnMut(Event<'_>)>(
                 Class::Malformed
             } else {
                 let dst = SocketAddr::new(dst.unwrap_or(local), knock_port);
-                Class::Knock {
+                Class::Seen(Event::Knock {
                     src,
                     dst,
                     payload: frame,
-                }
+                })
             }
         }
         (Kind::Packet, Origin::Link { pkttype, ethertype }) => {
@@ -534,21 +534,12 @@ fn deliver<F: FnMut(Event<'_>)>(
         _ => Class::Ignored,
     };
     match class {
-        Class::Knock { src, dst, payload } => {
-            stats.knocks += 1;
-            f(Event::Knock { src, dst, payload });
-        }
-        Class::Probe {
-            src,
-            dst_port,
-            proto,
-        } => {
-            stats.probes += 1;
-            f(Event::Probe {
-                src,
-                dst_port,
-                proto,
-            });
+        Class::Seen(e) => {
+            match e {
+                Event::Knock { .. } => stats.knocks += 1,
+                Event::Probe { .. } => stats.probes += 1,
+            }
+            f(e);
         }
         Class::Malformed => stats.malformed += 1,
         Class::Ignored => stats.ignored += 1,

@@ -18,21 +18,13 @@ use etherparse::{
     UdpHeaderSlice, UdpSlice,
 };
 
-use super::Proto;
+use super::{Event, Proto};
 
 /// What a frame turned out to be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Class<'a> {
-    Knock {
-        src: SocketAddr,
-        dst: SocketAddr,
-        payload: &'a [u8],
-    },
-    Probe {
-        src: IpAddr,
-        dst_port: u16,
-        proto: Proto,
-    },
+    /// A knock or a probe, as the capture reports it.
+    Seen(Event<'a>),
     /// Well-formed, but neither (e.g. a frame queued before the filter
     /// was attached, or a SYN-ACK).
     Ignored,
@@ -107,21 +99,21 @@ fn transport<'a>(
             if dst_port == knock_port {
                 knock(src, dst, payload, complete_len, knock_port)
             } else if scan_watch {
-                Class::Probe {
+                Class::Seen(Event::Probe {
                     src,
                     dst_port,
                     proto: Proto::Udp,
-                }
+                })
             } else {
                 Class::Ignored
             }
         }
         IpNumber::TCP if scan_watch => match TcpHeaderSlice::from_slice(payload.payload) {
-            Ok(tcp) if tcp.syn() && !tcp.ack() => Class::Probe {
+            Ok(tcp) if tcp.syn() && !tcp.ack() => Class::Seen(Event::Probe {
                 src,
                 dst_port: tcp.destination_port(),
                 proto: Proto::Tcp,
-            },
+            }),
             Ok(_) => Class::Ignored,
             Err(_) => Class::Malformed,
         },
@@ -149,11 +141,11 @@ fn knock<'a>(
     if usize::from(udp.length()) < 8 {
         return Class::Malformed;
     }
-    Class::Knock {
+    Class::Seen(Event::Knock {
         src: SocketAddr::new(src, udp.source_port()),
         dst: SocketAddr::new(dst, knock_port),
         payload: udp.payload(),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -208,26 +200,26 @@ mod tests {
         let f = v4_udp(PORT, b"knock");
         assert_eq!(
             classify(&f, 0x0800, PORT, false),
-            Class::Knock {
+            Class::Seen(Event::Knock {
                 src: SocketAddr::new(Ipv4Addr::from(S4).into(), 40000),
                 dst: SocketAddr::new(Ipv4Addr::from(D4).into(), PORT),
                 payload: b"knock",
-            }
+            })
         );
         let f = v6_udp(PORT, b"knock6");
         assert_eq!(
             classify(&f, 0x86dd, PORT, true),
-            Class::Knock {
+            Class::Seen(Event::Knock {
                 src: SocketAddr::new(Ipv6Addr::from(S6).into(), 40001),
                 dst: SocketAddr::new(Ipv6Addr::from(D6).into(), PORT),
                 payload: b"knock6",
-            }
+            })
         );
         // Empty payload is still a knock (the daemon refuses it).
         let f = v4_udp(PORT, b"");
         assert!(matches!(
             classify(&f, 0x0800, PORT, false),
-            Class::Knock { payload: b"", .. }
+            Class::Seen(Event::Knock { payload: b"", .. })
         ));
     }
 
@@ -238,7 +230,7 @@ mod tests {
         f.extend_from_slice(&[0u8; 16]);
         assert!(matches!(
             classify(&f, 0x0800, PORT, false),
-            Class::Knock { payload: b"ab", .. }
+            Class::Seen(Event::Knock { payload: b"ab", .. })
         ));
     }
 
@@ -246,11 +238,11 @@ mod tests {
     fn probes() {
         assert_eq!(
             classify(&v4_udp(53, b"q"), 0x0800, PORT, true),
-            Class::Probe {
+            Class::Seen(Event::Probe {
                 src: Ipv4Addr::from(S4).into(),
                 dst_port: 53,
                 proto: Proto::Udp
-            }
+            })
         );
         assert_eq!(
             classify(&v4_udp(53, b"q"), 0x0800, PORT, false),
@@ -258,11 +250,11 @@ mod tests {
         );
         assert_eq!(
             classify(&v4_tcp(22, false), 0x0800, PORT, true),
-            Class::Probe {
+            Class::Seen(Event::Probe {
                 src: Ipv4Addr::from(S4).into(),
                 dst_port: 22,
                 proto: Proto::Tcp
-            }
+            })
         );
         assert_eq!(
             classify(&v4_tcp(22, true), 0x0800, PORT, true),
@@ -274,17 +266,17 @@ mod tests {
         );
         assert_eq!(
             classify(&v6_tcp(443), 0x86dd, PORT, true),
-            Class::Probe {
+            Class::Seen(Event::Probe {
                 src: Ipv6Addr::from(S6).into(),
                 dst_port: 443,
                 proto: Proto::Tcp
-            }
+            })
         );
         // Probes cut to the probe snap length still classify.
         let f = v4_udp(53, &[7u8; 500]);
         assert!(matches!(
             classify(&f[..128], 0x0800, PORT, true),
-            Class::Probe { .. }
+            Class::Seen(Event::Probe { .. })
         ));
     }
 
