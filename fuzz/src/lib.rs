@@ -18,7 +18,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use proto_spec::Refusal;
 use proto_spec::cert::{TrustConfig, TrustStore};
 use proto_spec::keys::{ReceiverPublicKey, mac_key};
-use proto_spec::policy::{IdentityPattern, Policy, Rule, ServiceSet};
+use proto_spec::policy::Policy;
 use proto_spec::replay::{MemoryReplayState, TimeLimits};
 use proto_spec::testkit::{self, TestCa};
 use proto_spec::verify::{Gateway, Knock, KnockVerifier, Order, OrderVerifier};
@@ -55,18 +55,8 @@ pub fn trust() -> TrustStore {
 /// source mode allowed so that that path reaches authorization too.
 pub fn policy() -> Policy {
     Policy {
-        rules: vec![
-            Rule {
-                identity: IdentityPattern::parse("cn:alice"),
-                services: ServiceSet::Named(vec!["tunnel".into(), "ssh".into(), "web".into()]),
-            },
-            Rule {
-                identity: IdentityPattern::parse("email:bob@example.org"),
-                services: ServiceSet::Named(vec!["tunnel".into()]),
-            },
-        ],
         allow_source_mode: true,
-        ..Policy::default()
+        ..testkit::flow_policy()
     }
 }
 

@@ -28,7 +28,7 @@ use proto_spec::body::{MessageType, OpenFor, parse_body};
 use proto_spec::cert::{CertCache, TrustConfig, TrustStore, parse_client_cert};
 use proto_spec::keys::ReceiverSecretKey;
 use proto_spec::order::OrderFields;
-use proto_spec::policy::{IdentityPattern, Policy, Rule, ServiceSet};
+use proto_spec::policy::Policy;
 use proto_spec::replay::{MemoryReplayState, TimeLimits};
 use proto_spec::seal::{KnockRequest, seal_knock, seal_order};
 use proto_spec::sign::{GatewaySigner, KNOCK_SIGNATURE_CONTEXT, Signer, transcript};
@@ -103,19 +103,7 @@ impl World {
     }
 
     fn policy() -> Policy {
-        Policy {
-            rules: vec![
-                Rule {
-                    identity: IdentityPattern::parse("cn:alice"),
-                    services: ServiceSet::Named(vec!["tunnel".into(), "ssh".into(), "web".into()]),
-                },
-                Rule {
-                    identity: IdentityPattern::parse("email:bob@example.org"),
-                    services: ServiceSet::Named(vec!["tunnel".into()]),
-                },
-            ],
-            ..Policy::default()
-        }
+        testkit::flow_policy()
     }
 
     fn green(&self, with_crl: bool) -> KnockVerifier {

@@ -15,6 +15,7 @@ use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use crate::keys::ReceiverSecretKey;
+use crate::policy::{IdentityPattern, Policy, Rule, ServiceSet};
 use crate::sign::{Ed25519Signer, GatewaySigner, P256Signer, Signer};
 
 /// 2026-01-01T00:00:00Z in ms: the start of every test validity period.
@@ -23,6 +24,25 @@ pub const T_2026: u64 = 1_767_225_600_000;
 pub const T_2036: u64 = 2_082_758_400_000;
 /// The `now` of the test vectors: 2026-11-26T12:00:00Z.
 pub const VECTOR_NOW: u64 = 1_795_694_400_000;
+
+/// The policy of the flow tests, the benches and the fuzz targets: `cn:alice`
+/// may have `tunnel`, `ssh` and `web`, `email:bob@example.org` only
+/// `tunnel`; everything else at its default.
+pub fn flow_policy() -> Policy {
+    Policy {
+        rules: vec![
+            Rule {
+                identity: IdentityPattern::parse("cn:alice"),
+                services: ServiceSet::Named(vec!["tunnel".into(), "ssh".into(), "web".into()]),
+            },
+            Rule {
+                identity: IdentityPattern::parse("email:bob@example.org"),
+                services: ServiceSet::Named(vec!["tunnel".into()]),
+            },
+        ],
+        ..Policy::default()
+    }
+}
 
 /// 32 bytes derived from a label: `SHA-256("spa test key " || label)`.
 pub fn seed(label: &str) -> [u8; 32] {

@@ -8,7 +8,7 @@ use proto_spec::body::{MessageType, OpenFor};
 use proto_spec::cert::{TrustConfig, TrustStore};
 use proto_spec::keys::ReceiverSecretKey;
 use proto_spec::order::OrderFields;
-use proto_spec::policy::{IdentityPattern, Policy, Rule, ServiceSet};
+use proto_spec::policy::Policy;
 use proto_spec::replay::TimeLimits;
 use proto_spec::seal::{KnockRequest, seal_knock, seal_order};
 use proto_spec::sign::{GatewaySigner, Signer};
@@ -50,19 +50,7 @@ impl World {
     }
 
     pub fn policy() -> Policy {
-        Policy {
-            rules: vec![
-                Rule {
-                    identity: IdentityPattern::parse("cn:alice"),
-                    services: ServiceSet::Named(vec!["tunnel".into(), "ssh".into(), "web".into()]),
-                },
-                Rule {
-                    identity: IdentityPattern::parse("email:bob@example.org"),
-                    services: ServiceSet::Named(vec!["tunnel".into()]),
-                },
-            ],
-            ..Policy::default()
-        }
+        testkit::flow_policy()
     }
 
     pub fn green(&self) -> KnockVerifier {
