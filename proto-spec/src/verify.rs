@@ -12,6 +12,7 @@ use crate::cert::{
     CertCache, ClientIdentity, IdentityKey, TrustError, TrustStore, ValidatedCert,
     parse_client_cert,
 };
+use crate::error::CertificateError;
 use crate::hpke_suite::Opener;
 use crate::keys::{MacKey, ReceiverPublicKey, ReceiverSecretKey};
 use crate::order::parse_order;
@@ -139,6 +140,15 @@ impl ClientAuthenticator {
         self.cache.clear();
     }
 
+    /// Validates a certificate that was accepted earlier against the
+    /// current trust store at `now`, without the cache: after a trust
+    /// reload the receiver closes the sessions of clients whose
+    /// certificate is now revoked or whose chain no longer validates.
+    /// SPEC §9, "What revocation ends".
+    pub fn revalidate(&self, der: &[u8], now: UnixMillis) -> Result<(), CertificateError> {
+        self.trust.validate(der, now)
+    }
+
     /// Number of cached validated certificates.
     pub fn cached(&self) -> usize {
         self.cache.len()
@@ -222,6 +232,9 @@ pub struct Knock {
     pub timestamp_ms: u64,
     /// The receiver key the knock was sealed to.
     pub receiver_key: ReceiverPublicKey,
+    /// The client's certificate (DER), kept with the session so that a
+    /// trust reload can re-check it (SPEC §9, "What revocation ends").
+    pub certificate: Vec<u8>,
     /// The body verbatim, to relay inside an order (SPEC §5).
     pub body: Vec<u8>,
 }
@@ -266,6 +279,11 @@ impl KnockVerifier {
     /// Replaces the trust store; see [`ClientAuthenticator::replace_trust`].
     pub fn replace_trust(&mut self, trust: TrustStore) {
         self.auth.replace_trust(trust);
+    }
+
+    /// See [`ClientAuthenticator::revalidate`].
+    pub fn revalidate(&self, certificate: &[u8], now: UnixMillis) -> Result<(), CertificateError> {
+        self.auth.revalidate(certificate, now)
     }
 
     /// Verifies one knock. On success the identity's floor is committed.
@@ -333,6 +351,7 @@ impl KnockVerifier {
             lifetime_s: self.policy.grant_lifetime(body.lifetime_s),
             timestamp_ms: body.timestamp_ms,
             receiver_key: receiver,
+            certificate: body.certificate.to_vec(),
             body: body.raw.to_vec(),
         })
     }
@@ -416,6 +435,9 @@ pub struct Order {
     pub order_timestamp_ms: u64,
     /// The client's timestamp, ms.
     pub client_timestamp_ms: u64,
+    /// The client's certificate (DER), kept with the session so that a
+    /// trust reload can re-check it (SPEC §9, "What revocation ends").
+    pub client_certificate: Vec<u8>,
 }
 
 /// Why red's verifier could not be built.
@@ -500,6 +522,11 @@ impl OrderVerifier {
     /// Replaces the trust store; see [`ClientAuthenticator::replace_trust`].
     pub fn replace_trust(&mut self, trust: TrustStore) {
         self.auth.replace_trust(trust);
+    }
+
+    /// See [`ClientAuthenticator::revalidate`].
+    pub fn revalidate(&self, certificate: &[u8], now: UnixMillis) -> Result<(), CertificateError> {
+        self.auth.revalidate(certificate, now)
     }
 
     /// Verifies one order. On success both floors are committed. SPEC §8.2.
@@ -601,6 +628,7 @@ impl OrderVerifier {
             lifetime_s,
             order_timestamp_ms: order.order_timestamp_ms,
             client_timestamp_ms: body.timestamp_ms,
+            client_certificate: body.certificate.to_vec(),
         })
     }
 }

@@ -25,6 +25,16 @@ impl Counters {
         }
     }
 
+    /// Adds `n` to `name`.
+    pub fn add(&mut self, name: &str, n: u64) {
+        match self.counts.get_mut(name) {
+            Some(v) => *v = v.saturating_add(n),
+            None => {
+                self.counts.insert(name.to_owned(), n);
+            }
+        }
+    }
+
     /// Adds one to the counter of a refusal: `refused.<code>` or
     /// `refused.<code>.<detail>`.
     pub fn refusal(&mut self, r: &Refusal) {

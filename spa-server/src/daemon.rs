@@ -60,6 +60,10 @@ pub struct Session {
     pub addr: IpAddr,
     /// What is open.
     pub openings: Vec<Opening>,
+    /// The client certificate (DER) of the latest accepted knock or order,
+    /// re-checked after every trust reload (SPEC §9, "What revocation
+    /// ends").
+    pub certificate: Vec<u8>,
 }
 
 /// Hooks a daemon adds to the shared loop (green relays orders to red).
@@ -406,6 +410,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
                 addr,
                 services,
                 lifetime_s,
+                certificate,
                 ..
             } => {
                 let expires_ms = now.saturating_add(u64::from(*lifetime_s) * 1000);
@@ -442,8 +447,10 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
                     identity_key: *identity_key,
                     addr: *addr,
                     openings: Vec::new(),
+                    certificate: Vec::new(),
                 });
                 if entry.identity_key == *identity_key {
+                    entry.certificate.clone_from(certificate);
                     entry
                         .openings
                         .retain(|o| !opened.iter().any(|n| n.service == o.service));
@@ -469,14 +476,19 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
         }
     }
 
-    /// Revokes every element of a session and forgets it.
+    /// Revokes every element of a session, ends the connections they
+    /// admitted (SPEC §9, "What revocation ends") and forgets it.
     pub fn close_session(&mut self, session: &[u8; 16], why: &str) -> bool {
         let Some(s) = self.sessions.remove(session) else {
             return false;
         };
         for o in &s.openings {
-            if let Err(e) = self.fw.revoke(s.addr, o.proto, o.port) {
-                warn!(src = %s.addr, error = %e, "firewall: could not close {}", o.service);
+            match self.fw.revoke(s.addr, o.proto, o.port) {
+                // The element is gone: end the flows it admitted.
+                Ok(()) => self.end_flows(s.addr, o),
+                Err(e) => {
+                    warn!(src = %s.addr, error = %e, "firewall: could not close {}", o.service);
+                }
             }
         }
         info!(src = %s.addr, identity = %s.identity, session = %hex16(session), "session closed: {why}");
@@ -589,6 +601,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
                 self.gate.replace_trust(store);
                 self.counters.bump("trust.reloads");
                 info!(trigger = why, "trust anchors and CRLs reloaded");
+                self.close_revoked(now_ms());
             }
             Err(e) => {
                 self.counters.bump("trust.reload_failures");

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use proto_spec::body::MessageType;
 use proto_spec::cert::{IdentityKey, TrustStore};
+use proto_spec::error::CertificateError;
 use proto_spec::replay::ReplayState;
 use proto_spec::verify::{KnockVerifier, OrderAction, OrderVerifier, Refused};
 use proto_spec::{Refusal, UnixMillis};
@@ -29,6 +30,10 @@ pub enum Decision {
         services: Vec<String>,
         /// Seconds.
         lifetime_s: u32,
+        /// The client's certificate (DER): the session keeps it so that a
+        /// trust reload can close it once the certificate is revoked
+        /// (SPEC §9, "What revocation ends").
+        certificate: Vec<u8>,
         /// Verbatim client body (green relays it to red).
         body: Vec<u8>,
     },
@@ -60,6 +65,10 @@ pub trait Gate {
     ) -> Result<Decision, Refused>;
     /// Replaces the trust store (SIGHUP or a changed file).
     fn replace_trust(&mut self, trust: TrustStore);
+    /// Whether a client certificate accepted earlier still validates
+    /// against the current trust store at `now` (not revoked, chain and
+    /// validity intact). SPEC §9, "What revocation ends".
+    fn revalidate(&self, certificate: &[u8], now: UnixMillis) -> Result<(), CertificateError>;
     /// Whether a refusal counts against the datagram's source address for
     /// intrusion prevention (blocking). Default: every refusal the IPS
     /// counts does.
@@ -97,6 +106,7 @@ impl Gate for KnockVerifier {
                 addr: k.open_for,
                 services: k.services,
                 lifetime_s: k.lifetime_s,
+                certificate: k.certificate,
                 body: k.body,
             },
         })
@@ -104,6 +114,10 @@ impl Gate for KnockVerifier {
 
     fn replace_trust(&mut self, trust: TrustStore) {
         KnockVerifier::replace_trust(self, trust);
+    }
+
+    fn revalidate(&self, certificate: &[u8], now: UnixMillis) -> Result<(), CertificateError> {
+        KnockVerifier::revalidate(self, certificate, now)
     }
 }
 
@@ -136,6 +150,7 @@ impl Gate for OrderVerifier {
                 addr: o.open_for,
                 services: o.services,
                 lifetime_s: o.lifetime_s,
+                certificate: o.client_certificate,
                 body: Vec::new(),
             },
         })
@@ -143,6 +158,10 @@ impl Gate for OrderVerifier {
 
     fn replace_trust(&mut self, trust: TrustStore) {
         OrderVerifier::replace_trust(self, trust);
+    }
+
+    fn revalidate(&self, certificate: &[u8], now: UnixMillis) -> Result<(), CertificateError> {
+        OrderVerifier::revalidate(self, certificate, now)
     }
 
     /// Refusals that only arise after the gateway signature and the source

@@ -993,6 +993,7 @@ mod tests {
                 addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 services: services.iter().map(|s| (*s).to_owned()).collect(),
                 lifetime_s: 30,
+                certificate: Vec::new(),
                 body: Vec::new(),
             },
             now_ms(),

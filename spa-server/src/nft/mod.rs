@@ -110,12 +110,14 @@
 //! batch: one atomic transaction, so the element is never missing for a
 //! packet in between.
 
+mod conntrack;
 mod elements;
 mod error;
 mod netlink;
 mod ruleset;
 mod sets;
 
+pub use conntrack::{ConntrackError, FlowTuple};
 pub use elements::{AllowEntry, BlockEntry, SetContents};
 pub use error::{NftError, SetOp};
 pub use ruleset::{BlockPrefixes, FirewallConfig, Mode, Ruleset, TableName};

@@ -64,6 +64,12 @@ pub struct NftSets {
 }
 
 impl NftSets {
+    /// The socket and the message buffer, for the conntrack requests that
+    /// share them ([`super::conntrack`]).
+    pub(super) fn netlink(&mut self) -> (&mut NlSocket, &mut MsgBuf) {
+        (&mut self.sock, &mut self.msg)
+    }
+
     /// Opens the socket, checks that the four sets of `inet <table>` exist,
     /// and finds out how this kernel refreshes timeouts (see [`Refresh`]):
     /// it adds a probe element (`127.0.0.255 . tcp . 0` in `allow4`) with a
