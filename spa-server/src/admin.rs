@@ -20,6 +20,15 @@ pub fn check_config(path: &Path, role: Role) -> ExitCode {
     };
     if problems.is_empty() {
         println!("{}: OK", path.display());
+        // A warning, not a problem: the default keeps routing open.
+        let policy = config::load(path)
+            .ok()
+            .and_then(|c| c.firewall.forward.parse().ok())
+            .unwrap_or_default();
+        if let Some(w) = crate::nft::open_forwarding_warning(policy, crate::nft::kernel_forwards())
+        {
+            eprintln!("warning: firewall.forward: {w}");
+        }
         ExitCode::SUCCESS
     } else {
         for p in &problems {

@@ -27,6 +27,8 @@
 //! management = ["192.0.2.0/24"] # always accepted, never blocked
 //! force = false                 # install blackhole even if it cuts this SSH session
 //! remove_on_exit = true
+//! forward = "accept"            # routed traffic: "accept" (default) or "drop"
+//! forward_allow = ["10.0.3.0/24 tcp/22"] # crosses under forward = "drop"
 //!
 //! [time]
 //! max_age_ms = 60000
@@ -195,6 +197,18 @@ pub struct FirewallSection {
     /// Remove the table on a clean stop.
     #[serde(default = "default_true")]
     pub remove_on_exit: bool,
+    /// Routed traffic (the forward chain): "accept" (the default: only
+    /// blocked sources are dropped) or "drop" (only management sources,
+    /// established flows and `forward_allow` cross).
+    #[serde(default = "default_forward")]
+    pub forward: String,
+    /// What crosses under `forward = "drop"`: "CIDR" or "CIDR tcp/PORT".
+    #[serde(default)]
+    pub forward_allow: Vec<String>,
+}
+
+fn default_forward() -> String {
+    "accept".into()
 }
 
 impl Default for FirewallSection {
@@ -206,6 +220,8 @@ impl Default for FirewallSection {
             management: Vec::new(),
             force: false,
             remove_on_exit: true,
+            forward: default_forward(),
+            forward_allow: Vec::new(),
         }
     }
 }
@@ -684,6 +700,14 @@ impl Config {
                     format!("firewall.management[{i}]"),
                     format!("'{s}' is not an address or CIDR"),
                 ),
+            }
+        }
+        if let Err(e) = f.forward.parse::<crate::nft::ForwardPolicy>() {
+            bad("firewall.forward".into(), e);
+        }
+        for (i, s) in f.forward_allow.iter().enumerate() {
+            if let Err(e) = s.parse::<crate::nft::ForwardAllow>() {
+                bad(format!("firewall.forward_allow[{i}]"), e);
             }
         }
         if f.mode == "blackhole"

@@ -21,7 +21,7 @@ use crate::ips::{
     OffenseConfig, Offenses, RateLimitConfig, RateLimiter, ScanConfig, ScanDetector,
     SourceAggregation, Transport,
 };
-use crate::nft::{FirewallConfig, Mode, NftSets, Ruleset, TableName};
+use crate::nft::{FirewallConfig, Forward, Mode, NftSets, Ruleset, TableName};
 use crate::store::ReplayDb;
 
 /// Why the daemon could not start. One line each.
@@ -110,6 +110,14 @@ pub fn firewall_config(cfg: &Config) -> Result<FirewallConfig, StartError> {
         .iter()
         .filter_map(|s| config::parse_cidr(s))
         .collect();
+    fw.forward = Forward {
+        policy: f.forward.parse().unwrap_or_default(),
+        allow: f
+            .forward_allow
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect(),
+    };
     Ok(fw)
 }
 
@@ -155,6 +163,12 @@ pub fn setup(cfg: Config) -> Result<Setup, StartError> {
     }
     let fwc = firewall_config(&cfg)?;
     Ruleset::install(&fwc).map_err(|e| step("installing the nftables table")(e.to_string()))?;
+    // SPEC §9, "A gateway that routes".
+    if let Some(w) =
+        crate::nft::open_forwarding_warning(fwc.forward.policy, crate::nft::kernel_forwards())
+    {
+        warn!("{w}");
+    }
     let fw =
         NftSets::open(&cfg.firewall.table).map_err(|e| step("nftables netlink")(e.to_string()))?;
     let mut cc = CaptureConfig::new(cfg.daemon.knock_port);

@@ -29,7 +29,9 @@
 //! batch of `NFT_MSG_NEWSETELEM` / `NFT_MSG_DELSETELEM` messages, their
 //! acknowledgements, and a `NFT_MSG_GETSETELEM` dump for status. It is
 //! written here in safe Rust over `nix`'s socket calls (`netlink.rs`), with
-//! the constants copied from those headers.
+//! the constants copied from those headers. Connection-tracking entries
+//! are deleted over the same socket (ctnetlink, `conntrack.rs`, for the
+//! same reasons).
 //!
 //! # Rule order, and why
 //!
@@ -69,6 +71,20 @@
 //!      not part of an established flow are dropped (`tcp dport { … }
 //!      drop`); everything else passes untouched (closed ports still answer
 //!      with RSTs, as without us).
+//!
+//! Two more base chains follow the input chain:
+//!
+//! * `forward` (hook `forward`, same priority): routed traffic. Management
+//!   sources, then established/related, then the block sets (`counter
+//!   drop`); with `[firewall] forward = "drop"` ([`ForwardPolicy::Drop`])
+//!   the operator's `forward_allow` destinations and a final `counter
+//!   drop`. The default, accept, only drops blocked sources; the daemon
+//!   and `check-config` warn when the kernel forwards. See
+//!   [`forward`](ForwardPolicy) and SPEC §9, "A gateway that routes".
+//! * `output` (hook `output`): a locally sent TCP segment that would start
+//!   a conntrack entry without a SYN (the kernel's mid-stream pickup) is
+//!   dropped, so that a connection whose entry a revocation deleted
+//!   ([`NftSets::end_flows`]) does not come back in the other direction.
 //!
 //! Netfilter semantics worth knowing: an `accept` here ends evaluation of
 //! *this* chain only. Base chains of other tables on the same hook still
@@ -113,6 +129,7 @@
 mod conntrack;
 mod elements;
 mod error;
+mod forward;
 mod netlink;
 mod ruleset;
 mod sets;
@@ -120,6 +137,7 @@ mod sets;
 pub use conntrack::{ConntrackError, FlowTuple};
 pub use elements::{AllowEntry, BlockEntry, SetContents};
 pub use error::{NftError, SetOp};
+pub use forward::{Forward, ForwardAllow, ForwardPolicy, kernel_forwards, open_forwarding_warning};
 pub use ruleset::{BlockPrefixes, FirewallConfig, Mode, Ruleset, TableName};
 pub use sets::{NftSets, Refresh, list};
 

@@ -11,6 +11,7 @@ use ipnet::IpNet;
 use super::Proto;
 use super::elements::{SetId, netmask};
 use super::error::NftError;
+use super::forward::{self, Forward};
 
 /// Name of the set of allowed `ipv4_addr . inet_proto . inet_service`.
 pub(crate) const SET_ALLOW4: &str = "allow4";
@@ -22,6 +23,8 @@ pub(crate) const SET_BLOCK4: &str = "block4";
 pub(crate) const SET_BLOCK6: &str = "block6";
 /// Name of the input base chain.
 pub(crate) const CHAIN_INPUT: &str = "input";
+/// Name of the output base chain.
+pub(crate) const CHAIN_OUTPUT: &str = "output";
 
 /// Longest table name accepted (the kernel allows 255 bytes; nobody needs
 /// that many, and a short bound keeps messages small).
@@ -177,6 +180,8 @@ pub struct FirewallConfig {
     /// the /64). Set it to the intrusion prevention's aggregation, whose
     /// blocks the daemon adds.
     pub block_prefixes: BlockPrefixes,
+    /// The forward chain (see [`super::forward`]): routed traffic.
+    pub forward: Forward,
 }
 
 impl FirewallConfig {
@@ -192,6 +197,7 @@ impl FirewallConfig {
             mode,
             management: Vec::new(),
             block_prefixes: BlockPrefixes::default(),
+            forward: Forward::default(),
         }
     }
 }
@@ -362,6 +368,26 @@ fn render_into(s: &mut String, cfg: &FirewallConfig) -> fmt::Result {
         }
     }
     writeln!(s, "\t}}")?;
+    forward::render_chain(s, &cfg.forward, &priority(cfg.priority), &nets, net4, net6)?;
+    // A connection whose conntrack entry was deleted (a revoked session,
+    // SPEC §9 "What revocation ends") must not come back through the
+    // kernel's mid-stream pickup (nf_conntrack_tcp_loose): a TCP segment
+    // this host sends without a SYN would create an entry in the other
+    // direction, and the peer's next segments would be "established". So
+    // a locally sent TCP segment that would start an entry without a SYN
+    // is dropped. RSTs and FINs never start an entry and pass.
+    writeln!(s, "\tchain {CHAIN_OUTPUT} {{")?;
+    writeln!(
+        s,
+        "\t\ttype filter hook output priority {}; policy accept;",
+        priority(cfg.priority)
+    )?;
+    writeln!(s, "\t\toif \"lo\" accept")?;
+    writeln!(
+        s,
+        "\t\tct state new tcp flags & (fin | syn | rst | ack) == ack counter drop"
+    )?;
+    writeln!(s, "\t}}")?;
     writeln!(s, "}}")
 }
 
@@ -440,6 +466,51 @@ mod tests {
         s.parse().expect("test CIDR")
     }
 
+    /// One chain of a rendered ruleset, from its `chain` line to its `}`.
+    fn chain<'a>(text: &'a str, name: &str) -> &'a str {
+        let start = text
+            .find(&format!("\tchain {name} {{\n"))
+            .unwrap_or_else(|| panic!("no chain {name} in:\n{text}"));
+        let len = text[start..].find("\n\t}\n").expect("chain end") + 4;
+        &text[start..start + len]
+    }
+
+    #[test]
+    fn forward_drop_allows_management_established_and_the_allow_list() {
+        let cfg = FirewallConfig {
+            management: vec![net("192.0.2.0/24")],
+            forward: Forward {
+                policy: forward::ForwardPolicy::Drop,
+                allow: vec![
+                    "10.0.3.0/24 tcp/22".parse().expect("entry"),
+                    "2001:db8:3::/48".parse().expect("entry"),
+                ],
+            },
+            ..FirewallConfig::default()
+        };
+        let text = Ruleset::render(&cfg);
+        let fwd: Vec<&str> = chain(&text, "forward").lines().map(str::trim).collect();
+        assert_eq!(
+            fwd,
+            [
+                "chain forward {",
+                "type filter hook forward priority filter - 10; policy accept;",
+                "ip saddr { 192.0.2.0/24 } accept",
+                "ct state established,related accept",
+                "ip saddr @block4 counter drop",
+                "ip6 saddr @block6 counter drop",
+                "ip6 saddr & ffff:ffff:ffff:ffff:: @block6_64 counter drop",
+                "ip daddr 10.0.3.0/24 tcp dport 22 accept",
+                "ip6 daddr 2001:db8:3::/48 accept",
+                "counter drop",
+                "}",
+            ]
+        );
+        // The default forwards (blocked sources aside).
+        let open = Ruleset::render(&FirewallConfig::default());
+        assert!(!chain(&open, "forward").contains("\t\tcounter drop\n"));
+    }
+
     #[test]
     fn blackhole_ruleset() {
         let cfg = FirewallConfig::new(Mode::Blackhole {
@@ -480,6 +551,18 @@ table inet spa {
 \t\tudp dport 62201 accept
 \t\tcounter drop
 \t}
+\tchain forward {
+\t\ttype filter hook forward priority filter - 10; policy accept;
+\t\tct state established,related accept
+\t\tip saddr @block4 counter drop
+\t\tip6 saddr @block6 counter drop
+\t\tip6 saddr & ffff:ffff:ffff:ffff:: @block6_64 counter drop
+\t}
+\tchain output {
+\t\ttype filter hook output priority filter - 10; policy accept;
+\t\toif \"lo\" accept
+\t\tct state new tcp flags & (fin | syn | rst | ack) == ack counter drop
+\t}
 }
 ";
         assert_eq!(Ruleset::render(&cfg), expected);
@@ -491,7 +574,7 @@ table inet spa {
     fn blackhole_without_knock_port_has_no_udp_rule() {
         let text = Ruleset::render(&FirewallConfig::default());
         assert!(!text.contains("udp dport"));
-        assert!(text.contains("\t\tcounter drop\n\t}\n}\n"));
+        assert!(chain(&text, "input").ends_with("\t\tcounter drop\n\t}\n"));
     }
 
     #[test]
@@ -513,13 +596,9 @@ table inet spa {
             net("198.51.100.7/32"),
         ];
         let text = Ruleset::render(&cfg);
-        let chain: Vec<&str> = text
-            .lines()
-            .skip_while(|l| !l.contains("chain input"))
-            .map(str::trim)
-            .collect();
+        let input: Vec<&str> = chain(&text, "input").lines().map(str::trim).collect();
         assert_eq!(
-            chain,
+            input,
             [
                 "chain input {",
                 "type filter hook input priority filter + 5; policy accept;",
@@ -536,8 +615,16 @@ table inet spa {
                 "tcp dport { 22, 443 } counter drop",
                 "udp dport { 53 } counter drop",
                 "}",
-                "}",
             ]
+        );
+        // The forward chain accepts management sources first too.
+        assert!(
+            chain(&text, "forward").contains(
+                "\t\tip saddr { 192.0.2.0/24, 198.51.100.7/32 } accept\n\
+                 \t\tip6 saddr { 2001:db8::/32 } accept\n\
+                 \t\tct state established,related accept\n"
+            ),
+            "{text}"
         );
         assert!(text.starts_with("table inet gate_1 {\n"));
     }
@@ -545,7 +632,7 @@ table inet spa {
     #[test]
     fn protect_without_ports_drops_nothing() {
         let text = Ruleset::render(&FirewallConfig::new(Mode::Protect { ports: vec![] }));
-        assert!(!text.contains("drop\n\t}"));
+        assert!(!chain(&text, "input").contains("drop\n\t}"));
         assert!(!text.contains("dport {"));
     }
 
@@ -590,7 +677,7 @@ table inet spa {
             !text.contains("block4_") && !text.contains("block6_"),
             "{text}"
         );
-        assert!(!text.contains(" & "), "{text}");
+        assert!(!text.contains("saddr & "), "{text}");
         // Lengths past the address size count as the address size.
         cfg.block_prefixes = BlockPrefixes {
             ipv4: 40,
