@@ -28,7 +28,7 @@
 //! force = false                 # install blackhole even if it cuts this SSH session
 //! remove_on_exit = true
 //! forward = "accept"            # routed traffic: "accept" (default) or "drop"
-//! forward_allow = ["10.0.3.0/24 tcp/22"] # crosses under forward = "drop"
+//! forward_allow = ["10.0.3.0/24 tcp/22", "from 10.0.3.0/24"] # crosses under "drop"
 //!
 //! [time]
 //! max_age_ms = 60000
@@ -202,7 +202,8 @@ pub struct FirewallSection {
     /// established flows and `forward_allow` cross).
     #[serde(default = "default_forward")]
     pub forward: String,
-    /// What crosses under `forward = "drop"`: "CIDR" or "CIDR tcp/PORT".
+    /// What crosses under `forward = "drop"`: "[from] CIDR [tcp/PORT]"
+    /// (destination, or with `from` source, network).
     #[serde(default)]
     pub forward_allow: Vec<String>,
 }

@@ -11,8 +11,10 @@
 //! 2. `ct state established,related` (before the block sets, for the same
 //!    reason as in the input chain: a block on spoofable evidence must
 //!    not cut someone else's ongoing connection);
-//! 3. the operator's [`ForwardAllow`] list: destination networks, with an
-//!    optional protocol and port.
+//! 3. the operator's [`ForwardAllow`] list: destination networks (hosts
+//!    behind green that may be reached) and, with `from`, source networks
+//!    (hosts behind green that may reach out), each with an optional
+//!    protocol and destination port.
 //!
 //! The default, [`ForwardPolicy::Accept`], keeps forwarding open (only
 //! blocked sources are dropped): the daemon and `check-config` warn when
@@ -66,29 +68,36 @@ impl FromStr for ForwardPolicy {
     }
 }
 
-/// One entry of `[firewall] forward_allow`: routed traffic to `dest`
-/// (to one protocol and port of it, when given) is forwarded under
-/// [`ForwardPolicy::Drop`].
+/// One entry of `[firewall] forward_allow`: routed traffic to `net` (or,
+/// with `from`, from `net`), to one protocol and destination port when
+/// given, is forwarded under [`ForwardPolicy::Drop`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ForwardAllow {
-    /// Destination network (host bits ignored).
-    pub dest: IpNet,
-    /// Protocol and destination port; `None`: everything to `dest`.
+    /// `false`: `net` is the destination (hosts behind green that may be
+    /// reached); `true`: the source (hosts behind green that may reach
+    /// out).
+    pub from: bool,
+    /// The network (host bits ignored).
+    pub net: IpNet,
+    /// Protocol and destination port; `None`: any.
     pub port: Option<(Proto, u16)>,
 }
 
 impl FromStr for ForwardAllow {
     type Err = String;
 
-    /// `"10.0.3.0/24"`, `"10.0.3.7"` or `"10.0.3.7 tcp/22"`.
+    /// `"10.0.3.0/24"`, `"10.0.3.7 tcp/22"`, `"from 10.0.3.0/24"`,
+    /// `"from 10.0.3.0/24 udp/53"`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut words = s.split_whitespace();
-        let net = words.next().unwrap_or_default();
-        let dest = net
+        let usage = || format!("'{s}': expected \"[from] CIDR [tcp/PORT|udp/PORT]\"");
+        let mut words = s.split_whitespace().peekable();
+        let from = words.next_if_eq(&"from").is_some();
+        let word = words.next().unwrap_or_default();
+        let net = word
             .parse::<IpNet>()
             .ok()
-            .or_else(|| net.parse::<std::net::IpAddr>().ok().map(IpNet::from))
-            .ok_or_else(|| format!("'{s}': expected \"CIDR\" or \"CIDR tcp/PORT\""))?
+            .or_else(|| word.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+            .ok_or_else(usage)?
             .trunc();
         let port = match words.next() {
             None => None,
@@ -99,26 +108,26 @@ impl FromStr for ForwardAllow {
                         n.parse::<u16>().ok().filter(|&n| n != 0)?,
                     ))
                 });
-                Some(parsed.ok_or_else(|| {
-                    format!("'{s}': the port must be tcp/PORT or udp/PORT (1-65535)")
-                })?)
+                Some(parsed.ok_or_else(usage)?)
             }
         };
         if words.next().is_some() {
-            return Err(format!("'{s}': expected \"CIDR\" or \"CIDR tcp/PORT\""));
+            return Err(usage());
         }
-        Ok(ForwardAllow { dest, port })
+        Ok(ForwardAllow { from, net, port })
     }
 }
 
 impl fmt::Display for ForwardAllow {
+    /// The nft match.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let family = if matches!(self.dest, IpNet::V4(_)) {
+        let family = if matches!(self.net, IpNet::V4(_)) {
             "ip"
         } else {
             "ip6"
         };
-        write!(f, "{family} daddr {}", self.dest)?;
+        let dir = if self.from { "saddr" } else { "daddr" };
+        write!(f, "{family} {dir} {}", self.net)?;
         if let Some((proto, port)) = self.port {
             write!(f, " {proto} dport {port}")?;
         }
@@ -214,9 +223,13 @@ mod tests {
         assert_eq!(b.to_string(), "ip6 daddr 2001:db8::7/128");
         let c: ForwardAllow = " 10.0.4.1  udp/53 ".parse().expect("entry");
         assert_eq!(c.port, Some((Proto::Udp, 53)));
+        let d: ForwardAllow = "from 10.0.3.0/24".parse().expect("entry");
+        assert_eq!(d.to_string(), "ip saddr 10.0.3.0/24");
         for bad in [
             "",
+            "from",
             "host",
+            "to 10.0.3.0/24",
             "10.0.3.0/33",
             "10.0.3.1 tcp",
             "10.0.3.1 tcp/0",
