@@ -5,7 +5,11 @@
 //! ```text
 //!   client 10.200.81.2 ── 10.200.81.1 green 10.200.82.1 ── 10.200.82.2 behind
 //!                                          10.200.83.1 ── 10.200.83.2 scanner
+//!                                          10.200.84.2 ── 10.200.84.1 red
 //! ```
+//!
+//! (Each test builds only the hosts it needs; red runs `red-relay`, with
+//! green relaying orders to it.)
 //!
 //! Green runs the real `spa-server` (blackhole, packet capture, `nobody`)
 //! with a PKI made by the operator's commands (`spa-server pki …`). The
@@ -631,5 +635,174 @@ fn forward_drop_keeps_scanners_from_the_hosts_behind_green() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("warning: firewall.forward"), "{stderr}");
+    eprintln!("{tag} done in {:?}", started.elapsed());
+}
+
+/// Red does the same on its own: a CRL that revokes the client closes red's
+/// session for it (the element for green's address goes) and ends the
+/// connection green holds to red's service through it. Green relays, red
+/// re-checks the certificate the order carried.
+#[test]
+fn red_crl_revoke_ends_established_connections() {
+    const RED_C: Ipv4Addr = Ipv4Addr::new(10, 200, 84, 1);
+    const GREEN_R: Ipv4Addr = Ipv4Addr::new(10, 200, 84, 2);
+    const RED: Ipv4Addr = RED_C;
+    const ORDER_PORT: u16 = 62202;
+    const WEB_PORT: u16 = 8080;
+    let started = Instant::now();
+    require_tools(&[
+        ("ip", "iproute2"),
+        ("nft", "nftables"),
+        ("conntrack", "conntrack"),
+    ]);
+    let tag = unique_tag();
+    let dir = TempDir::new(&tag);
+    let client = Netns::new("client", &tag);
+    let green_ns = Netns::new("green", &tag);
+    let red_ns = Netns::new("red", &tag);
+    link4(
+        &client,
+        &format!("c{tag}"),
+        CLIENT,
+        &green_ns,
+        &format!("g1{tag}"),
+        GREEN_C,
+    );
+    link4(
+        &green_ns,
+        &format!("g4{tag}"),
+        GREEN_R,
+        &red_ns,
+        &format!("r{tag}"),
+        RED,
+    );
+    let server = bin("spa-server");
+    let red_relay = bin("red-relay");
+    let keys = make_relay_pki(&dir, "red revocation CA", &red_relay, None);
+    std::fs::copy(dir.join("ca/ca.pem"), dir.join("ca.pem")).expect("publish ca.pem");
+    run_ok(Command::new(&server).args([
+        "pki",
+        "crl",
+        "--dir",
+        &dir.s("ca"),
+        "--out",
+        &dir.s("crl.pem"),
+    ]));
+    tests::write_green_config(
+        &dir,
+        &keys,
+        &tests::GreenRelayConfig {
+            knock_port: KNOCK_PORT,
+            tunnel_port: 4443,
+            red: sock(RED, ORDER_PORT),
+            source: GREEN_R,
+            services: &[("web", WEB_PORT)],
+            tunnel: false,
+        },
+    );
+    tests::write_red_config(
+        &dir,
+        &keys,
+        &tests::RedRelayConfig {
+            order_port: ORDER_PORT,
+            management: None,
+            services: &[("web", WEB_PORT)],
+        },
+    );
+    // Both load the CRL, from files the unprivileged daemons can re-read.
+    let with_crl = format!(
+        "anchors = [\"{}\"]\ncrls = [\"{}\"]",
+        dir.s("ca.pem"),
+        dir.s("crl.pem")
+    );
+    for f in ["green.toml", "red.toml"] {
+        let text = std::fs::read_to_string(dir.join(f)).expect("config");
+        let anchors = format!("anchors = [\"{}\"]", dir.s("ca/ca.pem"));
+        assert!(text.contains(&anchors), "{text}");
+        std::fs::write(dir.join(f), text.replace(&anchors, &with_crl)).expect("config");
+    }
+    std::fs::write(
+        dir.join("client.toml"),
+        format!(
+            "[profiles.lab]\nserver = \"{GREEN_C}\"\nserver_key = \"{}\"\nkey = \"{}\"\n\
+             certificate = \"{}\"\nlifetime = 300\n",
+            keys.green_pub,
+            dir.s("alice.key"),
+            dir.s("alice.crt")
+        ),
+    )
+    .expect("client.toml");
+    let red = tests::start_red(&red_ns, &red_relay, &dir);
+    let _web = TcpService::start(&red_ns, sock(RED, WEB_PORT));
+    let green = tests::start_green(&green_ns, &dir);
+    let spa_client = |args: &[&str]| {
+        let mut c = client.cmd(bin("spa-client").to_str().expect("utf-8"));
+        c.env("XDG_STATE_HOME", dir.join("state"))
+            .arg("--config")
+            .arg(dir.join("client.toml"))
+            .args(args);
+        run_ok(&mut c);
+    };
+    spa_client(&["send", "open"]);
+    green.wait_counter("accepted.open-tunnel", 1);
+    spa_client(&["send", "request", "web"]);
+    red.wait_counter("accepted.order", 1);
+    let mut held = None;
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            held = green_ns
+                .connect(sock(RED, WEB_PORT), Duration::from_millis(300))
+                .ok();
+            held.is_some()
+        }),
+        "green cannot reach red's web port; red log:\n{}",
+        red.log_text()
+    );
+    let mut held = held.expect("connection");
+    echo(&mut held, b"hello").expect("echo through red's opening");
+    let red_flows = || {
+        let out = red_ns.ok(&[
+            "conntrack",
+            "-L",
+            "-p",
+            "tcp",
+            "--orig-src",
+            &GREEN_R.to_string(),
+            "--orig-port-dst",
+            &WEB_PORT.to_string(),
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("ESTABLISHED"))
+            .count()
+    };
+    assert!(red_flows() >= 1);
+
+    run_ok(Command::new(&server).args([
+        "pki",
+        "revoke",
+        "--dir",
+        &dir.s("ca"),
+        "--cert",
+        &dir.s("alice.crt"),
+    ]));
+    run_ok(Command::new(&server).args([
+        "pki",
+        "crl",
+        "--dir",
+        &dir.s("ca"),
+        "--out",
+        &dir.s("crl.pem"),
+    ]));
+    red.wait_counter("sessions.revoked_by_trust", 1);
+    green.wait_counter("sessions.revoked_by_trust", 1);
+    assert!(allow4(&red_ns).is_empty(), "{:?}", allow4(&red_ns));
+    assert_eq!(red_flows(), 0);
+    echo(&mut held, b"after").expect_err("echo through red after the CRL");
+    assert!(
+        red.log_text().contains("certificate revoked"),
+        "{}",
+        red.log_text()
+    );
     eprintln!("{tag} done in {:?}", started.elapsed());
 }
