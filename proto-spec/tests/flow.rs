@@ -360,6 +360,40 @@ fn refuses_revoked_after_trust_reload_and_expired_crl() {
 }
 
 #[test]
+fn a_session_certificate_fails_revalidation_once_a_crl_revokes_it() {
+    let w = World::new();
+    let alice = w.signer("alice", KeyAlg::Ed25519);
+    let bob = w.signer("bob", KeyAlg::Ed25519);
+    let mut green = w.green();
+    let mut replay = MemoryReplayState::default();
+    let d = knock(
+        &w,
+        alice.as_ref(),
+        &request(MessageType::OpenTunnel, NOW, &["tunnel"]),
+    );
+    let k = green
+        .verify(&d, ip(CLIENT_IP), NOW, &mut replay)
+        .expect("valid before revocation");
+    // The knock carries the certificate the session keeps.
+    assert_eq!(k.certificate, alice.certificate_der());
+    assert_eq!(green.revalidate(&k.certificate, NOW + 1), Ok(()));
+    let crl =
+        w.ca.crl(&[serial_for("alice")], NOW - 1000, NOW + 86_400_000)
+            .expect("crl");
+    green.replace_trust(w.trust(vec![crl]));
+    assert_eq!(
+        green.revalidate(&k.certificate, NOW + 2),
+        Err(CertificateError::Revoked)
+    );
+    // Another client's certificate still validates; garbage does not.
+    assert_eq!(green.revalidate(bob.certificate_der(), NOW + 2), Ok(()));
+    assert_eq!(
+        green.revalidate(&[0x30, 0x03, 0x02, 0x01], NOW + 2),
+        Err(CertificateError::BadDer)
+    );
+}
+
+#[test]
 fn red_refuses_forged_orders() {
     let w = World::new();
     let alice = w.signer("alice", KeyAlg::Ed25519);
