@@ -70,8 +70,9 @@ fn runnable() -> bool {
         .is_ok_and(|o| o.status.success());
     let ok = nix::unistd::geteuid().is_root() && ip_ok && nft_ok;
     if !ok {
-        eprintln!(
-            "skipped: red-relay end-to-end tests need root, iproute2 and nftables (CI runs them as root)"
+        tests::cannot_run(
+            "red-relay end-to-end",
+            "needs root, iproute2 and nftables (CI runs them as root)",
         );
     }
     ok

@@ -38,7 +38,7 @@ fn in_netns(name: &str, body: impl FnOnce()) {
         return;
     }
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("{name}: skipped: network namespaces and nftables need root");
+        tests::cannot_run(name, "network namespaces and nftables need root");
         return;
     }
     let exe = std::env::current_exe().expect("path of the test binary");

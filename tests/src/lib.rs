@@ -77,6 +77,32 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
+/// The environment variable that lets a test that cannot run here skip
+/// instead of failing: `SPA_TEST_ALLOW_SKIP=1`. Without it, a test that
+/// lacks root or a package fails, so a skip is never counted as a pass.
+pub const ALLOW_SKIP: &str = "SPA_TEST_ALLOW_SKIP";
+
+/// Whether skips were allowed explicitly ([`ALLOW_SKIP`]` = 1`).
+pub fn skips_allowed() -> bool {
+    std::env::var_os(ALLOW_SKIP).is_some_and(|v| v == "1")
+}
+
+/// Called by a test that cannot run here (`why`): fails it, unless
+/// [`ALLOW_SKIP`] is set, in which case it says so loudly and the caller
+/// returns.
+///
+/// # Panics
+/// Unless skips were allowed explicitly.
+pub fn cannot_run(test: &str, why: &str) {
+    assert!(
+        skips_allowed(),
+        "{test}: cannot run here: {why}. Run the tests as root with the packages \
+         `.ci/run` installs, or set {ALLOW_SKIP}=1 to skip such tests explicitly \
+         (a skip is not a pass)"
+    );
+    eprintln!("{test}: SKIPPED ({ALLOW_SKIP}=1; not a pass): {why}");
+}
+
 /// Fails the test with a clear message unless we are root with `ip`.
 pub fn require_root() {
     let ok = Command::new("ip")
