@@ -451,10 +451,11 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             let mut table = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
             table.close(session, now, &mut self.fw)
         };
-        let Some((s, errors)) = closed else {
+        let Some(closed) = closed else {
             return false;
         };
-        for (key, e) in &errors {
+        let s = &closed.session;
+        for (key, e) in &closed.errors {
             warn!(src = %key.addr, error = %e, "firewall: could not close {}/{}", key.proto, key.port);
         }
         info!(src = %s.addr, identity = %s.identity, session = %hex16(session), "session closed: {why}");

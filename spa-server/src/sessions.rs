@@ -167,6 +167,20 @@ pub struct Opened {
     pub failed: Vec<(String, NftError)>,
 }
 
+/// What closing a session did to the firewall.
+#[derive(Debug)]
+pub struct Closed {
+    /// The session, as it was.
+    pub session: Session,
+    /// Elements deleted: no other session owned them. Only these may have
+    /// their flows cut (a conntrack flush); the others serve someone else.
+    pub removed: Vec<ElemKey>,
+    /// Elements kept for their other owners (timeout re-set if needed).
+    pub kept: Vec<ElemKey>,
+    /// Elements the firewall could not update.
+    pub errors: Vec<(ElemKey, NftError)>,
+}
+
 /// Sessions, and the owners of every kernel element.
 #[derive(Debug, Default)]
 pub struct SessionTable {
@@ -269,21 +283,28 @@ impl SessionTable {
     /// element it owns, at every address, loses this owner; an element with
     /// no live owner left is deleted, one whose latest expiry was this
     /// session's is re-set to the latest of the others. Firewall errors are
-    /// returned beside the session (which is forgotten all the same).
+    /// reported in [`Closed`] (the session is forgotten all the same).
     pub fn close<F: Firewall + ?Sized>(
         &mut self,
         session: &SessionId,
         now: UnixMillis,
         fw: &mut F,
-    ) -> Option<(Session, Vec<(ElemKey, NftError)>)> {
+    ) -> Option<Closed> {
         let s = self.sessions.remove(session)?;
-        let mut errors = Vec::new();
-        for key in s.openings.iter().filter_map(Opening::key) {
-            if let Err(e) = self.disown(key, session, now, fw) {
-                errors.push((key, e));
+        let mut closed = Closed {
+            removed: Vec::new(),
+            kept: Vec::new(),
+            errors: Vec::new(),
+            session: s,
+        };
+        for key in closed.session.openings.iter().filter_map(Opening::key) {
+            match self.disown(key, session, now, fw) {
+                Ok(true) => closed.removed.push(key),
+                Ok(false) => closed.kept.push(key),
+                Err(e) => closed.errors.push((key, e)),
             }
         }
-        Some((s, errors))
+        Some(closed)
     }
 
     /// Forgets openings that expired (the kernel removed or keeps their
@@ -462,29 +483,31 @@ impl SessionTable {
     }
 
     /// Removes `session` from `key`'s owners: deletes the element when no
-    /// live owner remains, else re-sets its timeout to the latest of theirs.
+    /// live owner remains (`true`), else re-sets its timeout to the latest
+    /// of theirs (`false`: the element stays).
     fn disown<F: Firewall + ?Sized>(
         &mut self,
         key: ElemKey,
         session: &SessionId,
         now: UnixMillis,
         fw: &mut F,
-    ) -> Result<(), NftError> {
+    ) -> Result<bool, NftError> {
         let Some(el) = self.elements.get_mut(&key) else {
-            return Ok(());
+            return Ok(true);
         };
         el.owners.remove(session);
         el.owners.retain(|_, t| *t > now);
         match el.live_max(now) {
             None => {
                 self.elements.remove(&key);
-                fw.remove(key)
+                fw.remove(key).map(|()| true)
             }
             Some(until) if until != el.until => {
                 el.until = until;
                 fw.set(key, Duration::from_millis(until.saturating_sub(now).max(1)))
+                    .map(|()| false)
             }
-            Some(_) => Ok(()),
+            Some(_) => Ok(false),
         }
     }
 }

@@ -86,8 +86,10 @@ fn close_keeps_other_sessions_openings() {
         .expect("carol");
     // Carol's shorter grant does not lower alice's element.
     assert_eq!(fw.elements[&ssh(NAT)], 300_000);
-    // Alice closes: carol's opening stays, at carol's expiry.
-    t.close(&[1; 16], 10_000, fw.at(10_000)).expect("closed");
+    // Alice closes: carol's opening stays, at carol's expiry (and its
+    // flows must not be flushed).
+    let c = t.close(&[1; 16], 10_000, fw.at(10_000)).expect("closed");
+    assert_eq!((c.removed, c.kept), (vec![], vec![ssh(NAT)]));
     assert_eq!(fw.elements[&ssh(NAT)], 50_000);
     assert_eq!(t.element(&ssh(NAT), 10_000), Some((50_000, vec![[2; 16]])));
     // Carol closes: the element goes.
@@ -156,9 +158,10 @@ fn a_roamed_sessions_close_removes_every_address() {
     )
     .expect("roamed");
     assert_eq!(fw.elements.len(), 2);
-    let (s, errors) = t.close(&[1; 16], 10, fw.at(10)).expect("closed");
-    assert!(errors.is_empty());
-    assert_eq!(s.openings.len(), 2);
+    let c = t.close(&[1; 16], 10, fw.at(10)).expect("closed");
+    assert!(c.errors.is_empty());
+    assert_eq!(c.session.openings.len(), 2);
+    assert_eq!(c.removed, vec![ssh(NAT), ssh(ROAMED)]);
     assert!(fw.elements.is_empty(), "{:?}", fw.elements);
 }
 
