@@ -29,7 +29,7 @@ use crate::ips::{BlockDecision, FailureKind, Offenses, RateLimiter, ScanDetector
 use crate::nft::{NftError, NftSets};
 use crate::pki::{TrustFiles, load_trust};
 pub use crate::sessions::{Opening, Session};
-use crate::sessions::{SessionError, SessionTable, SharedSessions};
+use crate::sessions::{SessionTable, SharedSessions};
 use crate::store::ReplayDb;
 
 /// Milliseconds since the Unix epoch.
@@ -426,12 +426,18 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
                 identity_key,
                 ..
             } => {
-                self.counters.bump("accepted.close");
                 let owned = self.table().check_owner(session, identity_key);
-                let found = owned.is_ok() && self.close_session(session, "closed by the client");
-                if owned.is_err() {
-                    self.counters.bump(SessionError::OwnedByOther.counter());
+                if let Err(e) = owned {
+                    // SPEC §8.1.1: another identity's close closes nothing,
+                    // and green relays nothing for it (nor drops the
+                    // owner's pending orders).
+                    self.counters.bump(e.counter());
+                    warn!(identity = %identity, session = %hex16(session), reason = %e,
+                        "refused: nothing closed");
+                    return false;
                 }
+                self.counters.bump("accepted.close");
+                let found = self.close_session(session, "closed by the client");
                 info!(identity = %identity, session = %hex16(session), found, "accepted close");
                 true
             }

@@ -88,9 +88,6 @@ pub enum SessionError {
     /// The session id belongs to another identity (SPEC §8.1.1).
     #[error("the session id belongs to another identity")]
     OwnedByOther,
-    /// A close for a session the table does not hold.
-    #[error("no such session")]
-    Unknown,
 }
 
 impl SessionError {
@@ -98,7 +95,6 @@ impl SessionError {
     pub fn counter(self) -> &'static str {
         match self {
             SessionError::OwnedByOther => "refused.session_owned_by_other",
-            SessionError::Unknown => "close.unknown_session",
         }
     }
 }

@@ -370,6 +370,7 @@ fn a_session_id_of_another_identity_opens_nothing() {
         "{st}"
     );
     assert_eq!(st["counters"]["accepted.open-tunnel"], 1, "{st}");
+    assert_eq!(st["counters"]["accepted.close"], Value::Null, "{st}");
     lab.client_connect(CLIENT).expect("alice still connects");
     let sent = dump.lines();
     assert!(sent.is_empty(), "green answered the attacker: {sent:?}");
