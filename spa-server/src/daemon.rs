@@ -41,7 +41,9 @@ pub fn now_ms() -> UnixMillis {
 
 /// Hooks a daemon adds to the shared loop (green relays orders to red).
 pub trait Hooks {
-    /// Called after an accepted decision was applied to the firewall.
+    /// Called after an accepted decision was applied to the firewall; not
+    /// for one the session table refused (another identity's session id,
+    /// SPEC §8.1.1).
     fn after_decision(&mut self, decision: &Decision, source: SocketAddr, now: UnixMillis);
     /// Called when a session ends: closed by its client, revoked by the
     /// operator, or every opening expired.
