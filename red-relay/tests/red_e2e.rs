@@ -163,6 +163,7 @@ struct Bed {
     web: TcpService,
     dir: TempDir,
     red_pk: ReceiverPublicKey,
+    green_pub: String,
     green_signing_pk: [u8; 32],
     client: Netns,
     green_ns: Netns,
@@ -171,6 +172,12 @@ struct Bed {
 
 impl Bed {
     fn new() -> Self {
+        Self::with_clients(&[])
+    }
+
+    /// The bed, with `extra` clients beside alice (a certificate each from
+    /// the same CA, and alice's rules at green and red).
+    fn with_clients(extra: &[&str]) -> Self {
         let tag = unique_tag();
         let dir = TempDir::new(&format!("red-{tag}"));
         let client = Netns::new("rc", &tag);
@@ -221,6 +228,9 @@ lifetime = 30
             cert = dir.s("alice.crt"),
         );
         std::fs::write(dir.join("client.toml"), client_cfg).expect("write");
+        for who in extra {
+            add_client(&dir, who);
+        }
         run_ok(Command::new(&server).args(["check-config", "--config", &dir.s("green.toml")]));
         run_ok(Command::new(&red_relay).args(["check-config", "--config", &dir.s("red.toml")]));
 
@@ -236,6 +246,7 @@ lifetime = 30
             web,
             dir,
             red_pk,
+            green_pub: green_pub.clone(),
             green_signing_pk,
             client,
             green_ns,
@@ -251,6 +262,39 @@ lifetime = 30
             .arg(self.dir.join("client.toml"))
             .args(args);
         String::from_utf8_lossy(&run_ok(&mut c).stdout).into_owned()
+    }
+
+    /// `spa-client` as `who` (`<who>.key`, `<who>.crt`, its own state),
+    /// asking for `lifetime` seconds.
+    fn spa_client_as(&self, who: &str, lifetime: u32, args: &[&str]) -> String {
+        let profile = format!(
+            "[profiles.lab]\nserver = \"{GREEN_C}\"\nserver_key = \"{}\"\nkey = \"{}\"\n\
+             certificate = \"{}\"\nlifetime = {lifetime}\n",
+            self.green_pub,
+            self.dir.s(&format!("{who}.key")),
+            self.dir.s(&format!("{who}.crt")),
+        );
+        let config = self.dir.join(&format!("{who}.toml"));
+        std::fs::write(&config, profile).expect("write profile");
+        let mut c = self.client.cmd(bin("spa-client").to_str().expect("utf-8"));
+        c.env("XDG_STATE_HOME", self.dir.join(&format!("state-{who}")))
+            .arg("--config")
+            .arg(&config)
+            .args(args);
+        String::from_utf8_lossy(&run_ok(&mut c).stdout).into_owned()
+    }
+
+    /// Red's element green . tcp . 8080: its timeout, if it exists.
+    fn red_web_timeout(&self) -> Option<Duration> {
+        self.red_ns
+            .run_in(|| spa_server::nft::list("spa"))
+            .expect("list red's sets")
+            .allowed(IpAddr::V4(GREEN_R), Proto::Tcp, WEB_PORT)
+            .and_then(|e| e.timeout)
+    }
+
+    fn red_sessions(&self) -> usize {
+        self.red.status()["sessions"].as_array().map_or(0, Vec::len)
     }
 
     /// Whether green can open a TCP connection to red's web port now.
@@ -286,6 +330,42 @@ lifetime = 30
             .wait_counter_within("accepted.open-tunnel", 1, Duration::from_secs(5));
         self.spa_client(&["send", "request", "web"]);
         self.wait_green_reaches_web("after send request web");
+    }
+}
+
+/// Gives `who` a client key and certificate from the bed's CA (as
+/// `make_relay_pki` does for alice) and the rules alice has, at green and
+/// at red.
+fn add_client(dir: &TempDir, who: &str) {
+    run_ok(Command::new(bin("spa-client")).args([
+        "keygen",
+        "--out",
+        &dir.s(&format!("{who}.key")),
+        "--csr",
+        &dir.s(&format!("{who}.csr")),
+        "--name",
+        who,
+    ]));
+    run_ok(Command::new(bin("spa-server")).args([
+        "pki",
+        "issue",
+        "--dir",
+        &dir.s("ca"),
+        "--csr",
+        &dir.s(&format!("{who}.csr")),
+        "--name",
+        who,
+        "--client",
+        "--out",
+        &dir.s(&format!("{who}.crt")),
+    ]));
+    for file in ["green.toml", "red.toml"] {
+        let text = std::fs::read_to_string(dir.join(file)).expect("config");
+        let alice = "identity = \"cn:alice\"";
+        let at = text.find(alice).expect("alice's rule");
+        let services_line = text[at..].lines().nth(1).expect("services line");
+        let rule = format!("\n[[rules]]\nidentity = \"cn:{who}\"\n{services_line}\n");
+        std::fs::write(dir.join(file), text + &rule).expect("write config");
     }
 }
 
@@ -570,4 +650,66 @@ fn red_killed_mid_session_restarts_and_serves_the_next_request() {
     );
     assert!(!bed.red_allows_green(), "revoke-session left the element");
     assert_eq!(bed.red.counter("sessions.revoked"), 1);
+}
+
+/// SPEC §8.2.1: at red every session opens for green's address, so one
+/// element serves them all. Alice (300 s) and carol (50 s), behind one
+/// client address, both request web: carol's shorter grant does not lower
+/// alice's timeout; alice's close leaves carol's opening (at carol's
+/// expiry) and green still reaches web; carol's close removes it.
+#[test]
+fn red_close_keeps_other_sessions_openings() {
+    assert!(
+        runnable(),
+        "red_close_keeps_other_sessions_openings needs root, iproute2 and nftables"
+    );
+    let bed = Bed::with_clients(&["carol"]);
+    bed.spa_client_as("alice", 300, &["send", "open"]);
+    bed.green
+        .wait_counter_within("accepted.open-tunnel", 1, Duration::from_secs(5));
+    bed.spa_client_as("alice", 300, &["send", "request", "web"]);
+    bed.wait_green_reaches_web("alice's request");
+    assert!(wait_until(Duration::from_secs(5), || bed.red_sessions() == 1));
+    assert_eq!(bed.red_web_timeout(), Some(Duration::from_secs(300)));
+
+    bed.spa_client_as("carol", 50, &["send", "open"]);
+    bed.green
+        .wait_counter_within("accepted.open-tunnel", 2, Duration::from_secs(5));
+    bed.spa_client_as("carol", 50, &["send", "request", "web"]);
+    let both = wait_until(Duration::from_secs(5), || bed.red_sessions() == 2);
+    assert!(both, "carol's order did not arrive: {}", bed.red.log_text());
+    assert_eq!(
+        bed.red_web_timeout(),
+        Some(Duration::from_secs(300)),
+        "carol's 50 s grant lowered alice's element"
+    );
+    let st = bed.red.status();
+    let owners = st["openings"][0]["owners"].as_array().map_or(0, Vec::len);
+    assert_eq!(owners, 2, "{st}");
+    assert_eq!(st["openings"][0]["address"], GREEN_R.to_string(), "{st}");
+
+    bed.spa_client_as("alice", 300, &["send", "close"]);
+    let closed = wait_until(Duration::from_secs(5), || bed.red_sessions() == 1);
+    assert!(
+        closed,
+        "alice's close did not arrive: {}",
+        bed.red.log_text()
+    );
+    let left = bed.red_web_timeout();
+    assert!(
+        left.is_some_and(|t| t <= Duration::from_secs(50) && t >= Duration::from_secs(40)),
+        "alice's close took carol's opening, or left alice's timeout: {left:?}\n{}",
+        bed.red.log_text()
+    );
+    assert!(bed.red_allows_green());
+    assert!(bed.green_reaches_web(), "carol's opening at red was cut");
+
+    bed.spa_client_as("carol", 50, &["send", "close"]);
+    let gone = wait_until(Duration::from_secs(5), || !bed.red_allows_green());
+    assert!(
+        gone,
+        "carol's close left the element: {}",
+        bed.red.log_text()
+    );
+    assert!(!bed.green_reaches_web());
 }

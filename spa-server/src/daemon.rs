@@ -9,10 +9,11 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
-use proto_spec::cert::{IdentityKey, TrustStore};
+use proto_spec::cert::TrustStore;
 use proto_spec::verify::Refused;
 use proto_spec::{Refusal, UnixMillis};
 use serde_json::{Value, json};
@@ -27,6 +28,8 @@ use crate::gate::{Decision, Gate};
 use crate::ips::{BlockDecision, FailureKind, Offenses, RateLimiter, ScanDetector, Transport};
 use crate::nft::{NftError, NftSets};
 use crate::pki::{TrustFiles, load_trust};
+pub use crate::sessions::{Opening, Session};
+use crate::sessions::{SessionTable, SharedSessions};
 use crate::store::ReplayDb;
 
 /// Milliseconds since the Unix epoch.
@@ -36,35 +39,11 @@ pub fn now_ms() -> UnixMillis {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// One element the daemon opened.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Opening {
-    /// Service name.
-    pub service: String,
-    /// Protocol.
-    pub proto: ServiceProto,
-    /// Port.
-    pub port: u16,
-    /// Expiry, ms.
-    pub expires_ms: UnixMillis,
-}
-
-/// A session: what one identity opened for one address.
-#[derive(Debug, Clone)]
-pub struct Session {
-    /// Who.
-    pub identity: String,
-    /// Replay identity.
-    pub identity_key: IdentityKey,
-    /// For which address.
-    pub addr: IpAddr,
-    /// What is open.
-    pub openings: Vec<Opening>,
-}
-
 /// Hooks a daemon adds to the shared loop (green relays orders to red).
 pub trait Hooks {
-    /// Called after an accepted decision was applied to the firewall.
+    /// Called after an accepted decision was applied to the firewall; not
+    /// for one the session table refused (another identity's session id,
+    /// SPEC §8.1.1).
     fn after_decision(&mut self, decision: &Decision, source: SocketAddr, now: UnixMillis);
     /// Called when a session ends: closed by its client, revoked by the
     /// operator, or every opening expired.
@@ -219,8 +198,9 @@ pub struct Daemon<G: Gate, H: Hooks> {
     pub capture: Option<Capture>,
     /// Services by name.
     pub services: HashMap<String, (ServiceProto, u16)>,
-    /// Open sessions.
-    pub sessions: HashMap<[u8; 16], Session>,
+    /// Open sessions and the owners of each firewall element, shared
+    /// with the tunnel (SPEC §8.1.1).
+    pub sessions: SharedSessions,
     /// Per-source token bucket.
     pub limiter: RateLimiter,
     /// Invalid knocks per source.
@@ -257,7 +237,7 @@ pub const PRUNE_EVERY_MS: u64 = 600_000;
 impl<G: Gate, H: Hooks> std::fmt::Debug for Daemon<G, H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Daemon")
-            .field("sessions", &self.sessions.len())
+            .field("sessions", &self.table().len())
             .field("counters", &self.counters)
             .finish_non_exhaustive()
     }
@@ -294,6 +274,8 @@ pub struct Parts<G: Gate, H: Hooks> {
     pub flags: Flags,
     /// Hooks.
     pub hooks: H,
+    /// The session table (shared with the tunnel, if any).
+    pub sessions: SharedSessions,
 }
 
 impl<G: Gate, H: Hooks> Daemon<G, H> {
@@ -305,7 +287,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             fw: p.fw,
             capture: Some(p.capture),
             services: p.services,
-            sessions: HashMap::new(),
+            sessions: p.sessions,
             limiter: p.limiter,
             offenses: p.offenses,
             scans: p.scans,
@@ -390,65 +372,55 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
                 }
             }
             Ok(d) => {
-                self.apply(&d, now);
-                self.hooks.after_decision(&d, src, now);
+                if self.apply(&d, now) {
+                    self.hooks.after_decision(&d, src, now);
+                }
             }
         }
     }
 
-    fn apply(&mut self, d: &Decision, now: UnixMillis) {
+    /// Applies an accepted decision through the session table; `false`
+    /// when the table refused it (nothing was touched, and the hooks are
+    /// not told: green relays nothing for it).
+    fn apply(&mut self, d: &Decision, now: UnixMillis) -> bool {
         match d {
             Decision::Open {
                 kind,
                 session,
                 identity,
-                identity_key,
                 addr,
                 services,
                 lifetime_s,
                 ..
             } => {
-                let expires_ms = now.saturating_add(u64::from(*lifetime_s) * 1000);
-                let timeout = Duration::from_secs(u64::from(*lifetime_s));
-                let mut opened = Vec::new();
-                for name in services {
-                    // Services not local to this host (green relays them to
-                    // red) have no entry here.
-                    let Some(&(proto, port)) = self.services.get(name) else {
-                        continue;
-                    };
-                    match self.fw.allow(*addr, proto, port, timeout) {
-                        Ok(()) => {
-                            self.scans.note_allowed(*addr, proto, port, now, expires_ms);
-                            opened.push(Opening {
-                                service: name.clone(),
-                                proto,
-                                port,
-                                expires_ms,
-                            });
-                        }
-                        Err(e) => {
-                            warn!(src = %addr, identity = %identity, error = %e, "firewall: could not open {name}")
-                        }
+                let opened = {
+                    let mut table = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+                    table.open(d, &self.services, now, &mut self.fw)
+                };
+                let opened = match opened {
+                    Ok(o) => o,
+                    Err(e) => {
+                        // SPEC §8.1.1: a session id belongs to its first
+                        // identity; silent on the wire like any refusal.
+                        self.counters.bump(e.counter());
+                        warn!(src = %addr, identity = %identity, session = %hex16(session),
+                            reason = %e, "refused: nothing opened");
+                        return false;
                     }
+                };
+                for (_, key, expires_ms) in &opened.elements {
+                    self.scans
+                        .note_allowed(key.addr, key.proto, key.port, now, *expires_ms);
+                }
+                for (name, e) in &opened.failed {
+                    warn!(src = %addr, identity = %identity, error = %e, "firewall: could not open {name}");
                 }
                 self.counters.bump(&format!("accepted.{kind}"));
                 info!(
                     src = %addr, identity = %identity, session = %hex16(session), kind = *kind,
                     services = %services.join(","), lifetime_s = *lifetime_s, "accepted"
                 );
-                let entry = self.sessions.entry(*session).or_insert_with(|| Session {
-                    identity: identity.clone(),
-                    identity_key: *identity_key,
-                    addr: *addr,
-                    openings: Vec::new(),
-                });
-                if entry.identity_key == *identity_key {
-                    entry
-                        .openings
-                        .retain(|o| !opened.iter().any(|n| n.service == o.service));
-                    entry.openings.extend(opened);
-                }
+                true
             }
             Decision::Close {
                 session,
@@ -456,31 +428,46 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
                 identity_key,
                 ..
             } => {
-                self.counters.bump("accepted.close");
-                let owned = self
-                    .sessions
-                    .get(session)
-                    .is_some_and(|s| s.identity_key == *identity_key);
-                if owned {
-                    self.close_session(session, "closed by the client");
+                let owned = self.table().check_owner(session, identity_key);
+                if let Err(e) = owned {
+                    // SPEC §8.1.1: another identity's close closes nothing,
+                    // and green relays nothing for it (nor drops the
+                    // owner's pending orders).
+                    self.counters.bump(e.counter());
+                    warn!(identity = %identity, session = %hex16(session), reason = %e,
+                        "refused: nothing closed");
+                    return false;
                 }
-                info!(identity = %identity, session = %hex16(session), found = owned, "accepted close");
+                self.counters.bump("accepted.close");
+                let found = self.close_session(session, "closed by the client");
+                info!(identity = %identity, session = %hex16(session), found, "accepted close");
+                true
             }
         }
     }
 
-    /// Revokes every element of a session and forgets it.
+    fn table(&self) -> MutexGuard<'_, SessionTable> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Ends a session: every element it owns, at every address, loses this
+    /// owner (deleted if no other session owns it, else kept at the latest
+    /// expiry of the others; SPEC §8.1.1), and the session is forgotten.
     pub fn close_session(&mut self, session: &[u8; 16], why: &str) -> bool {
-        let Some(s) = self.sessions.remove(session) else {
+        let now = now_ms();
+        let closed = {
+            let mut table = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+            table.close(session, now, &mut self.fw)
+        };
+        let Some(closed) = closed else {
             return false;
         };
-        for o in &s.openings {
-            if let Err(e) = self.fw.revoke(s.addr, o.proto, o.port) {
-                warn!(src = %s.addr, error = %e, "firewall: could not close {}", o.service);
-            }
+        let s = &closed.session;
+        for (key, e) in &closed.errors {
+            warn!(src = %key.addr, error = %e, "firewall: could not close {}/{}", key.proto, key.port);
         }
         info!(src = %s.addr, identity = %s.identity, session = %hex16(session), "session closed: {why}");
-        self.hooks.session_closed(session, now_ms());
+        self.hooks.session_closed(session, now);
         true
     }
 
@@ -530,15 +517,9 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
         if now.saturating_sub(self.last_sweep_ms) >= 250 {
             self.last_sweep_ms = now;
             // Sessions whose every opening expired (the kernel already
-            // removed the elements).
-            let mut expired = Vec::new();
-            self.sessions.retain(|id, s| {
-                s.openings.retain(|o| o.expires_ms > now);
-                if s.openings.is_empty() {
-                    expired.push(*id);
-                }
-                !s.openings.is_empty()
-            });
+            // removed the elements: an element's timeout is its latest
+            // owner's, SPEC §8.1.1).
+            let expired = self.table().expire(now);
             for id in &expired {
                 debug!(session = %hex16(id), "session expired");
                 self.hooks.session_closed(id, now);
@@ -599,28 +580,13 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
 
     /// The status report.
     pub fn status(&self, now: UnixMillis) -> Value {
-        let sessions: Vec<Value> = self
-            .sessions
-            .iter()
-            .map(|(id, s)| {
-                json!({
-                    "session": hex16(id),
-                    "identity": s.identity,
-                    "address": s.addr.to_string(),
-                    "openings": s.openings.iter().map(|o| json!({
-                        "service": o.service,
-                        "proto": o.proto.name(),
-                        "port": o.port,
-                        "expires_in_s": o.expires_ms.saturating_sub(now).div_ceil(1000),
-                    })).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
+        let (sessions, openings) = self.table().status(now);
         let mut counters = self.counters.all();
         counters.extend(self.hooks.counters());
         json!({
             "uptime_s": now.saturating_sub(self.started_ms) / 1000,
             "sessions": sessions,
+            "openings": openings,
             "blocked": self.blocked.status(now),
             "counters": counters,
             "capture": self.capture.as_ref().map(|c| {

@@ -22,6 +22,7 @@ use crate::ips::{
     SourceAggregation, Transport,
 };
 use crate::nft::{FirewallConfig, Mode, NftSets, Ruleset, TableName};
+use crate::sessions::SharedSessions;
 use crate::store::ReplayDb;
 
 /// Why the daemon could not start. One line each.
@@ -129,6 +130,8 @@ pub struct Setup {
     pub trust: TrustWatch,
     /// Signals.
     pub flags: Flags,
+    /// The session table (green's tunnel shares it).
+    pub sessions: SharedSessions,
 }
 
 impl std::fmt::Debug for Setup {
@@ -192,6 +195,7 @@ pub fn setup(cfg: Config) -> Result<Setup, StartError> {
         control,
         trust,
         flags,
+        sessions: SharedSessions::default(),
     })
 }
 
@@ -269,6 +273,7 @@ pub fn run_daemon<G: Gate, H: Hooks>(s: Setup, gate: G, hooks: H) -> Result<(), 
             control: Some(s.control),
             flags: s.flags,
             hooks,
+            sessions: s.sessions,
         },
         now_ms(),
     );
@@ -307,8 +312,12 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
     let mut relay =
         crate::relay::Relay::from_config(&cfg).map_err(|e| step("relay")(e.to_string()))?;
     // Before privileges are dropped: the server key and the listener.
-    let tunnel = crate::tunnel::start(&cfg).map_err(|e| step("tunnel")(e.to_string()))?;
-    let s = setup(cfg)?;
+    // One session table for the daemon loop and the tunnel (SPEC §8.1.1).
+    let sessions = SharedSessions::default();
+    let tunnel =
+        crate::tunnel::start(&cfg, &sessions).map_err(|e| step("tunnel")(e.to_string()))?;
+    let mut s = setup(cfg)?;
+    s.sessions = sessions;
     if let Some(r) = relay.as_mut() {
         // SPEC §7.5: order timestamps durable in the replay store.
         r.use_store(&s.db);

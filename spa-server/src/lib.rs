@@ -30,5 +30,6 @@ pub mod pki;
 pub mod pki_cmd;
 pub mod privdrop;
 pub mod relay;
+pub mod sessions;
 pub mod store;
 pub mod tunnel;

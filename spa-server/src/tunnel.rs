@@ -14,7 +14,8 @@
 //! 2. the SHA-256 of its SPKI ([`IdentityKey`]) is the identity of an open
 //!    tunnel session for the connection's source address: an open-tunnel
 //!    knock of that identity for that address, not expired and not closed
-//!    ([`Grants`], fed by [`TunnelHooks`] from the daemon loop).
+//!    (read from the daemon's own session table through [`Grants`]: one
+//!    table, so a close, expiry or revoke there is one here; SPEC §8.1.1).
 //!
 //! Framing inside the tunnel: the client sends one line `CONNECT
 //! <service>\n`; green answers `OK\n` or `ERR <reason>\n`. The service must
@@ -43,11 +44,10 @@ use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use proto_spec::UnixMillis;
-use proto_spec::body::MessageType;
 use proto_spec::cert::{ExpiredCrl, IdentityKey, UnknownRevocation};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
@@ -61,6 +61,7 @@ use crate::config::{Config, RelayService, ServiceProto, parse_proto};
 use crate::daemon::{Hooks, now_ms, trust_files};
 use crate::gate::Decision;
 use crate::pki::TrustFiles;
+use crate::sessions::{SessionTable, SharedSessions};
 
 /// How long green keeps trying to reach a service (red opens after the
 /// order arrives).
@@ -99,25 +100,16 @@ pub enum TunnelError {
     },
 }
 
-/// One session the tunnel knows of.
-#[derive(Debug, Clone)]
-struct Grant {
-    addr: IpAddr,
-    identity: IdentityKey,
-    /// Expiry of the open-tunnel (0: none yet).
-    tunnel_until: UnixMillis,
-    /// Granted services and their expiry.
-    services: HashMap<String, UnixMillis>,
-}
-
 /// A served connection's sockets: the client's and the service's.
 type Sockets = Vec<Arc<TcpStream>>;
 
-/// Sessions as the daemon accepted them, shared with the tunnel threads,
-/// and the sockets of the connections each session serves.
+/// The tunnel's view of the daemon's session table (SPEC §8.1.1, §12):
+/// what is granted is read from the one [`SessionTable`] the daemon loop
+/// writes (no second set of rules), and the sockets of the connections each
+/// session serves are kept here, shut down when the session ends.
 #[derive(Debug, Default)]
 pub struct Grants {
-    sessions: HashMap<[u8; 16], Grant>,
+    table: SharedSessions,
     /// Per session: connection number and its sockets (clones), shut down
     /// when the session ends.
     conns: HashMap<[u8; 16], Vec<(u64, Sockets)>>,
@@ -125,64 +117,22 @@ pub struct Grants {
 }
 
 impl Grants {
-    /// Records an accepted decision.
-    pub fn apply(&mut self, d: &Decision, now: UnixMillis) {
-        let expired: Vec<[u8; 16]> = self
-            .sessions
-            .iter()
-            .filter(|(_, g)| g.tunnel_until <= now && g.services.values().all(|t| *t <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in &expired {
-            self.close(id);
-        }
-        match d {
-            Decision::Open {
-                kind,
-                session,
-                identity_key,
-                addr,
-                services,
-                lifetime_s,
-                ..
-            } => {
-                let until = now.saturating_add(u64::from(*lifetime_s) * 1000);
-                let g = self.sessions.entry(*session).or_insert_with(|| Grant {
-                    addr: *addr,
-                    identity: *identity_key,
-                    tunnel_until: 0,
-                    services: HashMap::new(),
-                });
-                if g.identity != *identity_key || g.addr != *addr {
-                    return;
-                }
-                if *kind == MessageType::OpenTunnel.name() {
-                    g.tunnel_until = until;
-                }
-                for s in services {
-                    g.services.insert(s.clone(), until);
-                }
-            }
-            Decision::Close {
-                session,
-                identity_key,
-                ..
-            } => {
-                if self
-                    .sessions
-                    .get(session)
-                    .is_some_and(|g| g.identity == *identity_key)
-                {
-                    self.close(session);
-                }
-            }
+    /// The grants of `table`.
+    pub fn new(table: SharedSessions) -> Self {
+        Self {
+            table,
+            conns: HashMap::new(),
+            next_conn: 0,
         }
     }
 
-    /// Forgets a session and shuts down the connections it serves.
-    /// Returns how many connections were cut.
+    fn table(&self) -> MutexGuard<'_, SessionTable> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Shuts down the connections a session served (it ended in the
+    /// table). Returns how many connections were cut.
     pub fn close(&mut self, session: &[u8; 16]) -> usize {
-        self.sessions.remove(session);
         let conns = self.conns.remove(session).unwrap_or_default();
         for (_, socks) in &conns {
             for s in socks {
@@ -193,9 +143,11 @@ impl Grants {
     }
 
     /// Records a served connection's sockets under `session`; `None` when
-    /// the session has ended meanwhile.
+    /// the session has ended meanwhile. (Lock order: grants, then table;
+    /// the daemon forgets a session in the table before it calls
+    /// [`Grants::close`], so a connection is either refused here or cut.)
     fn attach(&mut self, session: &[u8; 16], socks: Sockets) -> Option<u64> {
-        if !self.sessions.contains_key(session) {
+        if !self.table().contains(session) {
             return None;
         }
         self.next_conn += 1;
@@ -216,9 +168,7 @@ impl Grants {
 
     /// Whether `identity` has an open tunnel for `addr`.
     pub fn tunnel_open(&self, addr: IpAddr, identity: &IdentityKey, now: UnixMillis) -> bool {
-        self.sessions
-            .values()
-            .any(|g| g.addr == addr && g.identity == *identity && g.tunnel_until > now)
+        self.table().tunnel_open(addr, identity, now)
     }
 
     /// Whether `service` was granted to `identity` for `addr`.
@@ -241,15 +191,7 @@ impl Grants {
         service: &str,
         now: UnixMillis,
     ) -> Option<[u8; 16]> {
-        self.sessions
-            .iter()
-            .filter(|(_, g)| {
-                g.addr == addr
-                    && g.identity == *identity
-                    && g.services.get(service).is_some_and(|t| *t > now)
-            })
-            .max_by_key(|(_, g)| g.tunnel_until > now)
-            .map(|(id, _)| *id)
+        self.table().session_for(addr, identity, service, now)
     }
 
     /// Connections being served (all sessions).
@@ -269,12 +211,8 @@ pub struct TunnelHooks {
 }
 
 impl Hooks for TunnelHooks {
-    fn after_decision(&mut self, decision: &Decision, _source: SocketAddr, now: UnixMillis) {
-        self.grants
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .apply(decision, now);
-    }
+    /// The daemon already wrote the decision into the shared table.
+    fn after_decision(&mut self, _: &Decision, _: SocketAddr, _: UnixMillis) {}
 
     fn session_closed(&mut self, session: &[u8; 16], _now: UnixMillis) {
         let cut = self
@@ -455,13 +393,14 @@ impl Shared {
         targets: HashMap<String, Target>,
         max_connections: usize,
         max_per_source: usize,
+        sessions: SharedSessions,
     ) -> Result<Self, String> {
         let config = Mutex::new((server_config(&id, &trust)?, stamps(&trust)));
         Ok(Self {
             id,
             trust,
             config,
-            grants: SharedGrants::default(),
+            grants: Arc::new(Mutex::new(Grants::new(sessions))),
             targets,
             active: AtomicUsize::new(0),
             per_source: Mutex::default(),
@@ -526,7 +465,7 @@ impl Shared {
 /// Opens the listener and reads the server key (both before privileges
 /// are dropped), then serves on a thread of its own. Returns the hooks the
 /// daemon loop runs.
-pub fn start(cfg: &Config) -> Result<Option<TunnelHooks>, TunnelError> {
+pub fn start(cfg: &Config, sessions: &SharedSessions) -> Result<Option<TunnelHooks>, TunnelError> {
     let Some(t) = &cfg.tunnel else {
         return Ok(None);
     };
@@ -537,6 +476,7 @@ pub fn start(cfg: &Config) -> Result<Option<TunnelHooks>, TunnelError> {
             targets(cfg),
             t.max_connections,
             t.max_connections_per_source,
+            Arc::clone(sessions),
         )
         .map_err(TunnelError::Config)?,
     );
@@ -858,6 +798,8 @@ fn raise_fd_limit(max_connections: usize) {
 mod tests {
     use super::*;
     use crate::pki::{self, CaAlgorithm, InitOptions, IssueRequest, SubjectKey, Usage};
+    use crate::sessions::NoFirewall;
+    use proto_spec::body::MessageType;
     use proto_spec::cert::{ExpiredCrl, UnknownRevocation};
     use rcgen::{CertificateParams, KeyPair};
     use rustls::pki_types::ServerName;
@@ -935,7 +877,9 @@ mod tests {
             unknown_revocation: UnknownRevocation::Allow,
             expired_crl: ExpiredCrl::Refuse,
         };
-        Arc::new(Shared::new(id, trust, targets, 64, 64).expect("shared"))
+        Arc::new(
+            Shared::new(id, trust, targets, 64, 64, SharedSessions::default()).expect("shared"),
+        )
     }
 
     /// One service, `echo`, on a local echo server.
@@ -984,19 +928,25 @@ mod tests {
         id: IdentityKey,
         services: &[&str],
     ) {
-        grants.lock().expect("lock").apply(
-            &Decision::Open {
-                kind: kind.name(),
-                session: [session; 16],
-                identity: "cn:alice".into(),
-                identity_key: id,
-                addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-                services: services.iter().map(|s| (*s).to_owned()).collect(),
-                lifetime_s: 30,
-                body: Vec::new(),
-            },
-            now_ms(),
-        );
+        let table = Arc::clone(&grants.lock().expect("lock").table);
+        let mut table = table.lock().expect("lock");
+        table
+            .open(
+                &Decision::Open {
+                    kind: kind.name(),
+                    session: [session; 16],
+                    identity: "cn:alice".into(),
+                    identity_key: id,
+                    addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    services: services.iter().map(|s| (*s).to_owned()).collect(),
+                    lifetime_s: 30,
+                    body: Vec::new(),
+                },
+                &HashMap::new(),
+                now_ms(),
+                &mut NoFirewall,
+            )
+            .expect("own session");
     }
 
     /// Connects, sends `CONNECT service` and `payload`, half-closes, and
@@ -1088,15 +1038,12 @@ mod tests {
         assert!(got.starts_with(b"ERR "), "{got:?}");
 
         // After the close, refused again.
-        p.shared.grants.lock().expect("lock").apply(
-            &Decision::Close {
-                session: [1; 16],
-                identity: "cn:alice".into(),
-                identity_key: alice,
-                body: Vec::new(),
-            },
-            now_ms(),
-        );
+        let table = Arc::clone(&p.shared.grants.lock().expect("lock").table);
+        let closed = table
+            .lock()
+            .expect("lock")
+            .close(&[1; 16], now_ms(), &mut NoFirewall);
+        assert!(closed.is_some());
         let got = exchange(port, cfg, "echo", b"x");
         assert!(got.starts_with(b"ERR "), "{got:?}");
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -1257,6 +1204,12 @@ mod tests {
 
         // The session ends while the connection is idle: green cuts it.
         let started = Instant::now();
+        let table = Arc::clone(&p.shared.grants.lock().expect("lock").table);
+        let closed = table
+            .lock()
+            .expect("lock")
+            .close(&[7; 16], now_ms(), &mut NoFirewall);
+        assert!(closed.is_some());
         assert_eq!(p.shared.grants.lock().expect("lock").close(&[7; 16]), 1);
         let mut rest = Vec::new();
         let _ = tls.read_to_end(&mut rest);
