@@ -575,7 +575,16 @@ mod tests {
     /// header and UDP: offset in 8-byte units, M flag.
     fn v6_fragment(dport: u16, offset: u16, more: bool) -> Vec<u8> {
         let mut v = v6_udp(dport, b"hello, fragment");
-        let frag = [17u8, 0, (offset >> 5) as u8, ((offset << 3) as u8) | u8::from(more), 0, 0, 0, 9];
+        let frag = [
+            17u8,
+            0,
+            (offset >> 5) as u8,
+            ((offset << 3) as u8) | u8::from(more),
+            0,
+            0,
+            0,
+            9,
+        ];
         v.splice(40..40, frag);
         v[6] = 44;
         let plen = (v.len() as u16 - 40).to_be_bytes();
@@ -605,7 +614,10 @@ mod tests {
             // and a later fragment.
             assert_eq!(run(&p, &v6_fragment(PORT, 0, true), HOST_V6), KNOCK_SNAP);
             assert_eq!(run(&p, &v6_fragment(PORT + 1, 0, true), HOST_V6), 0);
-            assert_eq!(run(&p, &v6_fragment(PORT + 1, 3, false), HOST_V6), KNOCK_SNAP);
+            assert_eq!(
+                run(&p, &v6_fragment(PORT + 1, 3, false), HOST_V6),
+                KNOCK_SNAP
+            );
             // A Fragment header in front of something other than UDP.
             let mut not_udp = v6_fragment(PORT, 3, false);
             not_udp[40] = 6;
