@@ -44,17 +44,18 @@ use std::time::{Duration, Instant};
 /// The largest UDP datagram reassembled, header included: the protocol's
 /// largest datagram (`MAX_DATAGRAM`, an order, SPEC §3.2) plus the
 /// 8-byte UDP header.
-pub const MAX_DATAGRAM: usize = proto_spec::wire::MAX_DATAGRAM + 8;
+pub(crate) const MAX_DATAGRAM: usize = proto_spec::wire::MAX_DATAGRAM + 8;
 
 /// 8-byte blocks of a [`MAX_DATAGRAM`] buffer, and the `u64` words of the
 /// bitmap that marks which are held.
 const BLOCKS: usize = MAX_DATAGRAM.div_ceil(8);
 const WORDS: usize = BLOCKS.div_ceil(64);
 
-/// Bounds of a [`Reassembler`].
+/// Bounds of the capture's reassembly of fragmented datagrams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Reassemblies held at once (each holds [`MAX_DATAGRAM`] bytes).
+    /// Reassemblies held at once (each holds a buffer of the largest
+    /// datagram, 1240 bytes, allocated when the capture opens).
     pub max_entries: usize,
     /// Reassemblies held at once for one source address.
     pub max_per_source: usize,
