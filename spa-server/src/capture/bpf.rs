@@ -241,9 +241,10 @@ impl Asm {
 ///   (Fragment header right after the fixed header): it has no UDP
 ///   header to look at, so user space (`defrag.rs`) keeps it only if the
 ///   first fragment names the knock port. [`KNOCK_SNAP`] bytes kept;
-/// * with `scan_watch` also UDP to any other port and TCP segments with
-///   SYN set and ACK clear (IPv4 first fragments, IPv6 without extension
-///   headers): [`PROBE_SNAP`] bytes kept.
+/// * with `scan_watch` also UDP to any other port (whole or a first
+///   fragment) and TCP segments with SYN set and ACK clear (IPv4 first
+///   fragments, IPv6 without extension headers): [`PROBE_SNAP`] bytes
+///   kept.
 ///
 /// Everything else is dropped in the kernel.
 pub(crate) fn program(
@@ -323,7 +324,7 @@ pub(crate) fn program(
     a.stmt(LD_H_ABS, 40 + 2); // A = fragment offset << 3 | res | M
     a.jset(0xfff8, L::Knock, L::Next); // offset != 0: a later fragment, to user space for reassembly
     a.stmt(LD_H_ABS, 48 + 2); // A = UDP destination port (first fragment)
-    a.jeq(port, L::Knock, L::Drop); // knock port: knock; else drop
+    a.jeq(port, L::Knock, other_udp); // knock port: knock; other ports: probe or drop
 
     if scan_watch {
         a.label(L::V6Tcp);
@@ -610,10 +611,9 @@ mod tests {
             let mut tcp_later = v4_tcp(PORT, true, false);
             tcp_later[7] = 1;
             assert_eq!(run(&p, &tcp_later, HOST_V4), 0);
-            // IPv6: a first fragment to the knock port, to another port,
-            // and a later fragment.
+            // IPv6: a first fragment to the knock port, and a later
+            // fragment (whatever its bytes).
             assert_eq!(run(&p, &v6_fragment(PORT, 0, true), HOST_V6), KNOCK_SNAP);
-            assert_eq!(run(&p, &v6_fragment(PORT + 1, 0, true), HOST_V6), 0);
             assert_eq!(
                 run(&p, &v6_fragment(PORT + 1, 3, false), HOST_V6),
                 KNOCK_SNAP
@@ -627,11 +627,16 @@ mod tests {
             hbh[6] = 0;
             assert_eq!(run(&p, &hbh, HOST_V6), 0);
         }
-        // With scan_watch a first fragment to another port is a probe.
-        let scan = program(PORT, true, None).expect("p");
+        // A first fragment to another port is a probe with scan_watch,
+        // else dropped.
+        let [plain, scan, ..] = progs();
         let mut mf = v4_udp(PORT + 1, b"hello");
         mf[6] |= 0x20;
         assert_eq!(run(&scan, &mf, HOST_V4), PROBE_SNAP);
+        assert_eq!(run(&plain, &mf, HOST_V4), 0);
+        let mf6 = v6_fragment(PORT + 1, 0, true);
+        assert_eq!(run(&scan, &mf6, HOST_V6), PROBE_SNAP);
+        assert_eq!(run(&plain, &mf6, HOST_V6), 0);
     }
 
     #[test]

@@ -129,15 +129,14 @@ fn fragment<'a>(
     if payload.ip_number != IpNumber::UDP {
         return Class::Ignored;
     }
-    if payload.incomplete || !complete_len {
-        return Class::Malformed;
-    }
     if f.offset == 0 {
         let Ok(udp) = UdpHeaderSlice::from_slice(f.payload) else {
             return Class::Malformed;
         };
         let dst_port = udp.destination_port();
         if dst_port != knock_port {
+            // A probe is kept to the probe snap length: only its
+            // headers count.
             return if scan_watch {
                 Class::Seen(Event::Probe {
                     src: f.src,
@@ -148,6 +147,9 @@ fn fragment<'a>(
                 Class::Ignored
             };
         }
+    }
+    if payload.incomplete || !complete_len {
+        return Class::Malformed;
     }
     Class::Fragment(f)
 }
@@ -480,10 +482,17 @@ mod tests {
             classify(&f, 0x0800, PORT, true),
             Class::Seen(Event::Probe { dst_port: 53, .. })
         ));
-        // A fragment cut by the snap length is malformed.
+        // A fragment cut by the snap length is malformed, unless it is a
+        // probe (cut to the probe snap length on purpose).
         let mut f = v4_udp(PORT, &[1u8; 64]);
         f[6] |= 0x20;
         assert_eq!(classify(&f[..60], 0x0800, PORT, false), Class::Malformed);
+        let mut f = v4_udp(53, &[1u8; 500]);
+        f[6] |= 0x20;
+        assert!(matches!(
+            classify(&f[..128], 0x0800, PORT, true),
+            Class::Seen(Event::Probe { dst_port: 53, .. })
+        ));
         // IPv6: first, later, and atomic fragments.
         let first = v6_fragment(PORT, 0, true, 77);
         let Class::Fragment(fr) = classify(&first, 0x86dd, PORT, false) else {
