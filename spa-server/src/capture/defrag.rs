@@ -25,7 +25,9 @@
 //!   fragment that repeats bytes already held, byte for byte, is a
 //!   duplicate from the network and is ignored;
 //! * a fragment other than the last must carry a multiple of 8 bytes, and
-//!   no fragment may reach past the end the last one set.
+//!   no fragment may reach past the end the last one set; a fragment that
+//!   fails the checks needing no state (size, alignment) takes no slot
+//!   and evicts nothing.
 //!
 //! `etherparse` has a reassembler (`defrag::IpDefragPool`), but it states
 //! that it is not safe against memory exhaustion (no bound on concurrent
@@ -219,7 +221,16 @@ impl Reassembler {
             id: f.id,
         };
         let mut evicted = 0;
-        let idx = match self.slots.iter().position(|s| s.key == Some(key)) {
+        let existing = self.slots.iter().position(|s| s.key == Some(key));
+        // A fragment no datagram could hold never takes a slot (or evicts
+        // one); it abandons its own datagram, if one is in progress.
+        if let Err(d) = shape(f) {
+            if let Some(s) = existing.and_then(|i| self.slots.get_mut(i)) {
+                s.free();
+            }
+            return (Outcome::Dropped(d), evicted);
+        }
+        let idx = match existing {
             Some(i)
                 if now.saturating_duration_since(self.slots[i].started) >= self.limits.timeout =>
             {
@@ -295,20 +306,29 @@ impl Reassembler {
     }
 }
 
-/// Copies a fragment into its slot. `Ok(true)`: the datagram is complete.
-fn place(slot: &mut Slot, f: &Fragment<'_>) -> Result<bool, Dropped> {
-    let start = f.offset;
-    let end = start
+/// The checks that need no slot: within [`MAX_DATAGRAM`], 8-byte aligned,
+/// and a non-last fragment a non-empty multiple of 8 bytes. Returns the
+/// fragment's end.
+fn shape(f: &Fragment<'_>) -> Result<usize, Dropped> {
+    let end = f
+        .offset
         .checked_add(f.payload.len())
         .ok_or(Dropped::TooLarge)?;
     if end > MAX_DATAGRAM {
         return Err(Dropped::TooLarge);
     }
-    if !start.is_multiple_of(8)
+    if !f.offset.is_multiple_of(8)
         || (f.more && (f.payload.is_empty() || !f.payload.len().is_multiple_of(8)))
     {
         return Err(Dropped::Inconsistent);
     }
+    Ok(end)
+}
+
+/// Copies a fragment into its slot. `Ok(true)`: the datagram is complete.
+fn place(slot: &mut Slot, f: &Fragment<'_>) -> Result<bool, Dropped> {
+    let start = f.offset;
+    let end = shape(f)?;
     // The end: set by the last fragment, and nothing may reach past it.
     match (f.more, slot.end) {
         (false, Some(e)) if e != end => return Err(Dropped::Inconsistent),
@@ -481,6 +501,30 @@ mod tests {
         past.payload = &longer[496..592];
         assert_eq!(r.add(&past, now).0, Outcome::Dropped(Dropped::Inconsistent));
         assert_eq!(r.in_progress(), 0);
+    }
+
+    #[test]
+    fn a_misshapen_fragment_takes_no_slot_and_evicts_nothing() {
+        let limits = Limits {
+            max_entries: 1,
+            ..Limits::default()
+        };
+        let now = Instant::now();
+        let mut r = Reassembler::new(limits);
+        let d = datagram(700);
+        assert_eq!(r.add(&frag(&d, 1, 0, 352), now), (Outcome::Pending, 0));
+        let big = datagram(MAX_DATAGRAM + 8);
+        assert_eq!(
+            r.add(&frag(&big, 2, 1200, MAX_DATAGRAM + 8), now),
+            (Outcome::Dropped(Dropped::TooLarge), 0)
+        );
+        let mut odd = frag(&d, 3, 0, 100);
+        odd.more = true;
+        assert_eq!(
+            r.add(&odd, now),
+            (Outcome::Dropped(Dropped::Inconsistent), 0)
+        );
+        assert_eq!(complete(&r.add(&frag(&d, 1, 352, 700), now)), Some(d));
     }
 
     #[test]
