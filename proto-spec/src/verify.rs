@@ -154,18 +154,19 @@ impl ClientAuthenticator {
     }
 
     /// Chain validation for a certificate that was not cached. SPEC §6.1.
+    /// Returns whether the result is new (to be cached once the signature
+    /// verifies, SPEC §6.2).
     fn validate(
-        &mut self,
+        &self,
         der: &[u8],
-        cache_key: [u8; 32],
         resolved: Resolved,
         now: UnixMillis,
-    ) -> Result<Arc<ValidatedCert>, Refusal> {
+    ) -> Result<(Arc<ValidatedCert>, bool), Refusal> {
         match resolved {
-            Resolved::Cached(v) => Ok(v),
+            Resolved::Cached(v) => Ok((v, false)),
             Resolved::Parsed(p) => {
                 self.trust.validate(der, now)?;
-                Ok(self.cache.insert(cache_key, *p, &self.trust))
+                Ok((Arc::new(CertCache::entry(*p, &self.trust)), true))
             }
         }
     }
@@ -186,7 +187,7 @@ impl ClientAuthenticator {
         if !rule.admits(body.timestamp_ms, &resolved.key(), replay) {
             return Err(Refusal::Replayed);
         }
-        let cert = self.validate(body.certificate, cache_key, resolved, now)?;
+        let (cert, new) = self.validate(body.certificate, resolved, now)?;
         // Green has one pkR per knock (the key the MAC matched); red knows
         // each key a gateway may be using during a rotation (SPEC §5.2).
         let signed = receivers.iter().any(|pk| {
@@ -195,6 +196,12 @@ impl ClientAuthenticator {
         });
         if !signed {
             return Err(Refusal::BadSignature);
+        }
+        // SPEC §6.2: cached only once the body's signature verified, so
+        // filling the cache takes a client's key, not just public
+        // certificates.
+        if new {
+            self.cache.insert(cache_key, Arc::clone(&cert));
         }
         Ok(cert)
     }

@@ -497,3 +497,60 @@ fn refuses_when_the_floor_cannot_be_committed() {
         Some(Refusal::StorageFailure)
     );
 }
+
+/// A signer that presents one client's certificate and signs with another's
+/// key: a valid certificate, a bad signature.
+struct CertOf<'a> {
+    cert: &'a dyn proto_spec::sign::Signer,
+    key: &'a dyn proto_spec::sign::Signer,
+}
+
+impl proto_spec::sign::Signer for CertOf<'_> {
+    fn algorithm(&self) -> proto_spec::sign::SignatureAlgorithm {
+        self.key.algorithm()
+    }
+    fn certificate_der(&self) -> &[u8] {
+        self.cert.certificate_der()
+    }
+    fn sign(
+        &self,
+        transcript: &[u8],
+    ) -> Result<[u8; proto_spec::body::SIGNATURE_LEN], proto_spec::sign::SignerError> {
+        self.key.sign(transcript)
+    }
+}
+
+#[test]
+fn a_valid_certificate_with_a_bad_signature_is_not_cached() {
+    // SPEC §6.2: the cache is filled only once the body's signature
+    // verified, so public certificates alone cannot fill it.
+    let w = World::new();
+    let alice = w.signer("alice", KeyAlg::Ed25519);
+    let mallory = w.signer("mallory", KeyAlg::Ed25519);
+    let forged = CertOf {
+        cert: alice.as_ref(),
+        key: mallory.as_ref(),
+    };
+    let mut green = w.green();
+    let mut replay = MemoryReplayState::default();
+    let d = knock(
+        &w,
+        &forged,
+        &request(MessageType::OpenTunnel, NOW, &["tunnel"]),
+    );
+    assert_eq!(
+        green.verify(&d, ip(CLIENT_IP), NOW, &mut replay).err(),
+        Some(Refusal::BadSignature)
+    );
+    assert_eq!(green.authenticator().cached(), 0);
+    // The same certificate with its own key: accepted, then cached.
+    let d = knock(
+        &w,
+        alice.as_ref(),
+        &request(MessageType::OpenTunnel, NOW + 1, &["tunnel"]),
+    );
+    green
+        .verify(&d, ip(CLIENT_IP), NOW + 1, &mut replay)
+        .expect("accepted");
+    assert_eq!(green.authenticator().cached(), 1);
+}

@@ -22,7 +22,8 @@
 //!
 //! [firewall]
 //! table = "spa"
-//! mode = "blackhole"            # or "protect" (only protect_ports are closed)
+//! mode = "blackhole"            # or "protect" (only protect_ports are closed;
+//!                               # every [[services]] port must be among them)
 //! protect_ports = ["tcp/22"]
 //! management = ["192.0.2.0/24"] # always accepted, never blocked
 //! force = false                 # install blackhole even if it cuts this SSH session
@@ -733,6 +734,24 @@ impl Config {
             if s.port == 0 {
                 bad(format!("services[{i}].port"), "must be 1..=65535".into());
             }
+            // Protect mode closes only protect_ports: a service port outside
+            // them would be open to everyone while a knock "opens" it.
+            if f.mode == "protect"
+                && s.port != 0
+                && let Some(proto) = parse_proto(&s.proto)
+                && !f
+                    .protect_ports
+                    .iter()
+                    .any(|p| parse_port_spec(p) == Some((proto, s.port)))
+            {
+                bad(
+                    format!("services[{i}].port"),
+                    format!(
+                        "{}/{} is not in firewall.protect_ports: in protect mode it would be open to everyone",
+                        s.proto, s.port
+                    ),
+                );
+            }
         }
         let relay_names: std::collections::HashSet<&str> = self
             .relay
@@ -1013,6 +1032,49 @@ mod tests {
             management_cut("198.51.100.7 5555 10.0.0.1 22", &mg)
                 .expect("cut")
                 .contains("198.51.100.7")
+        );
+    }
+
+    #[test]
+    fn protect_mode_refuses_a_service_port_outside_protect_ports() {
+        let text = r#"
+[daemon]
+keys = ["/k"]
+replay_db = "/r"
+[trust]
+anchors = ["/a"]
+[firewall]
+mode = "protect"
+protect_ports = ["tcp/22", "udp/53"]
+[[services]]
+name = "ssh"
+port = 22
+[[services]]
+name = "web"
+port = 443
+[[services]]
+name = "dns"
+proto = "udp"
+port = 53
+[[services]]
+name = "dnstcp"
+port = 53
+"#;
+        let cfg = parse(text, Path::new("t.toml")).expect("parses");
+        let keys: Vec<String> = cfg
+            .check(Role::Green, None)
+            .into_iter()
+            .filter(|p| p.key.starts_with("services["))
+            .map(|p| p.key)
+            .collect();
+        assert_eq!(keys, ["services[1].port", "services[3].port"]);
+        let mut blackhole = cfg.clone();
+        blackhole.firewall.mode = "blackhole".into();
+        assert!(
+            !blackhole
+                .check(Role::Green, None)
+                .iter()
+                .any(|p| p.key.starts_with("services["))
         );
     }
 

@@ -223,6 +223,8 @@ pub struct Daemon<G: Gate, H: Hooks> {
     pub started_ms: UnixMillis,
     /// Pre-MAC refusals since the last summary line.
     quiet_refusals: u64,
+    /// `capture.reassembly_dropped` as of the last summary line.
+    reassembly_dropped_logged: u64,
     last_summary_ms: UnixMillis,
     last_stamp_check_ms: UnixMillis,
     last_sweep_ms: UnixMillis,
@@ -299,6 +301,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             hooks: p.hooks,
             started_ms: now,
             quiet_refusals: 0,
+            reassembly_dropped_logged: 0,
             last_summary_ms: now,
             last_stamp_check_ms: now,
             last_sweep_ms: now,
@@ -540,7 +543,22 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
                 Err(e) => warn!(error = %e, "replay store pruning failed"),
             }
         }
-        if self.quiet_refusals > 0 && now.saturating_sub(self.last_summary_ms) >= 10_000 {
+        let dropped = self
+            .capture
+            .as_ref()
+            .map_or(0, |c| c.stats().reassembly_dropped);
+        let summary_due = now.saturating_sub(self.last_summary_ms) >= 10_000;
+        if summary_due && dropped > self.reassembly_dropped_logged {
+            // Fragments that never made a datagram: a knock sent over a
+            // small-MTU path may be among them, so the loss is visible.
+            warn!(
+                count = dropped - self.reassembly_dropped_logged,
+                "fragmented datagrams dropped unreassembled (timeout, overlap, size or table limit) in the last period"
+            );
+            self.reassembly_dropped_logged = dropped;
+            self.last_summary_ms = now;
+        }
+        if self.quiet_refusals > 0 && summary_due {
             info!(
                 count = self.quiet_refusals,
                 "refused datagrams before the pre-check MAC in the last period"
@@ -597,6 +615,9 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
                     "probes": st.probes,
                     "malformed": st.malformed,
                     "kernel_drops": st.kernel_drops,
+                    "fragments": st.fragments,
+                    "reassembled": st.reassembled,
+                    "reassembly_dropped": st.reassembly_dropped,
                 })
             }),
         })
