@@ -236,6 +236,14 @@ impl ReplayDb {
         Ok((store, report))
     }
 
+    /// Gives the store's file to `uid:gid` (before the privilege drop):
+    /// after a failed write the store reopens the file by path, as the
+    /// daemon's user.
+    pub fn chown(&self, uid: u32, gid: u32) -> Result<(), StoreError> {
+        std::os::unix::fs::chown(&self.path, Some(uid), Some(gid))
+            .map_err(|e| io_err(&self.path, "chown", e))
+    }
+
     /// The store's file.
     pub fn path(&self) -> &Path {
         &self.path
