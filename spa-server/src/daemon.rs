@@ -275,6 +275,11 @@ pub struct Daemon<G: Gate, H: Hooks> {
 /// How often the replay store is pruned (SPEC §7.4), ms.
 pub const PRUNE_EVERY_MS: u64 = 600_000;
 
+/// How often the trust files' modification times are compared, ms: a new
+/// CRL is in force this long after it is written, at most (plus one loop
+/// turn). A few `stat` calls each time.
+pub const TRUST_POLL_MS: u64 = 250;
+
 impl<G: Gate, H: Hooks> std::fmt::Debug for Daemon<G, H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Daemon")
@@ -589,7 +594,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             self.last_summary_ms = now;
         }
         let hup = self.flags.reload.swap(false, Ordering::Relaxed);
-        let changed = now.saturating_sub(self.last_stamp_check_ms) >= 1000 && {
+        let changed = now.saturating_sub(self.last_stamp_check_ms) >= TRUST_POLL_MS && {
             self.last_stamp_check_ms = now;
             self.trust.changed()
         };
