@@ -35,7 +35,10 @@ fn check_config_rejects_every_ips_value_run_rejects() {
         ("failures = 65", "ips.failures"),
         ("failures = 1000000", "ips.failures"),
         ("failure_window = 0", "ips.failure_window"),
-        ("failure_window = 18446744073709551615", "ips.failure_window"),
+        (
+            "failure_window = 18446744073709551615",
+            "ips.failure_window",
+        ),
         ("block = 0", "ips.block"),
         ("block = 18446744073709551615", "ips.block"),
         ("scan_ports = 1025", "ips.scan_ports"),
@@ -59,7 +62,10 @@ fn check_config_rejects_every_ips_value_run_rejects() {
     ] {
         let cfg = config("user = \"nobody\"", &format!("[ips]\n{setting}"));
         let found = keys(&cfg);
-        assert!(!found.iter().any(|k| k.starts_with("ips")), "{setting}: {found:?}");
+        assert!(
+            !found.iter().any(|k| k.starts_with("ips")),
+            "{setting}: {found:?}"
+        );
         assert!(green::ips(&cfg).is_ok(), "{setting}");
     }
 }
@@ -67,7 +73,10 @@ fn check_config_rejects_every_ips_value_run_rejects() {
 #[test]
 fn check_config_rejects_a_table_name_the_firewall_rejects() {
     for table in ["spa-gw", "1spa", "", &"a".repeat(65)] {
-        let cfg = config("user = \"nobody\"", &format!("[firewall]\ntable = \"{table}\""));
+        let cfg = config(
+            "user = \"nobody\"",
+            &format!("[firewall]\ntable = \"{table}\""),
+        );
         assert!(
             keys(&cfg).iter().any(|k| k == "firewall.table"),
             "{table:?}"
@@ -91,6 +100,9 @@ fn check_config_requires_daemon_user() {
     );
     for user in ["nobody", "root"] {
         let found = keys(&config(&format!("user = \"{user}\""), ""));
-        assert!(!found.iter().any(|k| k == "daemon.user"), "{user}: {found:?}");
+        assert!(
+            !found.iter().any(|k| k == "daemon.user"),
+            "{user}: {found:?}"
+        );
     }
 }
