@@ -512,3 +512,44 @@ fn list_and_no_command() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Usage"));
 }
+
+/// README's layout: the CA directory stays 0700 (its key 0600), and
+/// `--cert-out` writes the public certificate (0644) where the daemons'
+/// user reads it; without it, the output says to copy it.
+#[test]
+fn init_cert_out_writes_a_public_copy_and_keeps_the_directory_closed() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = tmp.path();
+    let out = spa_ok(
+        d,
+        &[
+            "pki",
+            "init",
+            "--dir",
+            "ca",
+            "--name",
+            "spa CA",
+            "--cert-out",
+            "ca.pem",
+        ],
+    );
+    assert!(out.contains("ca.pem (mode 0644)"), "{out}");
+    let mode = |p: &str| {
+        std::fs::metadata(d.join(p))
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(
+        (mode("ca"), mode("ca/ca.key"), mode("ca.pem")),
+        (0o700, 0o600, 0o644)
+    );
+    assert_eq!(
+        std::fs::read(d.join("ca.pem")).expect("copy"),
+        std::fs::read(d.join("ca/ca.pem")).expect("ca.pem")
+    );
+    let out = spa_ok(d, &["pki", "init", "--dir", "ca2", "--name", "spa CA"]);
+    assert!(out.contains("--cert-out"), "{out}");
+}
