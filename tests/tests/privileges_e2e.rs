@@ -375,6 +375,16 @@ fn revocation_applies_without_restart_as_the_daemon_user() {
         "{st}"
     );
     assert_eq!(failure["trigger"], "SIGHUP", "{st}");
+    let text = Command::new(bin("spa-server"))
+        .args(["status", "--socket"])
+        .arg(bed.dir.join("run/spa/control.sock"))
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("TRUST RELOAD FAILED") && text.contains(&crl.display().to_string()),
+        "{text}"
+    );
     assert!(failure["at_ms"].as_u64().is_some_and(|t| t > 0), "{st}");
     assert!(
         green
