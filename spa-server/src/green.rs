@@ -239,18 +239,21 @@ pub fn ips_state(cfg: &Config) -> Result<(RateLimiter, Offenses, ScanDetector), 
     let i = &cfg.ips;
     let aggregation = aggregation(cfg);
     // The constructors name their own fields; these are the config's keys.
-    let key = |e: IpsError, keys: &[(&str, &'static str)]| {
-        let k = match &e {
-            IpsError::BadSetting { name, .. } => keys
-                .iter()
-                .find(|(n, _)| n == name)
-                .map_or("ips", |(_, k)| *k),
-            _ => "ips",
-        };
-        config::Problem {
-            key: k.to_owned(),
+    let key = |e: IpsError, keys: &[(&str, &'static str)]| match &e {
+        IpsError::BadSetting { name, why } => match keys.iter().find(|(n, _)| n == name) {
+            Some((_, k)) => config::Problem {
+                key: (*k).to_owned(),
+                problem: (*why).to_owned(),
+            },
+            None => config::Problem {
+                key: "ips".to_owned(),
+                problem: e.to_string(),
+            },
+        },
+        _ => config::Problem {
+            key: "ips".to_owned(),
             problem: e.to_string(),
-        }
+        },
     };
     let ms = |k: &str, s: u64| {
         s.checked_mul(1000).ok_or_else(|| config::Problem {

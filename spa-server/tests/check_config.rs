@@ -49,6 +49,16 @@ fn check_config_rejects_every_ips_value_run_rejects() {
         let cfg = config("user = \"nobody\"", &format!("[ips]\n{setting}"));
         let found = keys(&cfg);
         assert!(found.iter().any(|k| k == key), "{setting}: {found:?}");
+        if setting == "failures = 1000000" {
+            let p = cfg.check(Role::Green, None);
+            let shown: Vec<String> = p.iter().map(ToString::to_string).collect();
+            assert!(
+                shown
+                    .iter()
+                    .any(|l| l == "ips.failures: must be between 1 and 64"),
+                "{shown:?}"
+            );
+        }
         // run refuses it too (the same constructors).
         let run = green::ips(&cfg).err().map(|e| e.to_string());
         assert!(run.is_some(), "{setting}: run accepts it");
