@@ -513,7 +513,8 @@ fn list_and_no_command() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("Usage"));
 }
 
-/// README's layout: the CA directory stays 0700 (its key 0600), and
+/// README's layout: the CA directory is 0700 (its key 0600), its parents
+/// are not, and
 /// `--cert-out` writes the public certificate (0644) where the daemons'
 /// user reads it; without it, the output says to copy it.
 #[test]
@@ -527,11 +528,11 @@ fn init_cert_out_writes_a_public_copy_and_keeps_the_directory_closed() {
             "pki",
             "init",
             "--dir",
-            "ca",
+            "etc/spa/ca",
             "--name",
             "spa CA",
             "--cert-out",
-            "ca.pem",
+            "etc/spa/ca.pem",
         ],
     );
     assert!(out.contains("ca.pem (mode 0644)"), "{out}");
@@ -543,12 +544,20 @@ fn init_cert_out_writes_a_public_copy_and_keeps_the_directory_closed() {
             & 0o777
     };
     assert_eq!(
-        (mode("ca"), mode("ca/ca.key"), mode("ca.pem")),
+        (
+            mode("etc/spa/ca"),
+            mode("etc/spa/ca/ca.key"),
+            mode("etc/spa/ca.pem")
+        ),
         (0o700, 0o600, 0o644)
     );
+    // The parents pki init made have the usual mode (the umask's), not
+    // 0700: the daemons' user reads etc/spa/ca.pem.
+    std::fs::create_dir(d.join("usual")).expect("mkdir");
+    assert_eq!(mode("etc/spa"), mode("usual"));
     assert_eq!(
-        std::fs::read(d.join("ca.pem")).expect("copy"),
-        std::fs::read(d.join("ca/ca.pem")).expect("ca.pem")
+        std::fs::read(d.join("etc/spa/ca.pem")).expect("copy"),
+        std::fs::read(d.join("etc/spa/ca/ca.pem")).expect("ca.pem")
     );
     let out = spa_ok(d, &["pki", "init", "--dir", "ca2", "--name", "spa CA"]);
     assert!(out.contains("--cert-out"), "{out}");

@@ -86,10 +86,8 @@ impl Bed {
         let green = Netns::new("pg", &tag);
         let client = Netns::new("pc", &tag);
         link4(&client, "to-green", CLIENT, &green, "to-client", GREEN);
-        for d in ["etc/spa", "run/spa"] {
-            std::fs::create_dir_all(dir.join(d)).expect("mkdir");
-            set_mode(&dir.join(d), 0o755);
-        }
+        // etc/spa is made by pki init, as on a fresh host.
+        std::fs::create_dir_all(dir.join("run/spa")).expect("mkdir");
         std::fs::create_dir_all(dir.join("var/lib/spa")).expect("mkdir");
         set_mode(&dir.join("var"), 0o755);
         set_mode(&dir.join("var/lib"), 0o755);
