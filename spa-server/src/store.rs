@@ -53,6 +53,13 @@
 //! durable transactions. The relay decides what to store (see
 //! `crate::relay`); this module only keeps the value, never lowering it.
 //!
+//! # Ownership
+//!
+//! After a failed write the file is reopened by path, by then as the
+//! daemon's unprivileged user: the daemons give the file to that user
+//! ([`ReplayDb::chown`]) before they drop privileges, and `check-config`
+//! checks that the user can search its directory.
+//!
 //! No function here reads the clock: every time comes in as `now_ms`.
 
 use std::collections::HashMap;
