@@ -80,6 +80,16 @@ pub fn status(c: &ControlArgs) -> anyhow::Result<ExitCode> {
     }
     let s = &reply["status"];
     outln!(out, "uptime {} s", s["uptime_s"]);
+    let failure = &s["trust"]["last_reload_failure"];
+    if !failure.is_null() {
+        outln!(
+            out,
+            "TRUST RELOAD FAILED {} s ago ({}): {}; the previous trust anchors and CRLs are in force",
+            failure["age_s"],
+            failure["trigger"].as_str().unwrap_or("?"),
+            failure["error"].as_str().unwrap_or("?"),
+        );
+    }
     let sessions = s["sessions"].as_array().cloned().unwrap_or_default();
     outln!(out, "{} active session(s)", sessions.len());
     for sess in sessions {

@@ -10,7 +10,9 @@
 //! keys = ["/etc/spa/green.key"] # X25519 receiver keys, current first (rotation)
 //! replay_db = "/var/lib/spa/replay.redb"
 //! control_socket = "/run/spa/control.sock"
-//! user = "spa"                  # drop privileges to this user after setup
+//! user = "spa"                  # required: drop privileges to this user after setup;
+//!                               # it must be able to read the [trust] files and
+//!                               # search replay_db's directory ("root": stay root)
 //! log_format = "plain"          # or "json"
 //!
 //! [trust]
@@ -147,7 +149,9 @@ pub struct DaemonSection {
     /// The control socket.
     #[serde(default = "default_control")]
     pub control_socket: PathBuf,
-    /// Unprivileged user to run as after setup.
+    /// Unprivileged user to run as after setup. Required (`check` says so
+    /// when it is missing); `"root"` keeps root with only CAP_NET_ADMIN
+    /// and CAP_NET_RAW.
     pub user: Option<String>,
     /// "plain" or "json".
     #[serde(default = "default_log_format")]
@@ -606,10 +610,8 @@ impl Config {
                 bad(format!("daemon.keys[{i}]"), e.to_string());
             }
         }
-        if let Some(u) = &d.user
-            && nix::unistd::User::from_name(u).ok().flatten().is_none()
-        {
-            bad("daemon.user".into(), format!("no such user '{u}'"));
+        for x in crate::access::config_problems(self) {
+            bad(x.key, x.problem);
         }
         let t = &self.trust;
         if t.anchors.is_empty() {
@@ -646,16 +648,9 @@ impl Config {
             );
         }
         let f = &self.firewall;
-        if f.table.is_empty()
-            || !f
-                .table
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            bad(
-                "firewall.table".into(),
-                format!("'{}': letters, digits, '_' and '-' only", f.table),
-            );
+        // The rule the firewall driver applies when it installs the table.
+        if let Err(e) = crate::nft::TableName::new(&f.table) {
+            bad("firewall.table".into(), e.to_string());
         }
         if !matches!(f.mode.as_str(), "blackhole" | "protect") {
             bad(
@@ -787,11 +782,9 @@ impl Config {
                 "no rule: every knock would be refused".into(),
             );
         }
-        if self.ips.rate == 0 || self.ips.burst == 0 {
-            bad(
-                "ips.rate".into(),
-                "rate and burst must be at least 1".into(),
-            );
+        // What run's constructors reject, by the same code.
+        if let Err(x) = crate::green::ips_state(self) {
+            bad(x.key, x.problem);
         }
         match role {
             Role::Red if self.gateways.is_empty() => {

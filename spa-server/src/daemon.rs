@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{MutexGuard, PoisonError};
@@ -17,7 +18,7 @@ use proto_spec::cert::TrustStore;
 use proto_spec::verify::Refused;
 use proto_spec::{Refusal, UnixMillis};
 use serde_json::{Value, json};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub use crate::blocked::Blocked;
 use crate::capture::{Capture, Event};
@@ -106,11 +107,27 @@ impl<A: Hooks, B: Hooks> Hooks for (A, B) {
     }
 }
 
-/// Trust files and their modification times, for reloads.
+/// Trust files and their modification times, for reloads, and the last
+/// reload failure (shown by `status` until a reload succeeds).
 #[derive(Debug)]
 pub struct TrustWatch {
     files: TrustFiles,
     stamps: Vec<Option<SystemTime>>,
+    /// The last failed reload, cleared by a successful one.
+    pub last_failure: Option<ReloadFailure>,
+}
+
+/// A trust reload that failed: the previous trust store stays in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadFailure {
+    /// The file concerned, when the error names one.
+    pub file: Option<PathBuf>,
+    /// The error.
+    pub error: String,
+    /// When, ms since the epoch.
+    pub at_ms: UnixMillis,
+    /// What triggered the reload.
+    pub trigger: String,
 }
 
 /// The `[trust]` section as files to load.
@@ -136,7 +153,11 @@ impl TrustWatch {
     /// Records the current modification times.
     pub fn new(files: TrustFiles) -> Self {
         let stamps = Self::read_stamps(&files);
-        Self { files, stamps }
+        Self {
+            files,
+            stamps,
+            last_failure: None,
+        }
     }
 
     fn read_stamps(f: &TrustFiles) -> Vec<Option<SystemTime>> {
@@ -235,6 +256,11 @@ pub struct Daemon<G: Gate, H: Hooks> {
 
 /// How often the replay store is pruned (SPEC §7.4), ms.
 pub const PRUNE_EVERY_MS: u64 = 600_000;
+
+/// How often the trust files' modification times are compared, ms: a new
+/// CRL is in force this long after it is written, at most (plus one loop
+/// turn). A few `stat` calls each time.
+pub const TRUST_POLL_MS: u64 = 250;
 
 impl<G: Gate, H: Hooks> std::fmt::Debug for Daemon<G, H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -567,7 +593,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             self.last_summary_ms = now;
         }
         let hup = self.flags.reload.swap(false, Ordering::Relaxed);
-        let changed = now.saturating_sub(self.last_stamp_check_ms) >= 1000 && {
+        let changed = now.saturating_sub(self.last_stamp_check_ms) >= TRUST_POLL_MS && {
             self.last_stamp_check_ms = now;
             self.trust.changed()
         };
@@ -581,17 +607,28 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
         self.hooks.tick(now);
     }
 
-    /// Reloads anchors, intermediates and CRLs; on error keeps the old ones.
+    /// Reloads anchors, intermediates and CRLs; on error keeps the old ones,
+    /// counts `trust.reload_failures`, logs at error level and keeps the
+    /// failure for `status` until a reload succeeds.
     pub fn reload_trust(&mut self, why: &str) {
         match self.trust.load() {
             Ok(store) => {
                 self.gate.replace_trust(store);
                 self.counters.bump("trust.reloads");
+                self.trust.last_failure = None;
                 info!(trigger = why, "trust anchors and CRLs reloaded");
             }
             Err(e) => {
                 self.counters.bump("trust.reload_failures");
-                warn!(trigger = why, error = %e, "trust reload failed; keeping the previous trust store");
+                let file = e.path().map(Path::to_path_buf);
+                error!(trigger = why, file = ?file, error = %e,
+                    "trust reload failed; keeping the previous trust store (revocations since are NOT applied)");
+                self.trust.last_failure = Some(ReloadFailure {
+                    file,
+                    error: e.to_string(),
+                    at_ms: now_ms(),
+                    trigger: why.to_owned(),
+                });
             }
         }
     }
@@ -607,6 +644,15 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             "openings": openings,
             "blocked": self.blocked.status(now),
             "counters": counters,
+            "trust": {
+                "last_reload_failure": self.trust.last_failure.as_ref().map(|f| json!({
+                    "file": f.file.as_ref().map(|p| p.display().to_string()),
+                    "error": f.error,
+                    "trigger": f.trigger,
+                    "at_ms": f.at_ms,
+                    "age_s": now.saturating_sub(f.at_ms) / 1000,
+                })),
+            },
             "capture": self.capture.as_ref().map(|c| {
                 let st = c.stats();
                 json!({

@@ -18,7 +18,7 @@ use crate::ctl::ControlSocket;
 use crate::daemon::{Daemon, Flags, Hooks, Parts, TrustWatch, now_ms, trust_files};
 use crate::gate::Gate;
 use crate::ips::{
-    OffenseConfig, Offenses, RateLimitConfig, RateLimiter, ScanConfig, ScanDetector,
+    IpsError, OffenseConfig, Offenses, RateLimitConfig, RateLimiter, ScanConfig, ScanDetector,
     SourceAggregation, Transport,
 };
 use crate::nft::{FirewallConfig, Mode, NftSets, Ruleset, TableName};
@@ -173,20 +173,39 @@ pub fn setup(cfg: Config) -> Result<Setup, StartError> {
     cc.scan_watch = cfg.ips.scan_ports > 0 && cfg.daemon.capture == "packet";
     cc.read_timeout = Duration::from_millis(100);
     let capture = Capture::open(&cc).map_err(|e| step("capture")(e.to_string()))?;
-    let control = ControlSocket::bind(&cfg.daemon.control_socket).map_err(|e| {
+    let mut control = ControlSocket::bind(&cfg.daemon.control_socket).map_err(|e| {
         step("control socket")(format!("{}: {e}", cfg.daemon.control_socket.display()))
     })?;
-    if let Some(user) = &cfg.daemon.user {
+    let user = cfg.daemon.user.as_deref().filter(|u| *u != "root");
+    if let Some(user) = user {
         let (uid, gid) =
             crate::privdrop::lookup(user).map_err(|e| step("privileges")(e.to_string()))?;
+        let (uid, gid) = (uid.as_raw(), gid.as_raw());
         control
-            .chown(uid.as_raw(), gid.as_raw())
+            .chown(uid, gid)
             .map_err(|e| step("control socket owner")(e.to_string()))?;
+        control.allow_uid(uid);
+        // The store reopens its file by path after a failed write, as the
+        // daemon user: the file is the daemon user's own.
+        db.chown(uid, gid)
+            .map_err(|e| step("replay database owner")(e.to_string()))?;
+    } else {
+        warn!(
+            "daemon.user is root or unset: the daemon stays root (with CAP_NET_ADMIN and CAP_NET_RAW only); set an unprivileged user"
+        );
     }
-    crate::privdrop::drop_privileges(cfg.daemon.user.as_deref())
+    crate::privdrop::drop_privileges(user)
         .map_err(|e| step("dropping privileges")(e.to_string()))?;
-    info!(user = cfg.daemon.user.as_deref().unwrap_or("root"), capabilities = ?crate::privdrop::effective(), "privileges dropped");
+    info!(user = user.unwrap_or("root"), capabilities = ?crate::privdrop::effective(), "privileges dropped");
+    // The trust files are re-read on every reload as the daemon user: a
+    // file it cannot read now would make each reload fail while a revoked
+    // certificate keeps working, so the start fails instead.
     let trust = TrustWatch::new(trust_files(&cfg));
+    trust.load().map_err(|e| {
+        step("trust files as the daemon user")(format!(
+            "{e} (the daemon re-reads them after dropping privileges: make them readable by daemon.user)"
+        ))
+    })?;
     Ok(Setup {
         cfg,
         db,
@@ -208,6 +227,13 @@ pub fn aggregation(_cfg: &Config) -> SourceAggregation {
 
 /// The intrusion-prevention state of `[ips]` and `[firewall] management`.
 pub fn ips(cfg: &Config) -> Result<(RateLimiter, Offenses, ScanDetector), StartError> {
+    ips_state(cfg).map_err(|p| step("ips")(p.to_string()))
+}
+
+/// [`ips`], its error a configuration problem naming the key.
+/// [`Config::check`] calls it too, so `check-config` accepts exactly the
+/// `[ips]` values `run` accepts.
+pub fn ips_state(cfg: &Config) -> Result<(RateLimiter, Offenses, ScanDetector), config::Problem> {
     let allow: Vec<ipnet::IpNet> = cfg
         .firewall
         .management
@@ -216,32 +242,74 @@ pub fn ips(cfg: &Config) -> Result<(RateLimiter, Offenses, ScanDetector), StartE
         .collect();
     let i = &cfg.ips;
     let aggregation = aggregation(cfg);
+    // The constructors name their own fields; these are the config's keys.
+    let key = |e: IpsError, keys: &[(&str, &'static str)]| match &e {
+        IpsError::BadSetting { name, why } => match keys.iter().find(|(n, _)| n == name) {
+            Some((_, k)) => config::Problem {
+                key: (*k).to_owned(),
+                problem: (*why).to_owned(),
+            },
+            None => config::Problem {
+                key: "ips".to_owned(),
+                problem: e.to_string(),
+            },
+        },
+        _ => config::Problem {
+            key: "ips".to_owned(),
+            problem: e.to_string(),
+        },
+    };
+    let ms = |k: &str, s: u64| {
+        s.checked_mul(1000).ok_or_else(|| config::Problem {
+            key: k.to_owned(),
+            problem: format!("{s} s is too large"),
+        })
+    };
     let limiter = RateLimiter::new(RateLimitConfig {
         rate_per_s: i.rate,
         burst: i.burst,
         aggregation,
         ..RateLimitConfig::default()
     })
-    .map_err(|e| step("ips")(e.to_string()))?;
+    .map_err(|e| key(e, &[("rate_per_s", "ips.rate"), ("burst", "ips.burst")]))?;
+    let block_ms = ms("ips.block", i.block)?;
     let offenses = Offenses::new(OffenseConfig {
         threshold: i.failures,
-        window_ms: i.failure_window * 1000,
-        block_ms: i.block * 1000,
+        window_ms: ms("ips.failure_window", i.failure_window)?,
+        block_ms,
         allowlist: allow.clone(),
         aggregation,
         ..OffenseConfig::default()
     })
-    .map_err(|e| step("ips")(e.to_string()))?;
+    .map_err(|e| {
+        key(
+            e,
+            &[
+                ("threshold", "ips.failures"),
+                ("window_ms", "ips.failure_window"),
+                ("block_ms", "ips.block"),
+            ],
+        )
+    })?;
     let scans = ScanDetector::new(ScanConfig {
-        distinct_ports: usize::try_from(i.scan_ports.max(1)).unwrap_or(10),
-        window_ms: i.scan_window * 1000,
-        block_ms: i.block * 1000,
+        distinct_ports: usize::try_from(i.scan_ports.max(1)).unwrap_or(usize::MAX),
+        window_ms: ms("ips.scan_window", i.scan_window)?,
+        block_ms,
         allowlist: allow,
         ignored_ports: vec![(Transport::Udp, cfg.daemon.knock_port)],
         aggregation,
         ..ScanConfig::default()
     })
-    .map_err(|e| step("ips")(e.to_string()))?;
+    .map_err(|e| {
+        key(
+            e,
+            &[
+                ("distinct_ports", "ips.scan_ports"),
+                ("window_ms", "ips.scan_window"),
+                ("block_ms", "ips.block"),
+            ],
+        )
+    })?;
     Ok((limiter, offenses, scans))
 }
 
@@ -311,13 +379,17 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
     let verifier = KnockVerifier::new(keys, store, policy(&cfg), limits(&cfg));
     let mut relay =
         crate::relay::Relay::from_config(&cfg).map_err(|e| step("relay")(e.to_string()))?;
-    // Before privileges are dropped: the server key and the listener.
+    // Before privileges are dropped: the server key and the listener; its
+    // threads start after the drop, so none of them keeps root's privileges.
     // One session table for the daemon loop and the tunnel (SPEC §8.1.1).
     let sessions = SharedSessions::default();
-    let tunnel =
-        crate::tunnel::start(&cfg, &sessions).map_err(|e| step("tunnel")(e.to_string()))?;
+    let tunnel = crate::tunnel::bind(&cfg, &sessions).map_err(|e| step("tunnel")(e.to_string()))?;
     let mut s = setup(cfg)?;
     s.sessions = sessions;
+    let tunnel = tunnel
+        .map(crate::tunnel::Bound::serve)
+        .transpose()
+        .map_err(|e| step("tunnel")(e.to_string()))?;
     if let Some(r) = relay.as_mut() {
         // SPEC §7.5: order timestamps durable in the replay store.
         r.use_store(&s.db);

@@ -462,10 +462,28 @@ impl Shared {
     }
 }
 
-/// Opens the listener and reads the server key (both before privileges
-/// are dropped), then serves on a thread of its own. Returns the hooks the
-/// daemon loop runs.
-pub fn start(cfg: &Config, sessions: &SharedSessions) -> Result<Option<TunnelHooks>, TunnelError> {
+/// The tunnel, bound but not serving yet: [`bind`] opens the listener and
+/// reads the server key before privileges are dropped; [`Bound::serve`]
+/// starts its threads after the drop, so that every thread that reads TLS
+/// from the network runs with the dropped privileges (capabilities and
+/// no_new_privs are per thread).
+pub struct Bound {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    port: u16,
+}
+
+impl std::fmt::Debug for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bound")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads the server key and opens the listener (both need privileges),
+/// without starting any thread. `None` without a `[tunnel]` section.
+pub fn bind(cfg: &Config, sessions: &SharedSessions) -> Result<Option<Bound>, TunnelError> {
     let Some(t) = &cfg.tunnel else {
         return Ok(None);
     };
@@ -484,18 +502,35 @@ pub fn start(cfg: &Config, sessions: &SharedSessions) -> Result<Option<TunnelHoo
         port: t.listen_port,
         source,
     })?;
-    let grants = shared.grants.clone();
     raise_fd_limit(t.max_connections);
-    info!(port = t.listen_port, services = %{
-        let mut v: Vec<_> = shared.targets.keys().cloned().collect();
-        v.sort();
-        v.join(",")
-    }, "tunnel listening");
-    std::thread::Builder::new()
-        .name("tunnel-accept".into())
-        .spawn(move || accept_loop(&listener, &shared))
-        .map_err(|e| TunnelError::Config(format!("tunnel thread: {e}")))?;
-    Ok(Some(TunnelHooks { grants }))
+    Ok(Some(Bound {
+        listener,
+        shared,
+        port: t.listen_port,
+    }))
+}
+
+impl Bound {
+    /// Serves on a thread of its own (call it after the privilege drop).
+    /// Returns the hooks the daemon loop runs.
+    pub fn serve(self) -> Result<TunnelHooks, TunnelError> {
+        let Self {
+            listener,
+            shared,
+            port,
+        } = self;
+        let grants = shared.grants.clone();
+        info!(port, services = %{
+            let mut v: Vec<_> = shared.targets.keys().cloned().collect();
+            v.sort();
+            v.join(",")
+        }, "tunnel listening");
+        std::thread::Builder::new()
+            .name("tunnel-accept".into())
+            .spawn(move || accept_loop(&listener, &shared))
+            .map_err(|e| TunnelError::Config(format!("tunnel thread: {e}")))?;
+        Ok(TunnelHooks { grants })
+    }
 }
 
 fn listen(port: u16) -> io::Result<TcpListener> {

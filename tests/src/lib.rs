@@ -924,8 +924,8 @@ pub struct RelayKeys {
 }
 
 /// The PKI of the relay test bed, made in `dir` with the binaries an
-/// operator uses: a CA (`ca/`) named `ca_name`, alice's client certificate
-/// (`alice.key`, `alice.crt`), with `green_tls_ip` green's TLS server
+/// operator uses: a CA (`ca/`, its certificate also in `ca.pem`) named
+/// `ca_name`, alice's client certificate (`alice.key`, `alice.crt`), with `green_tls_ip` green's TLS server
 /// certificate for that address (`green-tls.key`, `green-tls.crt`), and the
 /// keys `green.key`, `green-signing.key` (`spa-server keygen`) and
 /// `red.key` (`red_relay keygen`).
@@ -937,7 +937,18 @@ pub fn make_relay_pki(
 ) -> RelayKeys {
     let server = bin("spa-server");
     let spa_client = bin("spa-client");
-    run_ok(Command::new(&server).args(["pki", "init", "--dir", &dir.s("ca"), "--name", ca_name]));
+    // As README: the CA directory stays 0700, the daemons (as `nobody`)
+    // read the public copy ca.pem.
+    run_ok(Command::new(&server).args([
+        "pki",
+        "init",
+        "--dir",
+        &dir.s("ca"),
+        "--name",
+        ca_name,
+        "--cert-out",
+        &dir.s("ca.pem"),
+    ]));
     let mut certs = vec![("alice", "--client")];
     if green_tls_ip.is_some() {
         certs.push(("green-tls", "--server"));
@@ -1053,7 +1064,7 @@ services = [{relayed}]
         green_key = dir.s("green.key"),
         green_db = dir.s("green.redb"),
         green_sock = dir.s("green.sock"),
-        ca = dir.s("ca/ca.pem"),
+        ca = dir.s("ca.pem"),
         names = names.concat(),
         red_pub = keys.red_pub,
         signing = dir.s("green-signing.key"),
@@ -1128,7 +1139,7 @@ receiver_keys = ["{green_pub}"]
         red_key = dir.s("red.key"),
         red_db = dir.s("red.redb"),
         red_sock = dir.s("red.sock"),
-        ca = dir.s("ca/ca.pem"),
+        ca = dir.s("ca.pem"),
         names = names.join(", "),
         green_signing_pub = keys.green_signing_pub,
         green_pub = keys.green_pub,
