@@ -42,7 +42,7 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -266,6 +266,10 @@ pub type SharedGrants = Arc<Mutex<Grants>>;
 pub struct TunnelHooks {
     /// The table.
     pub grants: SharedGrants,
+    /// Tunnel connections whose every connect attempt to a service on red
+    /// failed (`relay.tunnel_unreachable`): after green relayed the order,
+    /// red never opened (SPEC §9, red refused or never got the order).
+    pub red_unreachable: Arc<AtomicU64>,
 }
 
 impl Hooks for TunnelHooks {
@@ -274,6 +278,13 @@ impl Hooks for TunnelHooks {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .apply(decision, now);
+    }
+
+    fn counters(&self) -> Vec<(String, u64)> {
+        vec![(
+            "relay.tunnel_unreachable".to_owned(),
+            self.red_unreachable.load(Ordering::Relaxed),
+        )]
     }
 
     fn session_closed(&mut self, session: &[u8; 16], _now: UnixMillis) {
@@ -297,8 +308,16 @@ impl Hooks for TunnelHooks {
 pub struct Target {
     /// Address and port.
     pub addr: SocketAddr,
-    /// Local address to connect from (`[relay] source`).
+    /// Local address to connect from (`[relay] source`); set exactly for
+    /// the services on red.
     pub bind: Option<IpAddr>,
+}
+
+impl Target {
+    /// Whether the service is on red (reached from `[relay] source`).
+    pub fn on_red(&self) -> bool {
+        self.bind.is_some()
+    }
 }
 
 /// The services the tunnel reaches: `[relay]` TCP services with a port,
@@ -440,6 +459,8 @@ struct Shared {
     grants: SharedGrants,
     targets: HashMap<String, Target>,
     active: AtomicUsize,
+    /// See [`TunnelHooks::red_unreachable`].
+    red_unreachable: Arc<AtomicU64>,
     /// Connections per client address.
     per_source: Mutex<HashMap<IpAddr, usize>>,
     max_connections: usize,
@@ -464,6 +485,7 @@ impl Shared {
             grants: SharedGrants::default(),
             targets,
             active: AtomicUsize::new(0),
+            red_unreachable: Arc::default(),
             per_source: Mutex::default(),
             max_connections,
             max_per_source,
@@ -545,6 +567,7 @@ pub fn start(cfg: &Config) -> Result<Option<TunnelHooks>, TunnelError> {
         source,
     })?;
     let grants = shared.grants.clone();
+    let red_unreachable = Arc::clone(&shared.red_unreachable);
     raise_fd_limit(t.max_connections);
     info!(port = t.listen_port, services = %{
         let mut v: Vec<_> = shared.targets.keys().cloned().collect();
@@ -555,7 +578,10 @@ pub fn start(cfg: &Config) -> Result<Option<TunnelHooks>, TunnelError> {
         .name("tunnel-accept".into())
         .spawn(move || accept_loop(&listener, &shared))
         .map_err(|e| TunnelError::Config(format!("tunnel thread: {e}")))?;
-    Ok(Some(TunnelHooks { grants }))
+    Ok(Some(TunnelHooks {
+        grants,
+        red_unreachable,
+    }))
 }
 
 fn listen(port: u16) -> io::Result<TcpListener> {
@@ -694,6 +720,13 @@ fn serve(shared: &Shared, tcp: TcpStream, ip: IpAddr) -> Result<(), ServeError> 
     let upstream = match connect(target) {
         Ok(s) => Arc::new(s),
         Err(source) => {
+            if target.on_red() {
+                // Green relayed the order, yet red never opened: red
+                // refused it (or never got it), or the service is down.
+                shared.red_unreachable.fetch_add(1, Ordering::Relaxed);
+                warn!(src = %ip, service = %service, red = %target.addr, error = %source,
+                    "tunnel: red never opened the service for green (a probe that never opens)");
+            }
             refuse(&mut pipe, "service unreachable");
             return Err(ServeError::Unreachable {
                 service,
