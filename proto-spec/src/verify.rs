@@ -357,7 +357,7 @@ pub struct Refused {
     pub identity: Option<ClientIdentity>,
 }
 
-/// What a refused check was judging (SPEC §8.3 "Stage"). At red it tells
+/// What a refused check was judging (SPEC §8.3.1). At red it tells
 /// a fault of the sending gateway from a fault of the client whose body
 /// the gateway relayed: only [`Stage::Order`] refusals may count against
 /// the order's source address (SPEC §9).
@@ -571,7 +571,7 @@ impl OrderVerifier {
         replay: &mut R,
     ) -> Result<Order, Refused> {
         let source = source.to_canonical();
-        // SPEC §8.3: each check names the stage it judges, so red never
+        // SPEC §8.3.1: each check names the stage it judges, so red never
         // blames green for what a client did (SPEC §9).
         let order_stage = Refused::at(Stage::Order);
         let signed = Refused::at(Stage::SignedOrder);
