@@ -1135,6 +1135,41 @@ max_connections_per_source = 11
     }
 
     #[test]
+    fn ips_lockout_keys_have_safe_defaults_and_are_checked() {
+        let base = "[daemon]\nkeys = [\"/k\"]\nreplay_db = \"/r\"\n[trust]\nanchors = [\"/a\"]\n\
+                    [[rules]]\nidentity = \"*\"\nservices = [\"*\"]\n";
+        let cfg = parse(base, Path::new("t.toml")).expect("parses");
+        let i = &cfg.ips;
+        assert_eq!(
+            (
+                i.weight_open_failed,
+                i.weight_replayed,
+                i.weight_invalid,
+                i.weight_proven
+            ),
+            (1, 0, 1, 1),
+            "replays weigh nothing by default"
+        );
+        assert_eq!(
+            (i.accepted_grace, i.max_sources, i.max_blocks),
+            (3600, 65_536, 65_536)
+        );
+        let text = format!(
+            "{base}[ips]\nweight_invalid = 65\nweight_replayed = 2\nmax_sources = 0\nmax_blocks = 0\n"
+        );
+        let cfg = parse(&text, Path::new("t.toml")).expect("parses");
+        let keys: Vec<String> = cfg
+            .check(Role::Green, None)
+            .into_iter()
+            .map(|p| p.key)
+            .collect();
+        for k in ["ips.weight_invalid", "ips.max_sources", "ips.max_blocks"] {
+            assert!(keys.iter().any(|x| x == k), "{k} in {keys:?}");
+        }
+        assert!(!keys.iter().any(|x| x == "ips.weight_replayed"), "{keys:?}");
+    }
+
+    #[test]
     fn relay_section_parses_names_and_ports() {
         let text = r#"
 [daemon]
