@@ -570,6 +570,12 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
         let secs = until.saturating_sub(now).div_ceil(1000).max(1);
         let timeout = Duration::from_secs(secs);
         let mut target = b.target;
+        // SPEC §9: an off-path sender can forge any address of a client's
+        // /64; a prefix holding a shielded client gets the offender alone.
+        if target.prefix_len() < target.max_prefix_len() && self.lockout.shields_net(target, now) {
+            debug!(src = %ip, prefix = %target, "a shielded client is in the prefix: blocking the address alone");
+            target = IpNet::from(ip);
+        }
         if let Err(e) = self.blocked.has_room(target, now) {
             self.block_refused("blocked.table_full", ip, target, &e, now);
             return;

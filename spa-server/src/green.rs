@@ -286,6 +286,7 @@ pub fn run_daemon<G: Gate, H: Hooks>(s: Setup, gate: G, hooks: H) -> Result<(), 
     d.lockout = Lockout::new(LockoutConfig {
         grace_ms: s.cfg.ips.accepted_grace.saturating_mul(1000),
         max_sources: s.cfg.ips.max_sources,
+        aggregation: aggregation(&s.cfg),
     })
     .map_err(|e| step("ips")(e.to_string()))?;
     d.blocked = crate::blocked::Blocked::new(s.cfg.ips.max_blocks);

@@ -1,9 +1,10 @@
-//! Forged IPv4 packets for the lock-out tests: a UDP datagram or a TCP SYN
-//! with any source address, sent through a raw socket (`IPPROTO_RAW`,
-//! header included) from inside a namespace. Only 10.200.0.0/16 addresses
-//! are accepted, so nothing leaves the test bed.
+//! Forged packets for the lock-out tests: an IPv4 UDP datagram or TCP SYN,
+//! or an IPv6 TCP SYN, with any source address, sent through a raw socket
+//! (`IPPROTO_RAW`, header included) from inside a namespace. Only
+//! 10.200.0.0/16 and fd00:200::/48 addresses are accepted, so nothing
+//! leaves the test bed.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -16,6 +17,10 @@ const IPPROTO_RAW: i32 = 255;
 
 fn in_test_bed(a: Ipv4Addr) -> bool {
     a.octets()[..2] == [10, 200]
+}
+
+fn in_test_bed6(a: Ipv6Addr) -> bool {
+    a.segments()[..2] == [0xfd00, 0x200]
 }
 
 /// The Internet checksum (RFC 1071) of `parts` laid end to end.
@@ -80,16 +85,63 @@ pub fn udp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
     ipv4(*src.ip(), *dst.ip(), IPPROTO_UDP, &u)
 }
 
-/// An IPv4 TCP SYN from `src` to `dst`.
-pub fn tcp_syn(src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
+fn syn_header(src_port: u16, dst_port: u16) -> Vec<u8> {
     let mut t = Vec::with_capacity(20);
-    t.extend_from_slice(&src.port().to_be_bytes());
-    t.extend_from_slice(&dst.port().to_be_bytes());
+    t.extend_from_slice(&src_port.to_be_bytes());
+    t.extend_from_slice(&dst_port.to_be_bytes());
     t.extend_from_slice(&0x5eed_0001u32.to_be_bytes()); // sequence
     t.extend_from_slice(&0u32.to_be_bytes()); // acknowledgment
     t.extend_from_slice(&[0x50, 0x02]); // header 20 bytes; SYN
     t.extend_from_slice(&64_240u16.to_be_bytes()); // window
     t.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
+    t
+}
+
+/// An IPv6 TCP SYN from `src` to `dst`.
+pub fn tcp_syn6(src: SocketAddrV6, dst: SocketAddrV6) -> Vec<u8> {
+    let mut t = syn_header(src.port(), dst.port());
+    let mut ph = Vec::with_capacity(40);
+    ph.extend_from_slice(&src.ip().octets());
+    ph.extend_from_slice(&dst.ip().octets());
+    ph.extend_from_slice(&u32::try_from(t.len()).expect("fits").to_be_bytes());
+    ph.extend_from_slice(&[0, 0, 0, IPPROTO_TCP]);
+    let c = checksum(&[&ph, &t]);
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut p = vec![0x60, 0, 0, 0]; // version 6
+    p.extend_from_slice(&u16::try_from(t.len()).expect("fits").to_be_bytes());
+    p.extend_from_slice(&[IPPROTO_TCP, 64]); // next header; hop limit
+    p.extend_from_slice(&src.ip().octets());
+    p.extend_from_slice(&dst.ip().octets());
+    p.extend_from_slice(&t);
+    p
+}
+
+/// Sends whole IPv6 packets (as [`tcp_syn6`] makes them) from inside
+/// `ns`, whatever their source address.
+pub fn send6(ns: &Netns, packets: &[Vec<u8>]) {
+    ns.run_in(|| {
+        let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::from(IPPROTO_RAW)))
+            .expect("raw IPv6 socket (needs root)");
+        for p in packets {
+            let addr = |at: usize| -> Ipv6Addr {
+                let b: [u8; 16] = p[at..at + 16].try_into().expect("16 bytes");
+                Ipv6Addr::from(b)
+            };
+            let (src, dst) = (addr(8), addr(24));
+            assert!(
+                in_test_bed6(src) && in_test_bed6(dst),
+                "forged packets stay in fd00:200::/48"
+            );
+            let to = SockAddr::from(SocketAddr::V6(SocketAddrV6::new(dst, 0, 0, 0)));
+            let n = s.send_to(p, &to).expect("send a forged IPv6 packet");
+            assert_eq!(n, p.len());
+        }
+    });
+}
+
+/// An IPv4 TCP SYN from `src` to `dst`.
+pub fn tcp_syn(src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
+    let mut t = syn_header(src.port(), dst.port());
     let ph = pseudo(*src.ip(), *dst.ip(), IPPROTO_TCP, t.len());
     let c = checksum(&[&ph, &t]);
     t[16..18].copy_from_slice(&c.to_be_bytes());

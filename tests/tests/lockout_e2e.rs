@@ -16,7 +16,7 @@
 //! Needs root, iproute2, nftables and tcpdump; fails with the `apt-get
 //! install` line when one is missing.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -459,4 +459,88 @@ fn spoofed_source_cannot_lock_out_the_client() {
     assert!(sent.is_empty(), "green answered: {sent:?}");
     let log = green.log_text();
     assert!(log.contains("block lifted"), "{log}");
+}
+
+/// The same defence for a block wider than one address: IPv6 sources are
+/// counted and blocked per /64, and an off-path sender can forge any
+/// address of the client's /64. SYNs forged from a neighbour of the
+/// client (fd00:200:1::99, which never knocked) get that address blocked
+/// alone, not the client's /64, once the client knocked from
+/// fd00:200:1::2: its new connections keep working. The same SYNs forged
+/// from a /64 without a client get the whole /64 blocked.
+#[test]
+fn spoofed_source_cannot_lock_out_the_client_through_its_64() {
+    let lab = Lab::new();
+    let _svc = TcpService::start(&lab.green, SocketAddr::from(([0u16; 8], SSH_PORT)));
+    let green = lab.start_green("");
+    let alice = lab.signer("alice", 2);
+    let client6: Ipv6Addr = "fd00:200:1::2".parse().expect("address");
+    let green_c6: Ipv6Addr = "fd00:200:1::1".parse().expect("address");
+    let green_a6: Ipv6Addr = "fd00:200:2::1".parse().expect("address");
+    let k = seal_knock(
+        alice.as_ref(),
+        &lab.pk,
+        &KnockRequest {
+            msg_type: MessageType::OpenTunnel,
+            timestamp_ms: fresh_ts(),
+            nonce: rand16(),
+            session_id: rand16(),
+            lifetime_s: 60,
+            open_for: OpenFor::Addr(IpAddr::V6(client6)),
+            services: &["ssh"],
+        },
+        rand32(),
+    )
+    .expect("seal");
+    lab.client.send_udp(
+        IpAddr::V6(client6),
+        SocketAddr::new(IpAddr::V6(green_c6), KNOCK_PORT),
+        &k,
+    );
+    green.wait_counter("accepted.open-tunnel", 1);
+    let ssh6 = SocketAddr::new(IpAddr::V6(green_c6), SSH_PORT);
+    let mut established = lab
+        .client
+        .connect(ssh6, CONNECT_TIMEOUT)
+        .expect("the client connects over IPv6");
+
+    let syns6 = |src: &str| {
+        let src: Ipv6Addr = src.parse().expect("address");
+        let packets: Vec<Vec<u8>> = (0..12u16)
+            .map(|i| {
+                spoof::tcp_syn6(
+                    SocketAddrV6::new(src, 40_000 + i, 0, 0),
+                    SocketAddrV6::new(green_a6, 3_000 + i, 0, 0),
+                )
+            })
+            .collect();
+        spoof::send6(&lab.attacker, &packets);
+    };
+    syns6("fd00:200:1::99");
+    assert!(
+        wait_until(Duration::from_secs(5), || !blocked(&green.status())
+            .is_empty()),
+        "the forged neighbour was not blocked: {}",
+        green.status()
+    );
+    let st = green.status();
+    assert_eq!(blocked(&st), ["fd00:200:1::99"], "{st}");
+    assert_eq!(st["blocked"][0]["prefix"], 128, "{st}");
+    assert!(!lab.nft_set("block6_64").contains("fd00:200:1::"));
+    echo(&mut established, b"still").expect("the established connection");
+    let mut again = lab
+        .client
+        .connect(ssh6, CONNECT_TIMEOUT)
+        .expect("a new connection of the client while its neighbour is blocked");
+    echo(&mut again, b"new").expect("echo");
+
+    // A /64 without a shielded client is blocked whole.
+    syns6("fd00:200:5::99");
+    assert!(
+        wait_until(Duration::from_secs(5), || blocked(&green.status())
+            .contains(&"fd00:200:5::/64".to_owned())),
+        "the other /64 was not blocked whole: {}",
+        green.status()
+    );
+    assert!(lab.nft_set("block6_64").contains("fd00:200:5::"));
 }

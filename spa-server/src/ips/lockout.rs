@@ -9,7 +9,9 @@
 
 use std::net::IpAddr;
 
-use super::{DEFAULT_MAX_SOURCES, IpsError, Lru, check_sources};
+use ipnet::IpNet;
+
+use super::{DEFAULT_MAX_SOURCES, IpsError, Lru, SourceAggregation, check_sources};
 
 /// Default time a source stays shielded after an accepted datagram, ms.
 pub const DEFAULT_GRACE_MS: u64 = 3_600_000;
@@ -21,8 +23,13 @@ pub struct LockoutConfig {
     /// opening it granted, if later) a source stays shielded, ms. 0 turns
     /// the shield off.
     pub grace_ms: u64,
-    /// Sources remembered at most (LRU eviction).
+    /// Sources remembered at most (LRU eviction), for addresses and for
+    /// their aggregates each.
     pub max_sources: usize,
+    /// How addresses are grouped into sources (the IPS's): a block of an
+    /// aggregate holding a shielded address is narrowed to the offender
+    /// ([`Lockout::shields_net`]).
+    pub aggregation: SourceAggregation,
 }
 
 impl Default for LockoutConfig {
@@ -30,6 +37,7 @@ impl Default for LockoutConfig {
         Self {
             grace_ms: DEFAULT_GRACE_MS,
             max_sources: DEFAULT_MAX_SOURCES,
+            aggregation: SourceAggregation::default(),
         }
     }
 }
@@ -41,12 +49,16 @@ pub struct Lockout {
     cfg: LockoutConfig,
     /// Address → end of its shield, ms.
     shielded: Lru<IpAddr, u64>,
+    /// Aggregate (an IPv6 /64 by default) → end of the last shield of an
+    /// address in it, ms.
+    nets: Lru<IpNet, u64>,
 }
 
 impl Default for Lockout {
     fn default() -> Self {
         Self {
             shielded: Lru::new(DEFAULT_MAX_SOURCES),
+            nets: Lru::new(DEFAULT_MAX_SOURCES),
             cfg: LockoutConfig::default(),
         }
     }
@@ -56,8 +68,10 @@ impl Lockout {
     /// A shield with no sources yet.
     pub fn new(cfg: LockoutConfig) -> Result<Self, IpsError> {
         check_sources(cfg.max_sources)?;
+        cfg.aggregation.validate()?;
         Ok(Self {
             shielded: Lru::new(cfg.max_sources),
+            nets: Lru::new(cfg.max_sources),
             cfg,
         })
     }
@@ -80,6 +94,20 @@ impl Lockout {
             .shielded
             .get_or_insert_with(src.to_canonical(), || until);
         *e = (*e).max(until);
+        let n = self
+            .nets
+            .get_or_insert_with(self.cfg.aggregation.key(src), || until);
+        *n = (*n).max(until);
+    }
+
+    /// Whether `net` (a block target wider than one address) holds an
+    /// address shielded at `now_ms`: an off-path sender can forge any
+    /// address of a client's /64, so the daemon then blocks the offending
+    /// address alone (SPEC §9).
+    pub fn shields_net(&self, net: IpNet, now_ms: u64) -> bool {
+        self.nets
+            .peek(&net.trunc())
+            .is_some_and(|&until| now_ms < until)
     }
 
     /// Whether `src` had an accepted datagram recently enough that what
@@ -100,8 +128,9 @@ impl Lockout {
         self.shielded.len() == 0
     }
 
-    /// Forgets the shields that ended; returns how many.
+    /// Forgets the shields that ended; returns how many addresses went.
     pub fn prune(&mut self, now_ms: u64) -> usize {
+        self.nets.retain(|_, &mut until| now_ms < until);
         self.shielded.retain(|_, &mut until| now_ms < until)
     }
 }
@@ -139,6 +168,25 @@ mod tests {
         assert_eq!(l.prune(89_999), 0);
         assert_eq!(l.prune(90_000), 1);
         assert!(l.is_empty());
+    }
+
+    #[test]
+    fn a_prefix_holding_a_shielded_address_is_shielded_as_a_prefix() {
+        let mut l = Lockout::new(LockoutConfig::default()).expect("cfg");
+        let net = |s: &str| s.parse::<IpNet>().expect("net");
+        l.note_accepted(ip("2001:db8:1:2::10"), 1_000, 0);
+        assert!(l.shields_net(net("2001:db8:1:2::/64"), 1_000));
+        assert!(
+            !l.shields(ip("2001:db8:1:2::11"), 1_000),
+            "not its neighbour"
+        );
+        assert!(!l.shields_net(net("2001:db8:1:3::/64"), 1_000));
+        let end = 1_000 + DEFAULT_GRACE_MS;
+        assert!(!l.shields_net(net("2001:db8:1:2::/64"), end));
+        // IPv4 per address by default.
+        l.note_accepted(ip("10.200.1.2"), 1_000, 0);
+        assert!(l.shields_net(net("10.200.1.2/32"), 1_000));
+        assert!(!l.shields_net(net("10.200.1.0/24"), 1_000));
     }
 
     #[test]
