@@ -38,20 +38,24 @@
 //!
 //! # Memory and eviction
 //!
-//! Every table holds at most `max_sources` entries (65,536 by default) and a
-//! bounded amount per entry (`threshold` failure times, `distinct_ports`
-//! ports, [`MAX_ALLOWED_PORTS_PER_SOURCE`] allowances). When a table is full
-//! the **least recently used** entry is evicted (O(1), an intrusive list over
-//! a slab). LRU rather than random eviction because it gives a deterministic
-//! guarantee: a source's state survives until `max_sources` *other* sources
-//! have been seen since its last datagram. For the rate limiter the evicted
-//! entry is in practice idle and its bucket already full again (eviction
+//! Every table holds at most `max_sources` entries (`[ips] max_sources`,
+//! 65,536 by default) and a bounded amount per entry (`threshold` failure
+//! times, `distinct_ports` ports, [`MAX_ALLOWED_PORTS_PER_SOURCE`]
+//! allowances), kept in a slab with an intrusive recency list (O(1)). When
+//! the rate limiter is full, the **least recently used** entry is evicted:
+//! in practice it is idle and its bucket already full again (eviction
 //! loses nothing unless more than `max_sources` sources were active within
-//! `burst / rate` seconds, a flood no per-source limit can stop anyway); for
-//! the offense and scan tables an attacker must send from `max_sources`
-//! other sources to make the table forget it, which costs more than the
-//! block it would dodge. Eviction never blocks anybody. Hash maps use std's
-//! randomly keyed SipHash, so crafted source addresses cannot degrade them.
+//! `burst / rate` seconds, a flood no per-source limit can stop anyway).
+//! When the offense or scan table is full, the entry with the **least
+//! evidence** (failure weight or ports counted; a running block counts
+//! most) among the 8 least recently used goes. Source addresses are cheap
+//! to forge, so plain LRU would let a flood of fresh forged sources (one
+//! count each) push a real scanner's partial count out; with the sample,
+//! evicting it takes 8 stale entries with at least as much evidence, each
+//! as costly to build as the scanner's own. Eviction never blocks anybody,
+//! and running blocks live in [`crate::blocked::Blocked`], which never
+//! evicts them. Hash maps use std's randomly keyed SipHash, so crafted
+//! source addresses cannot degrade them.
 //!
 //! # Defaults, chosen for spoofed sources (SPEC §9)
 //!
@@ -673,7 +677,15 @@ impl Offenses {
         let key = self.cfg.aggregation.key(src);
         let (threshold, window, block) =
             (self.cfg.threshold, self.cfg.window_ms, self.cfg.block_ms);
-        let e = self.table.get_or_insert_with(key, OffenseEntry::default);
+        let e = self
+            .table
+            .get_or_insert_scored(key, OffenseEntry::default, |e| {
+                if now_ms < e.blocked_until {
+                    u64::MAX
+                } else {
+                    e.times.iter().map(|&(_, w)| u64::from(w)).sum()
+                }
+            });
         if now_ms < e.blocked_until {
             return None;
         }

@@ -7,6 +7,10 @@ use std::hash::Hash;
 
 const NIL: usize = usize::MAX;
 
+/// How many of the least recently used entries a full table compares
+/// before evicting one ([`Lru::get_or_insert_scored`]).
+pub(super) const EVICTION_SAMPLE: usize = 8;
+
 #[derive(Debug)]
 pub(super) struct Slot<K, V> {
     pub(super) key: K,
@@ -84,6 +88,23 @@ impl<K: Copy + Eq + Hash, V> Lru<K, V> {
     /// The entry for `k`, created with `make` (evicting the least recently
     /// used entry if full), marked most recently used.
     pub(super) fn get_or_insert_with(&mut self, k: K, make: impl FnOnce() -> V) -> &mut V {
+        self.get_or_insert_scored(k, make, |_| 0)
+    }
+
+    /// [`Lru::get_or_insert_with`], but when full the entry evicted is the
+    /// one with the lowest `evidence` among the [`EVICTION_SAMPLE`] least
+    /// recently used (the oldest of them on a tie). The offense and scan
+    /// tables score an entry by what it has counted (a running block
+    /// highest), so that flooding the table with fresh forged sources, one
+    /// count each, pushes out other one-count entries before a real
+    /// scanner's: evicting it takes `EVICTION_SAMPLE` stale entries with at
+    /// least as much evidence, each as costly to build as its own.
+    pub(super) fn get_or_insert_scored(
+        &mut self,
+        k: K,
+        make: impl FnOnce() -> V,
+        evidence: impl Fn(&V) -> u64,
+    ) -> &mut V {
         let i = match self.map.get(&k) {
             Some(&i) => {
                 if self.head != i {
@@ -94,7 +115,8 @@ impl<K: Copy + Eq + Hash, V> Lru<K, V> {
             }
             None => {
                 if self.slots.len() >= self.cap && self.tail != NIL {
-                    self.remove_at(self.tail);
+                    let victim = self.weakest_of_tail(&evidence);
+                    self.remove_at(victim);
                 }
                 let i = self.slots.len();
                 self.slots.push(Slot {
@@ -109,6 +131,25 @@ impl<K: Copy + Eq + Hash, V> Lru<K, V> {
             }
         };
         &mut self.slots[i].val
+    }
+
+    /// The slot with the least evidence among the least recently used.
+    fn weakest_of_tail(&self, evidence: &impl Fn(&V) -> u64) -> usize {
+        let mut best = self.tail;
+        let mut best_score = evidence(&self.slots[best].val);
+        let mut i = self.slots[best].prev;
+        for _ in 1..EVICTION_SAMPLE {
+            if i == NIL || best_score == 0 {
+                break;
+            }
+            let score = evidence(&self.slots[i].val);
+            if score < best_score {
+                best = i;
+                best_score = score;
+            }
+            i = self.slots[i].prev;
+        }
+        best
     }
 
     pub(super) fn remove(&mut self, k: &K) -> Option<V> {

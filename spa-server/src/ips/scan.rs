@@ -194,7 +194,15 @@ impl ScanDetector {
             self.cfg.window_ms,
             self.cfg.block_ms,
         );
-        let e = self.probes.get_or_insert_with(key, ScanEntry::default);
+        let e = self
+            .probes
+            .get_or_insert_scored(key, ScanEntry::default, |e| {
+                if now_ms < e.blocked_until {
+                    u64::MAX
+                } else {
+                    e.ports.len() as u64
+                }
+            });
         if now_ms < e.blocked_until {
             return None;
         }

@@ -599,6 +599,66 @@ fn ipv6_scanner_rotating_addresses_is_one_source() {
 }
 
 #[test]
+fn a_flood_of_forged_sources_does_not_evict_a_scanner_in_progress() {
+    let mut s = ScanDetector::new(ScanConfig {
+        max_sources: 64,
+        ..Default::default()
+    })
+    .expect("cfg");
+    let scanner = ip("198.51.100.99");
+    for p in 0..9u16 {
+        assert_eq!(s.record_probe(scanner, Transport::Tcp, p, 1_000), None);
+    }
+    // 10,000 forged sources, one probe each: the scanner goes least
+    // recently used at once, but has the most evidence.
+    for i in 0..10_000u32 {
+        let _ = s.record_probe(
+            IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)),
+            Transport::Tcp,
+            1,
+            1_001,
+        );
+        assert!(s.len().0 <= 64);
+    }
+    let d = s.record_probe(scanner, Transport::Tcp, 9, 1_002);
+    assert!(d.is_some(), "the scanner's 9 ports were forgotten");
+
+    // The same for failures.
+    let mut o = Offenses::new(OffenseConfig {
+        max_sources: 64,
+        ..Default::default()
+    })
+    .expect("cfg");
+    let a = ip("198.51.100.98");
+    for i in 0..4 {
+        assert_eq!(o.record_failure(a, 1_000 + i, FailureKind::Invalid), None);
+    }
+    for i in 0..10_000u32 {
+        let _ = o.record_failure(
+            IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)),
+            1_010,
+            FailureKind::OpenFailed,
+        );
+    }
+    assert!(o.record_failure(a, 1_020, FailureKind::Invalid).is_some());
+}
+
+#[test]
+fn lru_evicts_the_weakest_of_its_oldest_entries() {
+    let mut l: Lru<u32, u64> = Lru::new(4);
+    for (k, score) in [(1, 5), (2, 1), (3, 7), (4, 2)] {
+        *l.get_or_insert_with(k, || 0) = score;
+    }
+    // Full: 2 has the least evidence among the oldest.
+    l.get_or_insert_scored(5, || 3, |v| *v);
+    assert!(l.peek(&2).is_none());
+    assert_eq!(l.len(), 4);
+    // Plain LRU eviction ignores the scores.
+    l.get_or_insert_with(6, || 0);
+    assert!(l.peek(&1).is_none());
+}
+
+#[test]
 fn scan_memory_is_bounded() {
     let mut s = ScanDetector::new(ScanConfig {
         max_sources: 50,
