@@ -264,7 +264,7 @@ send_udp $C $GREEN_C "$T/knock.json"; sleep 0.3
 say "alice's knock went out once (accepted): $(plain "$T/green.log" | grep accepted | tail -1 | grep -o 'kind=.*services=[a-z]*')"
 left=$("$BIN/spa-server" status --socket "$T/green.sock" | sed -n "s/.*blocked $ATTACKER for \([0-9]*\) s.*/\1/p")
 if [ -n "$left" ]; then
-    say "the attacker is still blocked for the scan ($left s more: its datagrams are dropped unread);"
+    say "the attacker is still blocked for the scan ($left s more: its datagrams that fail the MAC are dropped unread);"
     say "it waits for the block to end ..."
     for _ in $(seq 100); do
         st=$("$BIN/spa-server" status --socket "$T/green.sock")

@@ -27,8 +27,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use proto_spec::body::{BodyFields, MessageType, OpenFor, encode_signed_part};
 use proto_spec::keys::ReceiverPublicKey;
 use proto_spec::order::{OrderFields, encode_order_signed_part};
-use proto_spec::seal::{seal_order, seal_plaintext};
-use proto_spec::sign::GatewaySigner;
+use proto_spec::seal::{precheck_mac, seal_order, seal_plaintext};
+use proto_spec::sign::{GatewaySigner, KNOCK_SIGNATURE_CONTEXT, Signer as _, transcript};
 use proto_spec::wire::DatagramKind;
 use spa_server::capture::{Capture, CaptureConfig, Event};
 use spa_server::nft::Proto;
@@ -608,6 +608,154 @@ fn red_refuses_forged_replayed_and_unauthorized_orders() {
         unauthorized
     );
     assert!(bed.green_reaches_web());
+}
+
+/// Issue 10 item 2: orders green's key signed, from green's address,
+/// around alice's correctly signed request-service bodies that are stale,
+/// future-dated, or replayed (below alice's floor at red), 12 in all, as
+/// clock skew, green's resends after red lost state, or one malicious
+/// client produce them. Red refuses each under the client-body stage
+/// (`refused_stage.client_body`), never counts them against green
+/// (`ips.not_blamed`), and does not block green; MAC-valid garbage from
+/// green's address (what anyone holding red's public key can send) does
+/// not get green blocked either, since green had an accepted order. The
+/// next valid relayed request opens red.
+#[test]
+fn red_does_not_block_green_for_client_faults() {
+    assert!(
+        runnable(),
+        "red_does_not_block_green_for_client_faults needs root, iproute2 and nftables"
+    );
+    let bed = Bed::new();
+    bed.open_and_request_web();
+    bed.green
+        .wait_counter_within("relay.confirmed", 1, Duration::from_secs(5));
+    bed.spa_client(&["send", "close"]);
+    assert!(
+        wait_until(Duration::from_secs(5), || !bed.red_allows_green()),
+        "red kept the opening after the close"
+    );
+    bed.red
+        .wait_counter_within("accepted.close", 1, Duration::from_secs(5));
+
+    let green = IpAddr::V4(GREEN_R);
+    let red_addr = SocketAddr::from((RED, ORDER_PORT));
+    let alice =
+        spa_keys::load_software_signer(&bed.dir.join("alice.key"), &bed.dir.join("alice.crt"))
+            .expect("alice's key");
+    let green_pk = spa_keys::read_receiver_key(&bed.dir.join("green.key"))
+        .expect("green's key")
+        .public_key();
+    let green_signer = spa_keys::read_gateway_signer(&bed.dir.join("green-signing.key"))
+        .expect("green's signing key");
+    // Alice's request-service body, signed for green (SPEC §4.4).
+    let body = |ts: u64, session: [u8; 16]| {
+        let mut b = encode_signed_part(&BodyFields {
+            msg_type: MessageType::RequestService,
+            timestamp_ms: ts,
+            nonce: *spa_keys::random_32()
+                .expect("random")
+                .first_chunk()
+                .expect("16"),
+            session_id: session,
+            lifetime_s: 30,
+            open_for: OpenFor::Addr(IpAddr::V4(CLIENT)),
+            services: &["web"],
+            certificate: alice.certificate_der(),
+        })
+        .expect("body");
+        let t = transcript(KNOCK_SIGNATURE_CONTEXT, &green_pk, &b);
+        b.extend_from_slice(&alice.sign(&t).expect("sign"));
+        b
+    };
+    // A fresh order from green around it (strictly increasing timestamps
+    // close to now, so green's own next order stays above them).
+    let mut last_order_ts = 0;
+    let mut order = |client_body: &[u8], session: [u8; 16]| {
+        last_order_ts = now_ms().max(last_order_ts + 1);
+        seal_order(
+            &green_signer,
+            &bed.red_pk,
+            &OrderFields {
+                order_timestamp_ms: last_order_ts,
+                session_id: session,
+                lifetime_s: 30,
+                open_for: green,
+                client_body,
+            },
+            *spa_keys::random_32().expect("random"),
+        )
+        .expect("seal")
+    };
+    let now = now_ms();
+    let cases = [
+        ("refused.stale", now - 70_000),
+        ("refused.future_dated", now + 30_000),
+        // Fresh, but below alice's floor at red (her request moments ago).
+        ("refused.replayed", now - 40_000),
+    ];
+    let mut sent = 0;
+    for (counter, ts) in cases {
+        let before = bed.red.counter(counter);
+        for i in 0..4u8 {
+            let session = [0x70 + i; 16];
+            let o = order(&body(ts + u64::from(i), session), session);
+            bed.green_ns.send_udp(green, red_addr, &o);
+            sent += 1;
+        }
+        bed.red
+            .wait_counter_within(counter, before + 4, Duration::from_secs(5));
+    }
+    let st = bed.red.status();
+    let counter = |name: &str| st["counters"][name].as_u64().unwrap_or(0);
+    assert!(counter("refused_stage.client_body") >= sent, "{st}");
+    assert!(counter("ips.not_blamed") >= sent, "{st}");
+    assert_eq!(counter("blocked"), 0, "{st}");
+    assert!(
+        st["blocked"].as_array().is_some_and(Vec::is_empty),
+        "red blocked green for its clients' faults: {st}"
+    );
+
+    // MAC-valid garbage from green's address: order stage, forgeable by
+    // anyone with red's public key; green is shielded by its accepted
+    // orders.
+    let open_failed = bed.red.counter("refused.open_failed");
+    for _ in 0..8 {
+        let mut d = vec![0x01u8];
+        while d.len() < 400 - 16 {
+            d.extend_from_slice(&*spa_keys::random_32().expect("random"));
+        }
+        d.truncate(400 - 16);
+        let mac = precheck_mac(DatagramKind::Order, &bed.red_pk, &d);
+        d.extend_from_slice(&mac);
+        bed.green_ns.send_udp(green, red_addr, &d);
+    }
+    bed.red.wait_counter_within(
+        "refused.open_failed",
+        open_failed + 8,
+        Duration::from_secs(5),
+    );
+    let st = bed.red.status();
+    assert!(st["counters"]["ips.shielded"].as_u64() >= Some(8), "{st}");
+    assert!(
+        st["blocked"].as_array().is_some_and(Vec::is_empty),
+        "red blocked green for forged garbage: {st}"
+    );
+    let blocks = bed
+        .red_ns
+        .run_in(|| spa_server::nft::list("spa"))
+        .expect("list red's sets");
+    assert!(blocks.block.is_empty(), "{blocks:?}");
+
+    // The next valid relayed request opens red.
+    let orders = bed.red.counter("accepted.order");
+    bed.spa_client(&["send", "open"]);
+    bed.green
+        .wait_counter_within("accepted.open-tunnel", 2, Duration::from_secs(5));
+    bed.spa_client(&["send", "request", "web"]);
+    bed.wait_green_reaches_web("after the client-body refusals");
+    assert!(bed.red.counter("accepted.order") > orders);
+    assert!(bed.red_allows_green());
 }
 
 /// red-relay killed with SIGKILL mid-session and restarted: its table is

@@ -57,6 +57,14 @@
 //! block = 600                   # … block the source (IPv6: its /64) this many seconds
 //! scan_ports = 10               # distinct closed ports …
 //! scan_window = 10              # … within this many seconds: block
+//! weight_open_failed = 1        # what each refusal adds toward `failures`:
+//! weight_replayed = 0           #   MAC-valid garbage, replayed/stale copies,
+//! weight_invalid = 1            #   other refusals before the client is proven,
+//! weight_proven = 1             #   refusals after its signature verified (0..=64)
+//! accepted_grace = 3600         # seconds a source with an accepted knock is
+//!                               #   shielded from forgeable failures and scans
+//! max_sources = 65536           # sources each IPS table tracks (LRU)
+//! max_blocks = 65536            # running blocks at most (also the nft set size)
 //!
 //! [relay]                       # spa-server only: services that live on red
 //! red = "10.200.60.2:62202"     # red's order port
@@ -309,6 +317,33 @@ pub struct IpsSection {
     /// Seconds.
     #[serde(default = "default_scan_window")]
     pub scan_window: u64,
+    /// Weight of an `open_failed` refusal (MAC-valid garbage).
+    #[serde(default = "default_weight_one")]
+    pub weight_open_failed: u32,
+    /// Weight of a `replayed` or `stale` refusal (a captured knock sent
+    /// again); 0 by default.
+    #[serde(default)]
+    pub weight_replayed: u32,
+    /// Weight of any other refusal before the client was proven.
+    #[serde(default = "default_weight_one")]
+    pub weight_invalid: u32,
+    /// Weight of a refusal after the client's signature verified.
+    #[serde(default = "default_weight_one")]
+    pub weight_proven: u32,
+    /// Seconds after an accepted datagram (or the end of its opening) during
+    /// which the source's forgeable failures and probes are not counted; 0
+    /// turns the shield off. SPEC §9.
+    #[serde(default = "default_accepted_grace")]
+    pub accepted_grace: u64,
+    /// Sources each IPS table (rate limiter, failures, scans, shield)
+    /// tracks at most; the least recently seen is forgotten.
+    #[serde(default = "default_max_sources")]
+    pub max_sources: usize,
+    /// Blocks running at once at most; also the `size` of the nftables
+    /// block sets. When full, new blocks are refused (logged, counted as
+    /// `blocked.table_full` / `blocked.set_full`); running ones are kept.
+    #[serde(default = "default_max_blocks")]
+    pub max_blocks: usize,
 }
 
 impl Default for IpsSection {
@@ -321,6 +356,13 @@ impl Default for IpsSection {
             block: default_block(),
             scan_ports: default_scan_ports(),
             scan_window: default_scan_window(),
+            weight_open_failed: default_weight_one(),
+            weight_replayed: 0,
+            weight_invalid: default_weight_one(),
+            weight_proven: default_weight_one(),
+            accepted_grace: default_accepted_grace(),
+            max_sources: default_max_sources(),
+            max_blocks: default_max_blocks(),
         }
     }
 }
@@ -500,6 +542,18 @@ fn default_scan_ports() -> u32 {
 }
 fn default_scan_window() -> u64 {
     10
+}
+fn default_weight_one() -> u32 {
+    1
+}
+fn default_accepted_grace() -> u64 {
+    crate::ips::lockout::DEFAULT_GRACE_MS / 1000
+}
+fn default_max_sources() -> usize {
+    crate::ips::DEFAULT_MAX_SOURCES
+}
+fn default_max_blocks() -> usize {
+    crate::blocked::DEFAULT_MAX_BLOCKS
 }
 
 /// One problem found in a configuration: the key and what is wrong.
@@ -785,6 +839,25 @@ impl Config {
         // What run's constructors reject, by the same code.
         if let Err(x) = crate::green::ips_state(self) {
             bad(x.key, x.problem);
+        }
+        for (key, w) in [
+            ("ips.weight_open_failed", self.ips.weight_open_failed),
+            ("ips.weight_replayed", self.ips.weight_replayed),
+            ("ips.weight_invalid", self.ips.weight_invalid),
+            ("ips.weight_proven", self.ips.weight_proven),
+        ] {
+            if w > crate::ips::MAX_FAILURE_THRESHOLD {
+                bad(key.into(), "a weight must be between 0 and 64".into());
+            }
+        }
+        if self.ips.max_sources == 0 {
+            bad("ips.max_sources".into(), "must be at least 1".into());
+        }
+        if self.ips.max_blocks == 0 || u32::try_from(self.ips.max_blocks).is_err() {
+            bad(
+                "ips.max_blocks".into(),
+                "must be between 1 and 4294967295".into(),
+            );
         }
         match role {
             Role::Red if self.gateways.is_empty() => {
@@ -1114,6 +1187,41 @@ max_connections_per_source = 11
             .map(|p| p.key)
             .collect();
         assert!(red.iter().any(|x| x == "tunnel"), "{red:?}");
+    }
+
+    #[test]
+    fn ips_lockout_keys_have_safe_defaults_and_are_checked() {
+        let base = "[daemon]\nkeys = [\"/k\"]\nreplay_db = \"/r\"\n[trust]\nanchors = [\"/a\"]\n\
+                    [[rules]]\nidentity = \"*\"\nservices = [\"*\"]\n";
+        let cfg = parse(base, Path::new("t.toml")).expect("parses");
+        let i = &cfg.ips;
+        assert_eq!(
+            (
+                i.weight_open_failed,
+                i.weight_replayed,
+                i.weight_invalid,
+                i.weight_proven
+            ),
+            (1, 0, 1, 1),
+            "replays weigh nothing by default"
+        );
+        assert_eq!(
+            (i.accepted_grace, i.max_sources, i.max_blocks),
+            (3600, 65_536, 65_536)
+        );
+        let text = format!(
+            "{base}[ips]\nweight_invalid = 65\nweight_replayed = 2\nmax_sources = 0\nmax_blocks = 0\n"
+        );
+        let cfg = parse(&text, Path::new("t.toml")).expect("parses");
+        let keys: Vec<String> = cfg
+            .check(Role::Green, None)
+            .into_iter()
+            .map(|p| p.key)
+            .collect();
+        for k in ["ips.weight_invalid", "ips.max_sources", "ips.max_blocks"] {
+            assert!(keys.iter().any(|x| x == k), "{k} in {keys:?}");
+        }
+        assert!(!keys.iter().any(|x| x == "ips.weight_replayed"), "{keys:?}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
 use proto_spec::cert::TrustStore;
-use proto_spec::verify::Refused;
+use proto_spec::verify::{Refused, Stage};
 use proto_spec::{Refusal, UnixMillis};
 use serde_json::{Value, json};
 use tracing::{debug, error, info, warn};
@@ -26,7 +26,9 @@ use crate::config::{Config, ServiceProto};
 use crate::counters::Counters;
 use crate::ctl::ControlSocket;
 use crate::gate::{Decision, Gate};
-use crate::ips::{BlockDecision, FailureKind, Offenses, RateLimiter, ScanDetector, Transport};
+use crate::ips::{
+    BlockDecision, FailureKind, Lockout, Offenses, RateLimiter, ScanDetector, Transport,
+};
 use crate::nft::{NftError, NftSets};
 use crate::pki::{TrustFiles, load_trust};
 pub use crate::sessions::{Opening, Session};
@@ -232,6 +234,8 @@ pub struct Daemon<G: Gate, H: Hooks> {
     pub counters: Counters,
     /// Blocked sources (addresses or prefixes) and until when.
     pub blocked: Blocked,
+    /// Sources with a recent accepted datagram (SPEC §9 lock-out defence).
+    pub lockout: Lockout,
     /// Trust files.
     pub trust: TrustWatch,
     /// Control socket.
@@ -250,6 +254,7 @@ pub struct Daemon<G: Gate, H: Hooks> {
     last_stamp_check_ms: UnixMillis,
     last_sweep_ms: UnixMillis,
     last_prune_ms: UnixMillis,
+    last_full_warn_ms: UnixMillis,
     /// Floors older than this (the freshness window) may be pruned.
     pub prune_max_age_ms: u64,
 }
@@ -321,6 +326,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             scans: p.scans,
             counters: Counters::default(),
             blocked: Blocked::default(),
+            lockout: Lockout::default(),
             trust: p.trust,
             control: p.control,
             flags: p.flags,
@@ -333,6 +339,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             last_sweep_ms: now,
             // The first prune runs at the first turn after the start.
             last_prune_ms: now.saturating_sub(PRUNE_EVERY_MS),
+            last_full_warn_ms: 0,
             prune_max_age_ms: proto_spec::replay::DEFAULT_MAX_AGE_MS,
         }
     }
@@ -362,12 +369,16 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
     pub fn handle_datagram(&mut self, src: SocketAddr, payload: &[u8], now: UnixMillis) {
         let ip = src.ip().to_canonical();
         // A blocked source: the capture sees packets before the firewall
-        // drops them, so drop its knocks here too, before any work.
-        if self.blocked.covers(ip, now) {
-            self.counters.bump("refused.blocked_source");
-            return;
-        }
+        // drops them. What fails the MAC is dropped here before any other
+        // work; what passes it is still verified (after the rate limit), so
+        // that a block somebody provoked with the client's address cannot
+        // keep the client out (SPEC §9).
+        let blocked = self.blocked.covers(ip, now);
         if let Err(r) = self.gate.precheck(payload) {
+            if blocked {
+                self.counters.bump("refused.blocked_source");
+                return;
+            }
             // Before the MAC: the sender showed no knowledge of our public
             // key. Counted, logged at debug only (a flood must not flood the
             // logs), summarized every 10 s, never used to block (SPEC §9).
@@ -382,27 +393,76 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             return;
         }
         match self.gate.verify(payload, ip, now, &mut self.db) {
-            Err(Refused {
-                reason: r,
-                identity,
-            }) => {
+            Err(refused) => {
+                let r = refused.reason;
                 self.counters.refusal(&r);
-                match identity {
-                    Some(id) => {
-                        warn!(src = %ip, reason = %r, identity = %id.display_name(), "refused");
-                    }
-                    None => warn!(src = %ip, reason = %r, "refused"),
+                if refused.stage != Stage::Knock {
+                    self.counters
+                        .bump(&format!("refused_stage.{}", refused.stage));
                 }
-                if let Some(kind) = FailureKind::of_refusal(&r)
-                    && self.gate.blames_source(&r)
-                    && let Some(b) = self.offenses.record_failure(ip, now, kind)
-                {
-                    self.block(ip, &b, now, "invalid knocks");
+                let stage = refused.stage;
+                match &refused.identity {
+                    Some(id) => {
+                        warn!(src = %ip, reason = %r, %stage, identity = %id.display_name(), "refused");
+                    }
+                    None => warn!(src = %ip, reason = %r, %stage, "refused"),
+                }
+                if !blocked {
+                    self.count_failure(ip, &refused, now);
                 }
             }
             Ok(d) => {
                 if self.apply(&d, now) {
+                    self.accepted_from(ip, &d, now);
                     self.hooks.after_decision(&d, src, now);
+                }
+            }
+        }
+    }
+
+    /// Counts a refusal against its source, unless the gate says the
+    /// source is not to blame (red: a client's fault inside green's order)
+    /// or the source is shielded by a recent accepted datagram and the
+    /// refusal is one anybody could forge with its address (SPEC §9).
+    fn count_failure(&mut self, ip: IpAddr, refused: &Refused, now: UnixMillis) {
+        let Some(kind) = FailureKind::of_refused(refused) else {
+            return;
+        };
+        if !self.gate.blames_source(refused) {
+            self.counters.bump("ips.not_blamed");
+            return;
+        }
+        if kind.forgeable() && self.lockout.shields(ip, now) {
+            self.counters.bump("ips.shielded");
+            return;
+        }
+        if let Some(b) = self.offenses.record_failure(ip, now, kind) {
+            self.block(ip, &b, now, "invalid knocks");
+        }
+    }
+
+    /// A fully verified datagram from `ip`: shield it from forgeable
+    /// failures and lift any block covering it (SPEC §9: nothing forgeable
+    /// without the client's key may keep the client out).
+    fn accepted_from(&mut self, ip: IpAddr, d: &Decision, now: UnixMillis) {
+        let opened_until = match d {
+            Decision::Open { lifetime_s, .. } => {
+                now.saturating_add(u64::from(*lifetime_s).saturating_mul(1000))
+            }
+            Decision::Close { .. } => now,
+        };
+        self.lockout.note_accepted(ip, now, opened_until);
+        self.offenses.forgive(ip);
+        self.scans.forgive(ip);
+        while let Some(net) = self.blocked.covering(ip, now) {
+            self.blocked.remove(net);
+            match self.fw.unblock_net(net) {
+                Ok(()) => {
+                    self.counters.bump("blocked.lifted");
+                    info!(src = %ip, blocked = %net, "block lifted: a verified datagram came from it");
+                }
+                Err(e) => {
+                    warn!(src = %ip, blocked = %net, error = %e, "firewall: could not lift a block")
                 }
             }
         }
@@ -503,6 +563,12 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
     fn handle_probe(&mut self, src: IpAddr, proto: Transport, port: u16, now: UnixMillis) {
         let ip = src.to_canonical();
         self.counters.bump("probes");
+        // A SYN or UDP probe is trivially spoofed: a source with a recent
+        // accepted datagram is not counted (SPEC §9).
+        if self.lockout.shields(ip, now) {
+            self.counters.bump("ips.shielded_probes");
+            return;
+        }
         if let Some(b) = self.scans.record_probe(ip, proto, port, now) {
             self.counters.bump("blocked.scan");
             self.block(ip, &b, now, "port scan");
@@ -520,6 +586,16 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
         let secs = until.saturating_sub(now).div_ceil(1000).max(1);
         let timeout = Duration::from_secs(secs);
         let mut target = b.target;
+        // SPEC §9: an off-path sender can forge any address of a client's
+        // /64; a prefix holding a shielded client gets the offender alone.
+        if target.prefix_len() < target.max_prefix_len() && self.lockout.shields_net(target, now) {
+            debug!(src = %ip, prefix = %target, "a shielded client is in the prefix: blocking the address alone");
+            target = IpNet::from(ip);
+        }
+        if let Err(e) = self.blocked.has_room(target, now) {
+            self.block_refused("blocked.table_full", ip, target, &e, now);
+            return;
+        }
         let mut result = self.fw.block_net(target, timeout);
         if let Err(NftError::MissingSet { set, .. }) = &result
             && target != IpNet::from(ip)
@@ -530,12 +606,42 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             result = self.fw.block_net(target, timeout);
         }
         match result {
-            Ok(()) => {
-                self.counters.bump("blocked");
-                self.blocked.insert(target, ip, until);
-                warn!(src = %ip, blocked = %target, reason = why, block_s = secs, "blocked");
+            Ok(()) => match self.blocked.insert(target, ip, until, now) {
+                Ok(()) => {
+                    self.counters.bump("blocked");
+                    warn!(src = %ip, blocked = %target, reason = why, block_s = secs, "blocked");
+                }
+                Err(e) => {
+                    // The kernel has it; it ends on its own timeout.
+                    self.block_refused("blocked.table_full", ip, target, &e, now);
+                }
+            },
+            // The kernel set is full (its `size`, `[ips] max_blocks`):
+            // nf_tables says ENFILE.
+            Err(e) if e.errno() == Some(nix::errno::Errno::ENFILE) => {
+                self.block_refused("blocked.set_full", ip, target, &e, now);
             }
             Err(e) => warn!(src = %ip, error = %e, "firewall: could not block"),
+        }
+    }
+
+    /// A block that did not fit: counted every time, logged at warn at
+    /// most every 10 s (a spoofed flood of scans must not flood the logs).
+    fn block_refused(
+        &mut self,
+        counter: &str,
+        ip: IpAddr,
+        target: IpNet,
+        e: &dyn std::fmt::Display,
+        now: UnixMillis,
+    ) {
+        self.counters.bump(counter);
+        if now.saturating_sub(self.last_full_warn_ms) >= 10_000 {
+            self.last_full_warn_ms = now;
+            warn!(src = %ip, blocked = %target, error = %e, max_blocks = self.blocked.max_blocks(),
+                "not blocked: the block table is full; running blocks are kept");
+        } else {
+            debug!(src = %ip, blocked = %target, error = %e, "not blocked: the block table is full");
         }
     }
 

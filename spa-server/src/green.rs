@@ -18,8 +18,8 @@ use crate::ctl::ControlSocket;
 use crate::daemon::{Daemon, Flags, Hooks, Parts, TrustWatch, now_ms, trust_files};
 use crate::gate::Gate;
 use crate::ips::{
-    IpsError, OffenseConfig, Offenses, RateLimitConfig, RateLimiter, ScanConfig, ScanDetector,
-    SourceAggregation, Transport,
+    FailureWeights, IpsError, Lockout, LockoutConfig, OffenseConfig, Offenses, RateLimitConfig,
+    RateLimiter, ScanConfig, ScanDetector, SourceAggregation, Transport,
 };
 use crate::nft::{FirewallConfig, Mode, NftSets, Ruleset, TableName};
 use crate::sessions::SharedSessions;
@@ -106,6 +106,9 @@ pub fn firewall_config(cfg: &Config) -> Result<FirewallConfig, StartError> {
     fw.table = TableName::new(&f.table).map_err(|e| step("firewall.table")(e.to_string()))?;
     // A block covers what the IPS counts as one source (an IPv6 /64).
     fw.block_prefixes = aggregation(cfg).block_prefixes();
+    // SPEC §9: the kernel bounds the block sets as the daemon bounds its
+    // table (config checks keep it within u32).
+    fw.block_set_size = u32::try_from(cfg.ips.max_blocks).unwrap_or(u32::MAX);
     fw.management = f
         .management
         .iter()
@@ -269,7 +272,7 @@ pub fn ips_state(cfg: &Config) -> Result<(RateLimiter, Offenses, ScanDetector), 
         rate_per_s: i.rate,
         burst: i.burst,
         aggregation,
-        ..RateLimitConfig::default()
+        max_sources: i.max_sources,
     })
     .map_err(|e| key(e, &[("rate_per_s", "ips.rate"), ("burst", "ips.burst")]))?;
     let block_ms = ms("ips.block", i.block)?;
@@ -279,7 +282,13 @@ pub fn ips_state(cfg: &Config) -> Result<(RateLimiter, Offenses, ScanDetector), 
         block_ms,
         allowlist: allow.clone(),
         aggregation,
-        ..OffenseConfig::default()
+        max_sources: i.max_sources,
+        weights: FailureWeights {
+            open_failed: i.weight_open_failed,
+            replayed: i.weight_replayed,
+            invalid: i.weight_invalid,
+            proven: i.weight_proven,
+        },
     })
     .map_err(|e| {
         key(
@@ -298,6 +307,7 @@ pub fn ips_state(cfg: &Config) -> Result<(RateLimiter, Offenses, ScanDetector), 
         allowlist: allow,
         ignored_ports: vec![(Transport::Udp, cfg.daemon.knock_port)],
         aggregation,
+        max_sources: i.max_sources,
         ..ScanConfig::default()
     })
     .map_err(|e| {
@@ -345,6 +355,14 @@ pub fn run_daemon<G: Gate, H: Hooks>(s: Setup, gate: G, hooks: H) -> Result<(), 
         },
         now_ms(),
     );
+    // SPEC §9: the lock-out shield and the bound on running blocks.
+    d.lockout = Lockout::new(LockoutConfig {
+        grace_ms: s.cfg.ips.accepted_grace.saturating_mul(1000),
+        max_sources: s.cfg.ips.max_sources,
+        aggregation: aggregation(&s.cfg),
+    })
+    .map_err(|e| step("ips")(e.to_string()))?;
+    d.blocked = crate::blocked::Blocked::new(s.cfg.ips.max_blocks);
     // Prune floors only once they are older than every window in force.
     d.prune_max_age_ms = s
         .cfg

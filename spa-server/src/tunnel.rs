@@ -43,7 +43,7 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -208,11 +208,22 @@ pub type SharedGrants = Arc<Mutex<Grants>>;
 pub struct TunnelHooks {
     /// The table.
     pub grants: SharedGrants,
+    /// Tunnel connections whose every connect attempt to a service on red
+    /// failed (`relay.tunnel_unreachable`): after green relayed the order,
+    /// red never opened (SPEC §9, red refused or never got the order).
+    pub red_unreachable: Arc<AtomicU64>,
 }
 
 impl Hooks for TunnelHooks {
     /// The daemon already wrote the decision into the shared table.
     fn after_decision(&mut self, _: &Decision, _: SocketAddr, _: UnixMillis) {}
+
+    fn counters(&self) -> Vec<(String, u64)> {
+        vec![(
+            "relay.tunnel_unreachable".to_owned(),
+            self.red_unreachable.load(Ordering::Relaxed),
+        )]
+    }
 
     fn session_closed(&mut self, session: &[u8; 16], _now: UnixMillis) {
         let cut = self
@@ -235,8 +246,16 @@ impl Hooks for TunnelHooks {
 pub struct Target {
     /// Address and port.
     pub addr: SocketAddr,
-    /// Local address to connect from (`[relay] source`).
+    /// Local address to connect from (`[relay] source`); set exactly for
+    /// the services on red.
     pub bind: Option<IpAddr>,
+}
+
+impl Target {
+    /// Whether the service is on red (reached from `[relay] source`).
+    pub fn on_red(&self) -> bool {
+        self.bind.is_some()
+    }
 }
 
 /// The services the tunnel reaches: `[relay]` TCP services with a port,
@@ -378,6 +397,8 @@ struct Shared {
     grants: SharedGrants,
     targets: HashMap<String, Target>,
     active: AtomicUsize,
+    /// See [`TunnelHooks::red_unreachable`].
+    red_unreachable: Arc<AtomicU64>,
     /// Connections per client address.
     per_source: Mutex<HashMap<IpAddr, usize>>,
     max_connections: usize,
@@ -403,6 +424,7 @@ impl Shared {
             grants: Arc::new(Mutex::new(Grants::new(sessions))),
             targets,
             active: AtomicUsize::new(0),
+            red_unreachable: Arc::default(),
             per_source: Mutex::default(),
             max_connections,
             max_per_source,
@@ -520,6 +542,7 @@ impl Bound {
             port,
         } = self;
         let grants = shared.grants.clone();
+        let red_unreachable = Arc::clone(&shared.red_unreachable);
         info!(port, services = %{
             let mut v: Vec<_> = shared.targets.keys().cloned().collect();
             v.sort();
@@ -529,7 +552,10 @@ impl Bound {
             .name("tunnel-accept".into())
             .spawn(move || accept_loop(&listener, &shared))
             .map_err(|e| TunnelError::Config(format!("tunnel thread: {e}")))?;
-        Ok(TunnelHooks { grants })
+        Ok(TunnelHooks {
+            grants,
+            red_unreachable,
+        })
     }
 }
 
@@ -669,6 +695,13 @@ fn serve(shared: &Shared, tcp: TcpStream, ip: IpAddr) -> Result<(), ServeError> 
     let upstream = match connect(target) {
         Ok(s) => Arc::new(s),
         Err(source) => {
+            if target.on_red() {
+                // Green relayed the order, yet red never opened: red
+                // refused it (or never got it), or the service is down.
+                shared.red_unreachable.fetch_add(1, Ordering::Relaxed);
+                warn!(src = %ip, service = %service, red = %target.addr, error = %source,
+                    "tunnel: red never opened the service for green (a probe that never opens)");
+            }
             refuse(&mut pipe, "service unreachable");
             return Err(ServeError::Unreachable {
                 service,

@@ -478,6 +478,56 @@ fn elements_expire_in_the_kernel() {
 }
 
 #[test]
+fn block_sets_are_bounded_and_a_full_set_refuses_with_enfile() {
+    in_netns(
+        "block_sets_are_bounded_and_a_full_set_refuses_with_enfile",
+        || {
+            let mut cfg = blackhole();
+            cfg.block_set_size = 3;
+            Ruleset::install(&cfg).expect("install");
+            for set in ["block4", "block6", "block6_64"] {
+                let listed = sh(&format!("nft list set inet spa {set}"));
+                assert!(listed.contains("size 3"), "{listed}");
+            }
+            let mut sets = NftSets::open("spa").expect("open");
+            let hour = Duration::from_secs(3600);
+            for i in 1..=3 {
+                sets.block(ip(&format!("192.0.2.{i}")), hour)
+                    .expect("room in block4");
+            }
+            // Full: the kernel refuses a fourth element with ENFILE, the
+            // error the daemon counts as `blocked.set_full`.
+            let e = sets
+                .block(ip("192.0.2.4"), hour)
+                .expect_err("block4 is full");
+            assert_eq!(e.errno(), Some(Errno::ENFILE), "{e}");
+            // Refreshing a running block needs no room.
+            sets.block(ip("192.0.2.1"), hour)
+                .expect("refresh while full");
+            // Lifting one makes room.
+            sets.unblock(ip("192.0.2.2")).expect("unblock");
+            sets.block(ip("192.0.2.4"), hour)
+                .expect("room after unblocking");
+            let seen = list("spa").expect("list");
+            assert_eq!(seen.block.len(), 3, "{seen:?}");
+            // The /64 set is bounded the same way.
+            for i in 1..=3u16 {
+                sets.block_net(net(&format!("2001:db8:{i}::/64")), hour)
+                    .expect("room in block6_64");
+            }
+            let e = sets
+                .block_net(net("2001:db8:4::/64"), hour)
+                .expect_err("block6_64 is full");
+            assert_eq!(e.errno(), Some(Errno::ENFILE), "{e}");
+            sets.unblock_net(net("2001:db8:2::/64"))
+                .expect("unblock /64");
+            sets.block_net(net("2001:db8:4::/64"), hour)
+                .expect("room after unblocking the /64");
+        },
+    );
+}
+
+#[test]
 fn kernel_errors_are_precise() {
     in_netns("kernel_errors_are_precise", || {
         // A table of that name whose allow4 has another key type: the

@@ -8,6 +8,7 @@
 //! - [`Tcpdump`] and [`pcap`]: captures on a namespace's interfaces and
 //!   reading them back.
 //! - [`TcpService`]: an echo server inside a namespace.
+//! - [`spoof`]: forged IPv4 packets (any source address) from a namespace.
 //! - [`Daemon`] ([`Green`]): a running `spa-server run` (or another
 //!   workspace daemon with the same command line, such as `red-relay run`),
 //!   with its status over the control socket (through its `status`
@@ -16,6 +17,8 @@
 //! Needs root, iproute2, nftables, tcpdump and nmap (CI runs as root and
 //! installs them; [`require_tools`] fails with the apt-get line).
 #![forbid(unsafe_code)]
+
+pub mod spoof;
 
 use std::fs::File;
 use std::io::{Read as _, Write as _};
