@@ -87,7 +87,7 @@ say "client $CLIENT ── $GREEN_C green $GREEN_R ── $RED red"
 say "attacker $ATTACKER ── $GREEN_A green   (green does not route: red is reachable from green only)"
 
 bold "PKI: a CA; alice's key and certificate; green's TLS certificate; green's and red's keys"
-"$BIN/spa-server" pki init --dir "$T/ca" --name "spa demo CA" >/dev/null
+"$BIN/spa-server" pki init --dir "$T/ca" --name "spa demo CA" --cert-out "$T/ca.pem" >/dev/null
 "$BIN/spa-client" keygen --out "$T/alice.key" --csr "$T/alice.csr" --name alice --email alice@example.org >/dev/null
 "$BIN/spa-server" pki issue --dir "$T/ca" --csr "$T/alice.csr" --name alice --email alice@example.org --client --out "$T/alice.crt" >/dev/null
 "$BIN/spa-client" keygen --out "$T/green-tls.key" --csr "$T/green-tls.csr" --name green >/dev/null
@@ -128,7 +128,7 @@ replay_db = "$T/red.redb"
 control_socket = "$T/red.sock"
 user = "nobody"
 [trust]
-anchors = ["$T/ca/ca.pem"]
+anchors = ["$T/ca.pem"]
 [firewall]
 mode = "blackhole"
 [[services]]
@@ -159,7 +159,7 @@ replay_db = "$T/green.redb"
 control_socket = "$T/green.sock"
 user = "nobody"
 [trust]
-anchors = ["$T/ca/ca.pem"]
+anchors = ["$T/ca.pem"]
 [firewall]
 mode = "blackhole"
 [[services]]
@@ -264,7 +264,7 @@ send_udp $C $GREEN_C "$T/knock.json"; sleep 0.3
 say "alice's knock went out once (accepted): $(plain "$T/green.log" | grep accepted | tail -1 | grep -o 'kind=.*services=[a-z]*')"
 left=$("$BIN/spa-server" status --socket "$T/green.sock" | sed -n "s/.*blocked $ATTACKER for \([0-9]*\) s.*/\1/p")
 if [ -n "$left" ]; then
-    say "the attacker is still blocked for the scan ($left s more: its datagrams are dropped unread);"
+    say "the attacker is still blocked for the scan ($left s more: its datagrams that fail the MAC are dropped unread);"
     say "it waits for the block to end ..."
     for _ in $(seq 100); do
         st=$("$BIN/spa-server" status --socket "$T/green.sock")

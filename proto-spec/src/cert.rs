@@ -439,31 +439,31 @@ impl CertCache {
             .cloned()
     }
 
-    /// Records a certificate that `store` validated at `now`.
-    pub fn insert(
-        &mut self,
-        key: [u8; 32],
-        parsed: ParsedClientCert,
-        store: &TrustStore,
-    ) -> Arc<ValidatedCert> {
+    /// The entry for a certificate that `store` validated, not yet
+    /// recorded: it is recorded with [`CertCache::insert`] once the
+    /// signature made with its key verified (SPEC §6.2).
+    pub fn entry(parsed: ParsedClientCert, store: &TrustStore) -> ValidatedCert {
         let valid_until_ms = store
             .cache_horizon()
             .map_or(parsed.not_after_ms, |nu| nu.min(parsed.not_after_ms));
-        let entry = Arc::new(ValidatedCert {
+        ValidatedCert {
             identity: parsed.identity,
             public_key: parsed.public_key,
             not_before_ms: parsed.not_before_ms,
             valid_until_ms,
-        });
+        }
+    }
+
+    /// Records a validated certificate under `key` (its [`CertCache::key`]).
+    pub fn insert(&mut self, key: [u8; 32], entry: Arc<ValidatedCert>) {
         if self.entries.len() >= self.capacity {
-            // Evict one arbitrary entry: only certificates that validated can
-            // be inserted, so churn needs many valid certificates.
+            // Evict one arbitrary entry: only certificates whose key signed
+            // a verified body are inserted, so churn needs many clients' keys.
             if let Some(k) = self.entries.keys().next().copied() {
                 self.entries.remove(&k);
             }
         }
-        self.entries.insert(key, entry.clone());
-        entry
+        self.entries.insert(key, entry);
     }
 
     /// Drops every entry (on trust reload).

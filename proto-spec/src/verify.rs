@@ -164,18 +164,19 @@ impl ClientAuthenticator {
     }
 
     /// Chain validation for a certificate that was not cached. SPEC §6.1.
+    /// Returns whether the result is new (to be cached once the signature
+    /// verifies, SPEC §6.2).
     fn validate(
-        &mut self,
+        &self,
         der: &[u8],
-        cache_key: [u8; 32],
         resolved: Resolved,
         now: UnixMillis,
-    ) -> Result<Arc<ValidatedCert>, Refusal> {
+    ) -> Result<(Arc<ValidatedCert>, bool), Refusal> {
         match resolved {
-            Resolved::Cached(v) => Ok(v),
+            Resolved::Cached(v) => Ok((v, false)),
             Resolved::Parsed(p) => {
                 self.trust.validate(der, now)?;
-                Ok(self.cache.insert(cache_key, *p, &self.trust))
+                Ok((Arc::new(CertCache::entry(*p, &self.trust)), true))
             }
         }
     }
@@ -196,7 +197,7 @@ impl ClientAuthenticator {
         if !rule.admits(body.timestamp_ms, &resolved.key(), replay) {
             return Err(Refusal::Replayed);
         }
-        let cert = self.validate(body.certificate, cache_key, resolved, now)?;
+        let (cert, new) = self.validate(body.certificate, resolved, now)?;
         // Green has one pkR per knock (the key the MAC matched); red knows
         // each key a gateway may be using during a rotation (SPEC §5.2).
         let signed = receivers.iter().any(|pk| {
@@ -205,6 +206,12 @@ impl ClientAuthenticator {
         });
         if !signed {
             return Err(Refusal::BadSignature);
+        }
+        // SPEC §6.2: cached only once the body's signature verified, so
+        // filling the cache takes a client's key, not just public
+        // certificates.
+        if new {
+            self.cache.insert(cache_key, Arc::clone(&cert));
         }
         Ok(cert)
     }
@@ -311,17 +318,21 @@ impl KnockVerifier {
     ) -> Result<Knock, Refused> {
         // SPEC §4.3: an IPv4-mapped IPv6 source is compared as IPv4.
         let source = source.to_canonical();
-        let (plaintext, receiver) = self.keys.open(datagram)?;
-        let body = parse_body(&plaintext).map_err(Refusal::from)?;
-        let cert = self.auth.check_client(
-            &body,
-            core::slice::from_ref(&receiver),
-            &self.limits,
-            FloorRule::Strict,
-            now,
-            replay,
-        )?;
-        let proven = |reason| Refused::by(reason, &cert.identity);
+        let knock = Refused::at(Stage::Knock);
+        let (plaintext, receiver) = self.keys.open(datagram).map_err(&knock)?;
+        let body = parse_body(&plaintext).map_err(|m| knock(m.into()))?;
+        let cert = self
+            .auth
+            .check_client(
+                &body,
+                core::slice::from_ref(&receiver),
+                &self.limits,
+                FloorRule::Strict,
+                now,
+                replay,
+            )
+            .map_err(&knock)?;
+        let proven = |reason| Refused::by(reason, Stage::Knock, &cert.identity);
         let (open_for, source_mode) = match body.open_for {
             OpenFor::Source if self.policy.allow_source_mode => (source, true),
             OpenFor::Source => return Err(proven(Refusal::SourceModeNotAllowed)),
@@ -357,32 +368,74 @@ impl KnockVerifier {
     }
 }
 
-/// A refusal, and the client's identity when the client had been proven
-/// (certificate valid, signature verified) before the check that refused
-/// it. A refusal never goes on the wire; the identity is for the
-/// receiver's log only.
+/// A refusal, the stage of the datagram it came from, and the client's
+/// identity when the client had been proven (certificate valid, signature
+/// verified) before the check that refused it. A refusal never goes on the
+/// wire; stage and identity are for the receiver's log and its intrusion
+/// prevention (SPEC §8.3, §9).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
     /// Why.
     pub reason: Refusal,
+    /// Which part of the datagram the failed check judged.
+    pub stage: Stage,
     /// The proven client, if any.
     pub identity: Option<ClientIdentity>,
 }
 
-impl Refused {
-    fn by(reason: Refusal, identity: &ClientIdentity) -> Self {
-        Self {
-            reason,
-            identity: Some(identity.clone()),
+/// What a refused check was judging (SPEC §8.3.1). At red it tells
+/// a fault of the sending gateway from a fault of the client whose body
+/// the gateway relayed: only [`Stage::Order`] refusals may count against
+/// the order's source address (SPEC §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Stage {
+    /// A knock at green, K1-K14 (SPEC §8.1).
+    Knock,
+    /// An order before green's signature verified, O1-O10 (SPEC §8.2):
+    /// anybody holding red's public key can produce these.
+    Order,
+    /// An order green signed whose own fields are wrong, O11, O14, O15:
+    /// green's fault, but not forgeable without green's signing key.
+    SignedOrder,
+    /// The client body inside an order green signed, O12-O13 and O16-O22:
+    /// the client's fault (or a body green resent), never green's.
+    ClientBody,
+}
+
+impl Stage {
+    /// A stable snake_case name for logs and counters.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Knock => "knock",
+            Self::Order => "order",
+            Self::SignedOrder => "signed_order",
+            Self::ClientBody => "client_body",
         }
     }
 }
 
-impl From<Refusal> for Refused {
-    fn from(reason: Refusal) -> Self {
+impl core::fmt::Display for Stage {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Refused {
+    /// A refusal at `stage`, no client proven.
+    pub fn at(stage: Stage) -> impl Fn(Refusal) -> Self {
+        move |reason| Self {
+            reason,
+            stage,
+            identity: None,
+        }
+    }
+
+    fn by(reason: Refusal, stage: Stage, identity: &ClientIdentity) -> Self {
         Self {
             reason,
-            identity: None,
+            stage,
+            identity: Some(identity.clone()),
         }
     }
 }
@@ -552,50 +605,62 @@ impl OrderVerifier {
         replay: &mut R,
     ) -> Result<Order, Refused> {
         let source = source.to_canonical();
-        let (plaintext, red_key) = self.keys.open(datagram)?;
-        let order = parse_order(&plaintext).map_err(Refusal::from)?;
+        // SPEC §8.3.1: each check names the stage it judges, so red never
+        // blames green for what a client did (SPEC §9).
+        let order_stage = Refused::at(Stage::Order);
+        let signed = Refused::at(Stage::SignedOrder);
+        let client = Refused::at(Stage::ClientBody);
+        let (plaintext, red_key) = self.keys.open(datagram).map_err(&order_stage)?;
+        let order = parse_order(&plaintext).map_err(|m| order_stage(m.into()))?;
         let gw = self
             .gateways
             .iter()
             .find(|g| g.gateway.signing_key == *order.gateway_key)
-            .ok_or(Refusal::UnknownGateway)?;
-        self.order_limits.check(order.order_timestamp_ms, now)?;
+            .ok_or(order_stage(Refusal::UnknownGateway))?;
+        self.order_limits
+            .check(order.order_timestamp_ms, now)
+            .map_err(&order_stage)?;
         if !FloorRule::Strict.admits(order.order_timestamp_ms, &gw.identity, replay) {
-            return Err(Refusal::Replayed.into());
+            return Err(order_stage(Refusal::Replayed));
         }
         let t = transcript(ORDER_SIGNATURE_CONTEXT, &red_key, order.signed_part);
         let sig = ed25519_dalek::Signature::from_bytes(order.signature);
         if gw.verifying.verify_strict(&t, &sig).is_err() {
-            return Err(Refusal::BadGatewaySignature.into());
+            return Err(order_stage(Refusal::BadGatewaySignature));
         }
         if order.open_for != source {
-            return Err(Refusal::WrongSourceAddress.into());
+            return Err(signed(Refusal::WrongSourceAddress));
         }
-        let body = parse_body(order.client_body).map_err(Refusal::from)?;
+        let body = parse_body(order.client_body).map_err(|m| client(m.into()))?;
         let action = match body.msg_type {
             MessageType::RequestService => OrderAction::Open,
             MessageType::Close => OrderAction::Close,
             MessageType::OpenTunnel | MessageType::Order => {
-                return Err(Refusal::WrongMessageType.into());
+                return Err(client(Refusal::WrongMessageType));
             }
         };
         if body.session_id != order.session_id {
-            return Err(Refusal::SessionMismatch.into());
+            return Err(signed(Refusal::SessionMismatch));
         }
         if (action == OrderAction::Close) != (order.lifetime_s == 0) {
-            return Err(Refusal::Malformed(crate::MalformedReason::FieldNotAllowed).into());
+            return Err(signed(Refusal::Malformed(
+                crate::MalformedReason::FieldNotAllowed,
+            )));
         }
         let gw_identity = gw.identity;
         let gw_receivers = gw.gateway.receiver_keys.clone();
-        let cert = self.auth.check_client(
-            &body,
-            &gw_receivers,
-            &self.client_limits,
-            FloorRule::AtLeast,
-            now,
-            replay,
-        )?;
-        let proven = |reason| Refused::by(reason, &cert.identity);
+        let cert = self
+            .auth
+            .check_client(
+                &body,
+                &gw_receivers,
+                &self.client_limits,
+                FloorRule::AtLeast,
+                now,
+                replay,
+            )
+            .map_err(&client)?;
+        let proven = |reason| Refused::by(reason, Stage::ClientBody, &cert.identity);
         // SPEC §5.2: red judges the names it hosts; green judged the rest.
         let services: Vec<&str> = match &self.hosted_services {
             Some(hosted) => self

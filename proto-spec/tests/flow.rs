@@ -501,6 +501,107 @@ fn red_refuses_forged_orders() {
     let _ = MalformedReason::Truncated;
 }
 
+/// SPEC §8.3: each refusal of an order names its stage, so that red blames
+/// green (the order's source) only for what was wrong before green's
+/// signature verified, never for the client body green relayed (SPEC §9).
+#[test]
+fn order_refusals_name_their_stage() {
+    use proto_spec::verify::Stage;
+    let w = World::new();
+    let alice = w.signer("alice", KeyAlg::Ed25519);
+    let mut green = w.green();
+    let mut gr = MemoryReplayState::default();
+    let d = knock(
+        &w,
+        alice.as_ref(),
+        &request(MessageType::RequestService, NOW, &["ssh"]),
+    );
+    let k = green
+        .verify(&d, ip(CLIENT_IP), NOW, &mut gr)
+        .expect("request");
+    let stage_of = |o: &[u8], src: &str, now: u64, rr: &mut MemoryReplayState| {
+        let mut red = w.red();
+        let r = red
+            .verify_detailed(o, ip(src), now, rr)
+            .expect_err("refused");
+        (r.reason, r.stage)
+    };
+    let mut rr = MemoryReplayState::default();
+    // The client body is stale, or future-dated, inside a fresh order.
+    let late = NOW + proto_spec::replay::DEFAULT_MAX_AGE_MS + 1;
+    assert_eq!(
+        stage_of(&order(&w, late, &k.body, 30), GREEN_IP, late, &mut rr),
+        (Refusal::Stale, Stage::ClientBody)
+    );
+    let early = NOW - proto_spec::replay::DEFAULT_MAX_FUTURE_SKEW_MS - 1;
+    assert_eq!(
+        stage_of(&order(&w, early, &k.body, 30), GREEN_IP, early, &mut rr),
+        (Refusal::FutureDated, Stage::ClientBody)
+    );
+    // The order itself is stale: the order's stage.
+    assert_eq!(
+        stage_of(&order(&w, NOW, &k.body, 30), GREEN_IP, late, &mut rr),
+        (Refusal::Stale, Stage::Order)
+    );
+    // Accepted once; the same client body in a fresh order from green is a
+    // refresh, but an older body after a newer one is the client's replay.
+    let mut red = w.red();
+    red.verify(&order(&w, NOW, &k.body, 30), ip(GREEN_IP), NOW, &mut rr)
+        .expect("accepted");
+    let d2 = knock(
+        &w,
+        alice.as_ref(),
+        &request(MessageType::RequestService, NOW + 5, &["ssh"]),
+    );
+    let k2 = green
+        .verify(&d2, ip(CLIENT_IP), NOW + 5, &mut gr)
+        .expect("second request");
+    red.verify(
+        &order(&w, NOW + 6, &k2.body, 30),
+        ip(GREEN_IP),
+        NOW + 6,
+        &mut rr,
+    )
+    .expect("newer body");
+    let r = red
+        .verify_detailed(
+            &order(&w, NOW + 7, &k.body, 30),
+            ip(GREEN_IP),
+            NOW + 7,
+            &mut rr,
+        )
+        .expect_err("older body");
+    assert_eq!((r.reason, r.stage), (Refusal::Replayed, Stage::ClientBody));
+    // The same order again: the order's own floor.
+    let r = red
+        .verify_detailed(
+            &order(&w, NOW + 6, &k2.body, 30),
+            ip(GREEN_IP),
+            NOW + 8,
+            &mut rr,
+        )
+        .expect_err("order replayed");
+    assert_eq!((r.reason, r.stage), (Refusal::Replayed, Stage::Order));
+    // Green signed it, but for another address: a signed order's fault.
+    let r = red
+        .verify_detailed(
+            &order(&w, NOW + 9, &k2.body, 30),
+            ip("10.200.7.7"),
+            NOW + 9,
+            &mut rr,
+        )
+        .expect_err("wrong source");
+    assert_eq!(
+        (r.reason, r.stage),
+        (Refusal::WrongSourceAddress, Stage::SignedOrder)
+    );
+    // Green's knocks are all of the knock stage.
+    let r = green
+        .verify_detailed(&d, ip(CLIENT_IP), NOW + 10, &mut gr)
+        .expect_err("knock replayed");
+    assert_eq!((r.reason, r.stage), (Refusal::Replayed, Stage::Knock));
+}
+
 /// A store whose commit always fails, as a full or broken disk would.
 struct FailingStore;
 
@@ -530,4 +631,61 @@ fn refuses_when_the_floor_cannot_be_committed() {
             .err(),
         Some(Refusal::StorageFailure)
     );
+}
+
+/// A signer that presents one client's certificate and signs with another's
+/// key: a valid certificate, a bad signature.
+struct CertOf<'a> {
+    cert: &'a dyn proto_spec::sign::Signer,
+    key: &'a dyn proto_spec::sign::Signer,
+}
+
+impl proto_spec::sign::Signer for CertOf<'_> {
+    fn algorithm(&self) -> proto_spec::sign::SignatureAlgorithm {
+        self.key.algorithm()
+    }
+    fn certificate_der(&self) -> &[u8] {
+        self.cert.certificate_der()
+    }
+    fn sign(
+        &self,
+        transcript: &[u8],
+    ) -> Result<[u8; proto_spec::body::SIGNATURE_LEN], proto_spec::sign::SignerError> {
+        self.key.sign(transcript)
+    }
+}
+
+#[test]
+fn a_valid_certificate_with_a_bad_signature_is_not_cached() {
+    // SPEC §6.2: the cache is filled only once the body's signature
+    // verified, so public certificates alone cannot fill it.
+    let w = World::new();
+    let alice = w.signer("alice", KeyAlg::Ed25519);
+    let mallory = w.signer("mallory", KeyAlg::Ed25519);
+    let forged = CertOf {
+        cert: alice.as_ref(),
+        key: mallory.as_ref(),
+    };
+    let mut green = w.green();
+    let mut replay = MemoryReplayState::default();
+    let d = knock(
+        &w,
+        &forged,
+        &request(MessageType::OpenTunnel, NOW, &["tunnel"]),
+    );
+    assert_eq!(
+        green.verify(&d, ip(CLIENT_IP), NOW, &mut replay).err(),
+        Some(Refusal::BadSignature)
+    );
+    assert_eq!(green.authenticator().cached(), 0);
+    // The same certificate with its own key: accepted, then cached.
+    let d = knock(
+        &w,
+        alice.as_ref(),
+        &request(MessageType::OpenTunnel, NOW + 1, &["tunnel"]),
+    );
+    green
+        .verify(&d, ip(CLIENT_IP), NOW + 1, &mut replay)
+        .expect("accepted");
+    assert_eq!(green.authenticator().cached(), 1);
 }

@@ -27,8 +27,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use proto_spec::body::{BodyFields, MessageType, OpenFor, encode_signed_part};
 use proto_spec::keys::ReceiverPublicKey;
 use proto_spec::order::{OrderFields, encode_order_signed_part};
-use proto_spec::seal::{seal_order, seal_plaintext};
-use proto_spec::sign::GatewaySigner;
+use proto_spec::seal::{precheck_mac, seal_order, seal_plaintext};
+use proto_spec::sign::{GatewaySigner, KNOCK_SIGNATURE_CONTEXT, Signer as _, transcript};
 use proto_spec::wire::DatagramKind;
 use spa_server::capture::{Capture, CaptureConfig, Event};
 use spa_server::nft::Proto;
@@ -70,8 +70,9 @@ fn runnable() -> bool {
         .is_ok_and(|o| o.status.success());
     let ok = nix::unistd::geteuid().is_root() && ip_ok && nft_ok;
     if !ok {
-        eprintln!(
-            "skipped: red-relay end-to-end tests need root, iproute2 and nftables (CI runs them as root)"
+        tests::cannot_run(
+            "red-relay end-to-end",
+            "needs root, iproute2 and nftables (CI runs them as root)",
         );
     }
     ok
@@ -162,6 +163,7 @@ struct Bed {
     web: TcpService,
     dir: TempDir,
     red_pk: ReceiverPublicKey,
+    green_pub: String,
     green_signing_pk: [u8; 32],
     client: Netns,
     green_ns: Netns,
@@ -170,6 +172,12 @@ struct Bed {
 
 impl Bed {
     fn new() -> Self {
+        Self::with_clients(&[])
+    }
+
+    /// The bed, with `extra` clients beside alice (a certificate each from
+    /// the same CA, and alice's rules at green and red).
+    fn with_clients(extra: &[&str]) -> Self {
         let tag = unique_tag();
         let dir = TempDir::new(&format!("red-{tag}"));
         let client = Netns::new("rc", &tag);
@@ -220,6 +228,9 @@ lifetime = 30
             cert = dir.s("alice.crt"),
         );
         std::fs::write(dir.join("client.toml"), client_cfg).expect("write");
+        for who in extra {
+            add_client(&dir, who);
+        }
         run_ok(Command::new(&server).args(["check-config", "--config", &dir.s("green.toml")]));
         run_ok(Command::new(&red_relay).args(["check-config", "--config", &dir.s("red.toml")]));
 
@@ -235,6 +246,7 @@ lifetime = 30
             web,
             dir,
             red_pk,
+            green_pub: green_pub.clone(),
             green_signing_pk,
             client,
             green_ns,
@@ -250,6 +262,39 @@ lifetime = 30
             .arg(self.dir.join("client.toml"))
             .args(args);
         String::from_utf8_lossy(&run_ok(&mut c).stdout).into_owned()
+    }
+
+    /// `spa-client` as `who` (`<who>.key`, `<who>.crt`, its own state),
+    /// asking for `lifetime` seconds.
+    fn spa_client_as(&self, who: &str, lifetime: u32, args: &[&str]) -> String {
+        let profile = format!(
+            "[profiles.lab]\nserver = \"{GREEN_C}\"\nserver_key = \"{}\"\nkey = \"{}\"\n\
+             certificate = \"{}\"\nlifetime = {lifetime}\n",
+            self.green_pub,
+            self.dir.s(&format!("{who}.key")),
+            self.dir.s(&format!("{who}.crt")),
+        );
+        let config = self.dir.join(&format!("{who}.toml"));
+        std::fs::write(&config, profile).expect("write profile");
+        let mut c = self.client.cmd(bin("spa-client").to_str().expect("utf-8"));
+        c.env("XDG_STATE_HOME", self.dir.join(&format!("state-{who}")))
+            .arg("--config")
+            .arg(&config)
+            .args(args);
+        String::from_utf8_lossy(&run_ok(&mut c).stdout).into_owned()
+    }
+
+    /// Red's element green . tcp . 8080: its timeout, if it exists.
+    fn red_web_timeout(&self) -> Option<Duration> {
+        self.red_ns
+            .run_in(|| spa_server::nft::list("spa"))
+            .expect("list red's sets")
+            .allowed(IpAddr::V4(GREEN_R), Proto::Tcp, WEB_PORT)
+            .and_then(|e| e.timeout)
+    }
+
+    fn red_sessions(&self) -> usize {
+        self.red.status()["sessions"].as_array().map_or(0, Vec::len)
     }
 
     /// Whether green can open a TCP connection to red's web port now.
@@ -285,6 +330,42 @@ lifetime = 30
             .wait_counter_within("accepted.open-tunnel", 1, Duration::from_secs(5));
         self.spa_client(&["send", "request", "web"]);
         self.wait_green_reaches_web("after send request web");
+    }
+}
+
+/// Gives `who` a client key and certificate from the bed's CA (as
+/// `make_relay_pki` does for alice) and the rules alice has, at green and
+/// at red.
+fn add_client(dir: &TempDir, who: &str) {
+    run_ok(Command::new(bin("spa-client")).args([
+        "keygen",
+        "--out",
+        &dir.s(&format!("{who}.key")),
+        "--csr",
+        &dir.s(&format!("{who}.csr")),
+        "--name",
+        who,
+    ]));
+    run_ok(Command::new(bin("spa-server")).args([
+        "pki",
+        "issue",
+        "--dir",
+        &dir.s("ca"),
+        "--csr",
+        &dir.s(&format!("{who}.csr")),
+        "--name",
+        who,
+        "--client",
+        "--out",
+        &dir.s(&format!("{who}.crt")),
+    ]));
+    for file in ["green.toml", "red.toml"] {
+        let text = std::fs::read_to_string(dir.join(file)).expect("config");
+        let alice = "identity = \"cn:alice\"";
+        let at = text.find(alice).expect("alice's rule");
+        let services_line = text[at..].lines().nth(1).expect("services line");
+        let rule = format!("\n[[rules]]\nidentity = \"cn:{who}\"\n{services_line}\n");
+        std::fs::write(dir.join(file), text + &rule).expect("write config");
     }
 }
 
@@ -529,6 +610,154 @@ fn red_refuses_forged_replayed_and_unauthorized_orders() {
     assert!(bed.green_reaches_web());
 }
 
+/// Issue 10 item 2: orders green's key signed, from green's address,
+/// around alice's correctly signed request-service bodies that are stale,
+/// future-dated, or replayed (below alice's floor at red), 12 in all, as
+/// clock skew, green's resends after red lost state, or one malicious
+/// client produce them. Red refuses each under the client-body stage
+/// (`refused_stage.client_body`), never counts them against green
+/// (`ips.not_blamed`), and does not block green; MAC-valid garbage from
+/// green's address (what anyone holding red's public key can send) does
+/// not get green blocked either, since green had an accepted order. The
+/// next valid relayed request opens red.
+#[test]
+fn red_does_not_block_green_for_client_faults() {
+    assert!(
+        runnable(),
+        "red_does_not_block_green_for_client_faults needs root, iproute2 and nftables"
+    );
+    let bed = Bed::new();
+    bed.open_and_request_web();
+    bed.green
+        .wait_counter_within("relay.confirmed", 1, Duration::from_secs(5));
+    bed.spa_client(&["send", "close"]);
+    assert!(
+        wait_until(Duration::from_secs(5), || !bed.red_allows_green()),
+        "red kept the opening after the close"
+    );
+    bed.red
+        .wait_counter_within("accepted.close", 1, Duration::from_secs(5));
+
+    let green = IpAddr::V4(GREEN_R);
+    let red_addr = SocketAddr::from((RED, ORDER_PORT));
+    let alice =
+        spa_keys::load_software_signer(&bed.dir.join("alice.key"), &bed.dir.join("alice.crt"))
+            .expect("alice's key");
+    let green_pk = spa_keys::read_receiver_key(&bed.dir.join("green.key"))
+        .expect("green's key")
+        .public_key();
+    let green_signer = spa_keys::read_gateway_signer(&bed.dir.join("green-signing.key"))
+        .expect("green's signing key");
+    // Alice's request-service body, signed for green (SPEC §4.4).
+    let body = |ts: u64, session: [u8; 16]| {
+        let mut b = encode_signed_part(&BodyFields {
+            msg_type: MessageType::RequestService,
+            timestamp_ms: ts,
+            nonce: *spa_keys::random_32()
+                .expect("random")
+                .first_chunk()
+                .expect("16"),
+            session_id: session,
+            lifetime_s: 30,
+            open_for: OpenFor::Addr(IpAddr::V4(CLIENT)),
+            services: &["web"],
+            certificate: alice.certificate_der(),
+        })
+        .expect("body");
+        let t = transcript(KNOCK_SIGNATURE_CONTEXT, &green_pk, &b);
+        b.extend_from_slice(&alice.sign(&t).expect("sign"));
+        b
+    };
+    // A fresh order from green around it (strictly increasing timestamps
+    // close to now, so green's own next order stays above them).
+    let mut last_order_ts = 0;
+    let mut order = |client_body: &[u8], session: [u8; 16]| {
+        last_order_ts = now_ms().max(last_order_ts + 1);
+        seal_order(
+            &green_signer,
+            &bed.red_pk,
+            &OrderFields {
+                order_timestamp_ms: last_order_ts,
+                session_id: session,
+                lifetime_s: 30,
+                open_for: green,
+                client_body,
+            },
+            *spa_keys::random_32().expect("random"),
+        )
+        .expect("seal")
+    };
+    let now = now_ms();
+    let cases = [
+        ("refused.stale", now - 70_000),
+        ("refused.future_dated", now + 30_000),
+        // Fresh, but below alice's floor at red (her request moments ago).
+        ("refused.replayed", now - 40_000),
+    ];
+    let mut sent = 0;
+    for (counter, ts) in cases {
+        let before = bed.red.counter(counter);
+        for i in 0..4u8 {
+            let session = [0x70 + i; 16];
+            let o = order(&body(ts + u64::from(i), session), session);
+            bed.green_ns.send_udp(green, red_addr, &o);
+            sent += 1;
+        }
+        bed.red
+            .wait_counter_within(counter, before + 4, Duration::from_secs(5));
+    }
+    let st = bed.red.status();
+    let counter = |name: &str| st["counters"][name].as_u64().unwrap_or(0);
+    assert!(counter("refused_stage.client_body") >= sent, "{st}");
+    assert!(counter("ips.not_blamed") >= sent, "{st}");
+    assert_eq!(counter("blocked"), 0, "{st}");
+    assert!(
+        st["blocked"].as_array().is_some_and(Vec::is_empty),
+        "red blocked green for its clients' faults: {st}"
+    );
+
+    // MAC-valid garbage from green's address: order stage, forgeable by
+    // anyone with red's public key; green is shielded by its accepted
+    // orders.
+    let open_failed = bed.red.counter("refused.open_failed");
+    for _ in 0..8 {
+        let mut d = vec![0x01u8];
+        while d.len() < 400 - 16 {
+            d.extend_from_slice(&*spa_keys::random_32().expect("random"));
+        }
+        d.truncate(400 - 16);
+        let mac = precheck_mac(DatagramKind::Order, &bed.red_pk, &d);
+        d.extend_from_slice(&mac);
+        bed.green_ns.send_udp(green, red_addr, &d);
+    }
+    bed.red.wait_counter_within(
+        "refused.open_failed",
+        open_failed + 8,
+        Duration::from_secs(5),
+    );
+    let st = bed.red.status();
+    assert!(st["counters"]["ips.shielded"].as_u64() >= Some(8), "{st}");
+    assert!(
+        st["blocked"].as_array().is_some_and(Vec::is_empty),
+        "red blocked green for forged garbage: {st}"
+    );
+    let blocks = bed
+        .red_ns
+        .run_in(|| spa_server::nft::list("spa"))
+        .expect("list red's sets");
+    assert!(blocks.block.is_empty(), "{blocks:?}");
+
+    // The next valid relayed request opens red.
+    let orders = bed.red.counter("accepted.order");
+    bed.spa_client(&["send", "open"]);
+    bed.green
+        .wait_counter_within("accepted.open-tunnel", 2, Duration::from_secs(5));
+    bed.spa_client(&["send", "request", "web"]);
+    bed.wait_green_reaches_web("after the client-body refusals");
+    assert!(bed.red.counter("accepted.order") > orders);
+    assert!(bed.red_allows_green());
+}
+
 /// red-relay killed with SIGKILL mid-session and restarted: its table is
 /// reinstalled (the opening is gone), its replay floors survive, and the
 /// next relayed request opens again; `red-relay revoke-session` closes it.
@@ -569,4 +798,66 @@ fn red_killed_mid_session_restarts_and_serves_the_next_request() {
     );
     assert!(!bed.red_allows_green(), "revoke-session left the element");
     assert_eq!(bed.red.counter("sessions.revoked"), 1);
+}
+
+/// SPEC §8.2.1: at red every session opens for green's address, so one
+/// element serves them all. Alice (300 s) and carol (50 s), behind one
+/// client address, both request web: carol's shorter grant does not lower
+/// alice's timeout; alice's close leaves carol's opening (at carol's
+/// expiry) and green still reaches web; carol's close removes it.
+#[test]
+fn red_close_keeps_other_sessions_openings() {
+    assert!(
+        runnable(),
+        "red_close_keeps_other_sessions_openings needs root, iproute2 and nftables"
+    );
+    let bed = Bed::with_clients(&["carol"]);
+    bed.spa_client_as("alice", 300, &["send", "open"]);
+    bed.green
+        .wait_counter_within("accepted.open-tunnel", 1, Duration::from_secs(5));
+    bed.spa_client_as("alice", 300, &["send", "request", "web"]);
+    bed.wait_green_reaches_web("alice's request");
+    assert!(wait_until(Duration::from_secs(5), || bed.red_sessions() == 1));
+    assert_eq!(bed.red_web_timeout(), Some(Duration::from_secs(300)));
+
+    bed.spa_client_as("carol", 50, &["send", "open"]);
+    bed.green
+        .wait_counter_within("accepted.open-tunnel", 2, Duration::from_secs(5));
+    bed.spa_client_as("carol", 50, &["send", "request", "web"]);
+    let both = wait_until(Duration::from_secs(5), || bed.red_sessions() == 2);
+    assert!(both, "carol's order did not arrive: {}", bed.red.log_text());
+    assert_eq!(
+        bed.red_web_timeout(),
+        Some(Duration::from_secs(300)),
+        "carol's 50 s grant lowered alice's element"
+    );
+    let st = bed.red.status();
+    let owners = st["openings"][0]["owners"].as_array().map_or(0, Vec::len);
+    assert_eq!(owners, 2, "{st}");
+    assert_eq!(st["openings"][0]["address"], GREEN_R.to_string(), "{st}");
+
+    bed.spa_client_as("alice", 300, &["send", "close"]);
+    let closed = wait_until(Duration::from_secs(5), || bed.red_sessions() == 1);
+    assert!(
+        closed,
+        "alice's close did not arrive: {}",
+        bed.red.log_text()
+    );
+    let left = bed.red_web_timeout();
+    assert!(
+        left.is_some_and(|t| t <= Duration::from_secs(50) && t >= Duration::from_secs(40)),
+        "alice's close took carol's opening, or left alice's timeout: {left:?}\n{}",
+        bed.red.log_text()
+    );
+    assert!(bed.red_allows_green());
+    assert!(bed.green_reaches_web(), "carol's opening at red was cut");
+
+    bed.spa_client_as("carol", 50, &["send", "close"]);
+    let gone = wait_until(Duration::from_secs(5), || !bed.red_allows_green());
+    assert!(
+        gone,
+        "carol's close left the element: {}",
+        bed.red.log_text()
+    );
+    assert!(!bed.green_reaches_web());
 }

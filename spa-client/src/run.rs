@@ -133,9 +133,10 @@ fn send_signed(
 
     let spec = signer_spec(a.key.as_deref(), a.cert.as_deref(), &p, &pname)?;
 
-    // Session and timestamp state (SPEC §4.1, §7.5).
+    // Session and timestamp state (SPEC §4.1, §7.5). The session is read
+    // here; the timestamp under the state lock, for each datagram.
     let state_path = state::state_path(&pname);
-    let mut st = state_path
+    let st = state_path
         .as_deref()
         .map(ClientState::load)
         .unwrap_or_default();
@@ -174,9 +175,37 @@ fn send_signed(
         lifetime_s,
         open_for,
         session_id,
-        timestamp_ms: st.next_timestamp(knock::now_ms()),
+        timestamp_ms: 0,
     };
-    let datagram = knock::seal(signer, &server_key, &plan)?;
+    let new_session = (msg_type != MessageType::Close).then_some(session_id);
+    // SPEC §7.5: one timestamp per datagram, `max(now, last + 1)`. The
+    // state is locked from reading `last` until the new value is saved,
+    // after the send, so that parallel runs of this profile send strictly
+    // increasing timestamps in the order they send them. A dry run
+    // reserves its timestamp too (its datagram may be sent by other
+    // means), but keeps the session.
+    let mut last_sent = 0u64;
+    let mut knock_once = |plan: &mut KnockPlan, send: bool| -> Result<Vec<u8>, ClientError> {
+        let lock = state_path
+            .as_deref()
+            .map(state::StateLock::acquire)
+            .transpose()?;
+        let mut st = lock.as_ref().map(|l| l.load()).unwrap_or_default();
+        st.last_timestamp_ms = st.last_timestamp_ms.max(last_sent);
+        plan.timestamp_ms = st.next_timestamp(knock::now_ms());
+        last_sent = plan.timestamp_ms;
+        let datagram = knock::seal(signer, &server_key, plan)?;
+        if send {
+            knock::send(&sock, &datagram)?;
+            // The session is saved only once the knock is on the wire.
+            st.session_id = new_session;
+        }
+        if let Some(l) = &lock {
+            l.save(&st)?;
+        }
+        Ok(datagram)
+    };
+    let datagram = knock_once(&mut plan, !a.dry_run)?;
 
     let mut out = json!({
         "ok": true,
@@ -216,18 +245,6 @@ fn send_signed(
         });
     }
 
-    knock::send(&sock, &datagram)?;
-    // The state is saved only once the knock is on the wire.
-    st.session_id = if msg_type == MessageType::Close {
-        None
-    } else {
-        Some(session_id)
-    };
-    let save = |st: &ClientState| match &state_path {
-        Some(path) => st.save(path),
-        None => Ok(()),
-    };
-    save(&st)?;
     if matches!(allow, AllowIp::Source) && !cli.quiet && !cli.json {
         eprintln!(
             "spa-client: warning: --allow-ip source: the server opens for whatever source address it sees; a captured knock resent from elsewhere would open for the sender (SPEC §9)"
@@ -251,12 +268,7 @@ fn send_signed(
             timeout,
             resend_every,
             a.resend,
-            || {
-                plan.timestamp_ms = st.next_timestamp(knock::now_ms());
-                let d = knock::seal(signer, &server_key, &plan)?;
-                knock::send(&sock, &d)?;
-                save(&st)
-            },
+            || knock_once(&mut plan, true).map(|_| ()),
         )?;
         match result {
             Some(resends) => {

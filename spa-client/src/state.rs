@@ -4,7 +4,14 @@
 //!
 //! Stored in `$XDG_STATE_HOME/spa/<profile>.state` (default
 //! `~/.local/state/spa/`), written atomically with mode 0600.
+//!
+//! Parallel runs of one profile (two `connect`s, a `send` while a
+//! `connect` knocks) would otherwise read the same last timestamp, send
+//! the same or a smaller one, and refuse each other as `replayed` (which
+//! counts toward a block). A [`StateLock`] is held from reading the last
+//! timestamp to writing the next, so their timestamps strictly increase.
 
+use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -41,6 +48,53 @@ pub fn state_path(profile: &str) -> Option<PathBuf> {
         })
         .collect();
     state_dir().map(|d| d.join(format!("{safe}.state")))
+}
+
+/// An exclusive lock on one profile's state: `flock(2)` (std's
+/// [`File::lock`]) on `<profile>.state.lock` beside the state file. Not
+/// the state file itself: [`ClientState::save`] replaces that by a rename,
+/// and a lock on the old file would not exclude a run that opened the new
+/// one. Released on drop, and by the kernel if the process dies.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+    state: PathBuf,
+}
+
+impl StateLock {
+    /// Waits for the lock of the state file `path` (creating its directory
+    /// and the lock file, mode 0600, if needed).
+    pub fn acquire(path: &Path) -> Result<Self, ClientError> {
+        let fail = |e: std::io::Error| {
+            ClientError::config(format!("cannot lock client state {}: {e}", path.display()))
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(fail)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path.with_extension("state.lock"))
+            .map_err(fail)?;
+        file.lock().map_err(fail)?;
+        Ok(Self {
+            _file: file,
+            state: path.to_path_buf(),
+        })
+    }
+
+    /// Reads the state under the lock.
+    pub fn load(&self) -> ClientState {
+        ClientState::load(&self.state)
+    }
+
+    /// Writes the state under the lock.
+    pub fn save(&self, st: &ClientState) -> Result<(), ClientError> {
+        st.save(&self.state)
+    }
 }
 
 impl ClientState {
@@ -110,6 +164,39 @@ mod tests {
         let p = dir.join("x.state");
         s.save(&p).expect("save");
         assert_eq!(ClientState::load(&p), s);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Threads stand in for processes: `flock` locks belong to the open
+    /// file description, and each [`StateLock::acquire`] opens its own.
+    #[test]
+    fn parallel_lockers_take_distinct_increasing_timestamps() {
+        let dir = std::env::temp_dir().join(format!("spa-state-lock-{}", std::process::id()));
+        let p = dir.join("x.state");
+        let now = 1_000;
+        let taken = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..25 {
+                        let lock = StateLock::acquire(&p).expect("lock");
+                        let mut st = lock.load();
+                        // The same clock for every run: without the lock
+                        // they would collide.
+                        let ts = st.next_timestamp(now);
+                        std::thread::yield_now();
+                        lock.save(&st).expect("save");
+                        drop(lock);
+                        taken.lock().expect("taken").push(ts);
+                    }
+                });
+            }
+        });
+        let mut taken = taken.into_inner().expect("taken");
+        taken.sort_unstable();
+        let want: Vec<u64> = (now..now + 200).collect();
+        assert_eq!(taken, want);
+        assert_eq!(ClientState::load(&p).last_timestamp_ms, now + 199);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

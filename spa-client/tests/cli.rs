@@ -473,3 +473,67 @@ fn help_man_and_completions_come_from_the_same_definitions() {
         assert!(o.status.success() && !o.stdout.is_empty(), "{shell}");
     }
 }
+
+/// Runs `spa-client <args>` `n` times at once; returns their outputs.
+fn run_parallel(env: &Env, cfg: &Path, args: &[&str], n: usize) -> Vec<Output> {
+    std::thread::scope(|s| {
+        let runs: Vec<_> = (0..n).map(|_| s.spawn(|| env.run(cfg, args))).collect();
+        runs.into_iter()
+            .map(|h| h.join().expect("run thread"))
+            .collect()
+    })
+}
+
+#[test]
+fn parallel_dry_runs_reserve_distinct_increasing_timestamps() {
+    // SPEC §7.5: the state file is locked from reading the last timestamp
+    // to writing the next, so parallel runs of one profile never pick the
+    // same one (they used to, and refused each other as replayed).
+    let env = Env::new("lock-dry");
+    let (key, cert) = env.client(KeyAlg::Ed25519, "alice");
+    let (_sock, port) = listener();
+    let cfg = env.config(port, &key, &cert, "");
+    let outs = run_parallel(&env, &cfg, &["--json", "send", "--dry-run", "open"], 8);
+    let mut ts: Vec<u64> = outs
+        .iter()
+        .map(|o| {
+            assert!(o.status.success(), "{}", stderr(o));
+            let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+            j["timestamp_ms"].as_u64().expect("timestamp_ms")
+        })
+        .collect();
+    ts.sort_unstable();
+    ts.dedup();
+    assert_eq!(ts.len(), 8, "timestamps collided: {ts:?}");
+    let state = std::fs::read_to_string(env.path("state/spa/lab.state")).expect("state");
+    assert!(
+        state.contains(&format!("last_timestamp_ms={}\n", ts[7])),
+        "{state}"
+    );
+    // A dry run keeps no session.
+    assert!(!state.contains("session_id="), "{state}");
+}
+
+#[test]
+fn parallel_sends_of_one_profile_are_all_accepted_in_arrival_order() {
+    // The lock is held until the knock is on the wire: the datagrams leave
+    // (and, on loopback, arrive) in timestamp order, so a strict floor
+    // accepts every one.
+    let env = Env::new("lock-send");
+    let (key, cert) = env.client(KeyAlg::Ed25519, "alice");
+    let (sock, port) = listener();
+    let cfg = env.config(port, &key, &cert, "");
+    let outs = run_parallel(&env, &cfg, &["send", "open"], 6);
+    for o in &outs {
+        assert!(o.status.success(), "{}", stderr(o));
+    }
+    let mut green = env.green();
+    let mut replay = MemoryReplayState::default();
+    let mut last = 0;
+    for _ in 0..6 {
+        let (d, from) = receive(&sock);
+        let k = verify(&env, &mut green, &mut replay, &d, from.ip());
+        assert!(k.timestamp_ms > last);
+        last = k.timestamp_ms;
+    }
+}

@@ -679,7 +679,10 @@ fn connect_asks_for_the_pin_once() {
     const PROMPT: &str = "PIN for token 'spa-cli-once'";
 
     let Some(script) = on_path("script") else {
-        eprintln!("connect_asks_for_the_pin_once: skipped: no `script` (util-linux) for a pty");
+        tests::cannot_run(
+            "connect_asks_for_the_pin_once",
+            "no `script` (util-linux) for a pty",
+        );
         return;
     };
     let lab = Lab::new("once", "spa-cli-once");

@@ -159,6 +159,30 @@ pub enum KeyFileError {
     Random(String),
 }
 
+impl KeyFileError {
+    /// The file the error is about (the key file, for a key and certificate
+    /// that do not match), if any.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::Io { path, .. }
+            | Self::Permissions { path, .. }
+            | Self::Owner { path, .. }
+            | Self::NotRegularFile { path, .. }
+            | Self::TooLarge { path, .. }
+            | Self::Exists { path, .. }
+            | Self::MalformedPem { path, .. }
+            | Self::MalformedDer { path, .. }
+            | Self::Empty { path, .. }
+            | Self::WrongPemLabel { path, .. }
+            | Self::UnsupportedFormat { path, .. }
+            | Self::WrongKeyType { path, .. }
+            | Self::UnsupportedCertificate { path, .. } => Some(path),
+            Self::KeyCertificateMismatch { key, .. } => Some(key),
+            Self::Encoding(_) | Self::Random(_) => None,
+        }
+    }
+}
+
 fn access_word(mode: u32) -> &'static str {
     match (mode & 0o044 != 0, mode & 0o022 != 0) {
         (true, true) => "readable and writable",

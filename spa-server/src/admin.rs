@@ -89,22 +89,54 @@ pub fn status(c: &ControlArgs) -> anyhow::Result<ExitCode> {
     }
     let s = &reply["status"];
     outln!(out, "uptime {} s", s["uptime_s"]);
+    let failure = &s["trust"]["last_reload_failure"];
+    if !failure.is_null() {
+        outln!(
+            out,
+            "TRUST RELOAD FAILED {} s ago ({}): {}; the previous trust anchors and CRLs are in force",
+            failure["age_s"],
+            failure["trigger"].as_str().unwrap_or("?"),
+            failure["error"].as_str().unwrap_or("?"),
+        );
+    }
     let sessions = s["sessions"].as_array().cloned().unwrap_or_default();
     outln!(out, "{} active session(s)", sessions.len());
     for sess in sessions {
         for o in sess["openings"].as_array().cloned().unwrap_or_default() {
+            // A service relayed to red has no element here.
+            let element = match (o["proto"].as_str(), o["port"].as_u64()) {
+                (Some(proto), Some(port)) => format!("{proto}/{port}"),
+                _ => "(relayed)".to_owned(),
+            };
             outln!(
                 out,
-                "  {} {} {} {}/{} expires in {} s (session {})",
+                "  {} {} {} {} expires in {} s (session {})",
                 sess["identity"].as_str().unwrap_or("?"),
-                sess["address"].as_str().unwrap_or("?"),
+                o["address"].as_str().unwrap_or("?"),
                 o["service"].as_str().unwrap_or("?"),
-                o["proto"].as_str().unwrap_or("?"),
-                o["port"],
+                element,
                 o["expires_in_s"],
                 sess["session"].as_str().unwrap_or("?"),
             );
         }
+    }
+    // SPEC §8.1.1: one element may serve several sessions.
+    let elements = s["openings"].as_array().cloned().unwrap_or_default();
+    outln!(out, "{} firewall element(s)", elements.len());
+    for e in elements {
+        let owners: Vec<&str> = e["owners"]
+            .as_array()
+            .map(|v| v.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        outln!(
+            out,
+            "  {} {}/{} expires in {} s, owned by {}",
+            e["address"].as_str().unwrap_or("?"),
+            e["proto"].as_str().unwrap_or("?"),
+            e["port"],
+            e["expires_in_s"],
+            owners.join(", "),
+        );
     }
     for b in s["blocked"].as_array().cloned().unwrap_or_default() {
         outln!(

@@ -1,6 +1,17 @@
 //! Blocked sources as the daemon keeps them for its own early drop (the
 //! firewall holds the same blocks in its `block*` sets): single addresses
 //! and prefixes (an IPv6 /64 by default, [`crate::ips`]).
+//!
+//! # Bounds
+//!
+//! At most `max_blocks` blocks run at once (`[ips] max_blocks`, default
+//! [`DEFAULT_MAX_BLOCKS`]; the kernel sets get the same `size`). When full,
+//! ended blocks are forgotten first; if none ended, the **new** block is
+//! refused ([`TableFull`]) and running ones are kept. Evicting a running
+//! block instead would let anyone who can spoof many sources (SYNs are
+//! cheap) push a real scanner out of the table; refusing new ones costs
+//! only the blocks of newcomers while the table is full, which the daemon
+//! logs and counts (`blocked.table_full`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -13,11 +24,29 @@ use serde_json::{Value, json};
 /// /128) and prefixes (an IPv6 /64), each with its end. The daemon's own
 /// early drop asks [`Blocked::covers`], which tries each prefix length in
 /// use (usually two) with one hash lookup each: no allocation per datagram.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Blocked {
     nets: HashMap<IpNet, BlockedNet>,
     /// The prefix lengths in `nets`, IPv4 then IPv6, each sorted.
     lens: [Vec<u8>; 2],
+    max_blocks: usize,
+}
+
+/// Default largest number of running blocks.
+pub const DEFAULT_MAX_BLOCKS: usize = 65_536;
+
+/// A block refused because `max_blocks` blocks are running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the block table is full ({max_blocks} running blocks)")]
+pub struct TableFull {
+    /// The limit.
+    pub max_blocks: usize,
+}
+
+impl Default for Blocked {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_BLOCKS)
+    }
 }
 
 /// One block.
@@ -30,9 +59,47 @@ struct BlockedNet {
 }
 
 impl Blocked {
+    /// No blocks; at most `max_blocks` (at least 1) at once.
+    pub fn new(max_blocks: usize) -> Self {
+        Self {
+            nets: HashMap::new(),
+            lens: [Vec::new(), Vec::new()],
+            max_blocks: max_blocks.max(1),
+        }
+    }
+
+    /// The largest number of running blocks.
+    pub fn max_blocks(&self) -> usize {
+        self.max_blocks
+    }
+
+    /// Whether a block of `net` can be recorded at `now`: it replaces one,
+    /// or there is room (after forgetting the ended ones).
+    pub fn has_room(&mut self, net: IpNet, now: UnixMillis) -> Result<(), TableFull> {
+        if self.nets.contains_key(&net.trunc()) || self.nets.len() < self.max_blocks {
+            return Ok(());
+        }
+        self.expire(now);
+        if self.nets.len() < self.max_blocks {
+            Ok(())
+        } else {
+            Err(TableFull {
+                max_blocks: self.max_blocks,
+            })
+        }
+    }
+
     /// Records a block of `net` caused by `source` until `until_ms`
-    /// (replacing an earlier one of the same network).
-    pub fn insert(&mut self, net: IpNet, source: IpAddr, until_ms: UnixMillis) {
+    /// (replacing an earlier one of the same network), if
+    /// [`Blocked::has_room`].
+    pub fn insert(
+        &mut self,
+        net: IpNet,
+        source: IpAddr,
+        until_ms: UnixMillis,
+        now: UnixMillis,
+    ) -> Result<(), TableFull> {
+        self.has_room(net, now)?;
         let net = net.trunc();
         self.nets.insert(
             net,
@@ -45,6 +112,16 @@ impl Blocked {
         if let Err(at) = lens.binary_search(&net.prefix_len()) {
             lens.insert(at, net.prefix_len());
         }
+        Ok(())
+    }
+
+    /// Forgets the block of exactly `net`; whether there was one.
+    pub fn remove(&mut self, net: IpNet) -> bool {
+        let gone = self.nets.remove(&net.trunc()).is_some();
+        if gone {
+            self.relist_lens();
+        }
+        gone
     }
 
     /// Whether a block running at `now` covers `ip` (its address or a
@@ -69,6 +146,10 @@ impl Blocked {
     /// Forgets the blocks that ended by `now`.
     pub fn expire(&mut self, now: UnixMillis) {
         self.nets.retain(|_, b| b.until_ms > now);
+        self.relist_lens();
+    }
+
+    fn relist_lens(&mut self) {
         for (i, lens) in self.lens.iter_mut().enumerate() {
             lens.retain(|&len| {
                 self.nets
@@ -129,8 +210,10 @@ mod tests {
     fn a_prefix_block_covers_every_address_of_the_prefix() {
         let mut b = Blocked::default();
         assert!(!b.covers(ip("fd00:200:2::2"), 0));
-        b.insert(net("fd00:200:2::2/64"), ip("fd00:200:2::2"), 3000);
-        b.insert(net("10.200.2.2/32"), ip("10.200.2.2"), 5000);
+        b.insert(net("fd00:200:2::2/64"), ip("fd00:200:2::2"), 3000, 0)
+            .expect("room");
+        b.insert(net("10.200.2.2/32"), ip("10.200.2.2"), 5000, 0)
+            .expect("room");
         for covered in ["fd00:200:2::2", "fd00:200:2::3", "fd00:200:2:0:ffff::1"] {
             assert_eq!(
                 b.covering(ip(covered), 1000),
@@ -154,8 +237,10 @@ mod tests {
     #[test]
     fn status_shows_prefix_blocks_with_their_length_and_source() {
         let mut b = Blocked::default();
-        b.insert(net("fd00:200:2::7/64"), ip("fd00:200:2::7"), 10_000);
-        b.insert(net("10.200.2.2/32"), ip("10.200.2.2"), 2_500);
+        b.insert(net("fd00:200:2::7/64"), ip("fd00:200:2::7"), 10_000, 0)
+            .expect("room");
+        b.insert(net("10.200.2.2/32"), ip("10.200.2.2"), 2_500, 0)
+            .expect("room");
         let st = b.status(1000);
         assert_eq!(
             st,
@@ -164,5 +249,46 @@ mod tests {
                 json!({"address": "fd00:200:2::/64", "prefix": 64, "source": "fd00:200:2::7", "expires_in_s": 9}),
             ]
         );
+    }
+
+    #[test]
+    fn a_full_table_keeps_running_blocks_and_refuses_new_ones() {
+        let mut b = Blocked::new(2);
+        b.insert(net("10.200.2.2/32"), ip("10.200.2.2"), 1_000, 0)
+            .expect("room");
+        b.insert(net("10.200.2.3/32"), ip("10.200.2.3"), 5_000, 0)
+            .expect("room");
+        // Full: a newcomer is refused, the running blocks stay.
+        assert_eq!(
+            b.insert(net("10.200.2.4/32"), ip("10.200.2.4"), 9_000, 10),
+            Err(TableFull { max_blocks: 2 })
+        );
+        assert!(b.covers(ip("10.200.2.2"), 10) && b.covers(ip("10.200.2.3"), 10));
+        assert!(!b.covers(ip("10.200.2.4"), 10));
+        // Renewing a running block needs no room.
+        b.insert(net("10.200.2.2/32"), ip("10.200.2.2"), 2_000, 10)
+            .expect("renewal");
+        // Once a block ended, its room goes to the newcomer.
+        b.insert(net("10.200.2.4/32"), ip("10.200.2.4"), 9_000, 2_000)
+            .expect("room after an end");
+        assert_eq!(b.len(), 2);
+        // Lifting frees room too.
+        assert!(b.remove(net("10.200.2.3/32")));
+        assert!(!b.remove(net("10.200.2.3/32")));
+        assert!(!b.covers(ip("10.200.2.3"), 2_000));
+        assert_eq!(b.lens, [vec![32], vec![]]);
+        b.insert(net("fd00::1/64"), ip("fd00::1"), 9_000, 2_000)
+            .expect("room after a lift");
+        assert_eq!(b.lens, [vec![32], vec![64]]);
+    }
+
+    #[test]
+    fn memory_stays_bounded_under_a_flood_of_blocks() {
+        let mut b = Blocked::new(100);
+        for i in 0..10_000u32 {
+            let a = IpAddr::V4(std::net::Ipv4Addr::from(0x0ac8_0000 + i));
+            let _ = b.insert(IpNet::from(a), a, 600_000, u64::from(i));
+            assert!(b.len() <= 100);
+        }
     }
 }

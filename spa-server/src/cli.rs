@@ -125,6 +125,11 @@ pub struct InitArgs {
     /// Validity of the CA certificate, in days.
     #[arg(long, default_value_t = 3650)]
     pub days: u32,
+    /// Also write the CA certificate here (mode 0644), for `[trust]
+    /// anchors`: the daemons re-read it after dropping privileges, and the
+    /// CA directory (0700) is closed to their user. E.g. /etc/spa/ca.pem.
+    #[arg(long, value_name = "FILE")]
+    pub cert_out: Option<PathBuf>,
 }
 
 /// `pki issue`.

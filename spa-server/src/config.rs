@@ -10,7 +10,9 @@
 //! keys = ["/etc/spa/green.key"] # X25519 receiver keys, current first (rotation)
 //! replay_db = "/var/lib/spa/replay.redb"
 //! control_socket = "/run/spa/control.sock"
-//! user = "spa"                  # drop privileges to this user after setup
+//! user = "spa"                  # required: drop privileges to this user after setup;
+//!                               # it must be able to read the [trust] files and
+//!                               # search replay_db's directory ("root": stay root)
 //! log_format = "plain"          # or "json"
 //!
 //! [trust]
@@ -22,7 +24,8 @@
 //!
 //! [firewall]
 //! table = "spa"
-//! mode = "blackhole"            # or "protect" (only protect_ports are closed)
+//! mode = "blackhole"            # or "protect" (only protect_ports are closed;
+//!                               # every [[services]] port must be among them)
 //! protect_ports = ["tcp/22"]
 //! management = ["192.0.2.0/24"] # always accepted, never blocked
 //! force = false                 # install blackhole even if it cuts this SSH session
@@ -56,6 +59,14 @@
 //! block = 600                   # … block the source (IPv6: its /64) this many seconds
 //! scan_ports = 10               # distinct closed ports …
 //! scan_window = 10              # … within this many seconds: block
+//! weight_open_failed = 1        # what each refusal adds toward `failures`:
+//! weight_replayed = 0           #   MAC-valid garbage, replayed/stale copies,
+//! weight_invalid = 1            #   other refusals before the client is proven,
+//! weight_proven = 1             #   refusals after its signature verified (0..=64)
+//! accepted_grace = 3600         # seconds a source with an accepted knock is
+//!                               #   shielded from forgeable failures and scans
+//! max_sources = 65536           # sources each IPS table tracks (LRU)
+//! max_blocks = 65536            # running blocks at most (also the nft set size)
 //!
 //! [relay]                       # spa-server only: services that live on red
 //! red = "10.200.60.2:62202"     # red's order port
@@ -148,7 +159,9 @@ pub struct DaemonSection {
     /// The control socket.
     #[serde(default = "default_control")]
     pub control_socket: PathBuf,
-    /// Unprivileged user to run as after setup.
+    /// Unprivileged user to run as after setup. Required (`check` says so
+    /// when it is missing); `"root"` keeps root with only CAP_NET_ADMIN
+    /// and CAP_NET_RAW.
     pub user: Option<String>,
     /// "plain" or "json".
     #[serde(default = "default_log_format")]
@@ -321,6 +334,33 @@ pub struct IpsSection {
     /// Seconds.
     #[serde(default = "default_scan_window")]
     pub scan_window: u64,
+    /// Weight of an `open_failed` refusal (MAC-valid garbage).
+    #[serde(default = "default_weight_one")]
+    pub weight_open_failed: u32,
+    /// Weight of a `replayed` or `stale` refusal (a captured knock sent
+    /// again); 0 by default.
+    #[serde(default)]
+    pub weight_replayed: u32,
+    /// Weight of any other refusal before the client was proven.
+    #[serde(default = "default_weight_one")]
+    pub weight_invalid: u32,
+    /// Weight of a refusal after the client's signature verified.
+    #[serde(default = "default_weight_one")]
+    pub weight_proven: u32,
+    /// Seconds after an accepted datagram (or the end of its opening) during
+    /// which the source's forgeable failures and probes are not counted; 0
+    /// turns the shield off. SPEC §9.
+    #[serde(default = "default_accepted_grace")]
+    pub accepted_grace: u64,
+    /// Sources each IPS table (rate limiter, failures, scans, shield)
+    /// tracks at most; the least recently seen is forgotten.
+    #[serde(default = "default_max_sources")]
+    pub max_sources: usize,
+    /// Blocks running at once at most; also the `size` of the nftables
+    /// block sets. When full, new blocks are refused (logged, counted as
+    /// `blocked.table_full` / `blocked.set_full`); running ones are kept.
+    #[serde(default = "default_max_blocks")]
+    pub max_blocks: usize,
 }
 
 impl Default for IpsSection {
@@ -333,6 +373,13 @@ impl Default for IpsSection {
             block: default_block(),
             scan_ports: default_scan_ports(),
             scan_window: default_scan_window(),
+            weight_open_failed: default_weight_one(),
+            weight_replayed: 0,
+            weight_invalid: default_weight_one(),
+            weight_proven: default_weight_one(),
+            accepted_grace: default_accepted_grace(),
+            max_sources: default_max_sources(),
+            max_blocks: default_max_blocks(),
         }
     }
 }
@@ -513,6 +560,18 @@ fn default_scan_ports() -> u32 {
 fn default_scan_window() -> u64 {
     10
 }
+fn default_weight_one() -> u32 {
+    1
+}
+fn default_accepted_grace() -> u64 {
+    crate::ips::lockout::DEFAULT_GRACE_MS / 1000
+}
+fn default_max_sources() -> usize {
+    crate::ips::DEFAULT_MAX_SOURCES
+}
+fn default_max_blocks() -> usize {
+    crate::blocked::DEFAULT_MAX_BLOCKS
+}
 
 /// One problem found in a configuration: the key and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -622,10 +681,8 @@ impl Config {
                 bad(format!("daemon.keys[{i}]"), e.to_string());
             }
         }
-        if let Some(u) = &d.user
-            && nix::unistd::User::from_name(u).ok().flatten().is_none()
-        {
-            bad("daemon.user".into(), format!("no such user '{u}'"));
+        for x in crate::access::config_problems(self) {
+            bad(x.key, x.problem);
         }
         let t = &self.trust;
         if t.anchors.is_empty() {
@@ -662,16 +719,9 @@ impl Config {
             );
         }
         let f = &self.firewall;
-        if f.table.is_empty()
-            || !f
-                .table
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            bad(
-                "firewall.table".into(),
-                format!("'{}': letters, digits, '_' and '-' only", f.table),
-            );
+        // The rule the firewall driver applies when it installs the table.
+        if let Err(e) = crate::nft::TableName::new(&f.table) {
+            bad("firewall.table".into(), e.to_string());
         }
         if !matches!(f.mode.as_str(), "blackhole" | "protect") {
             bad(
@@ -758,6 +808,24 @@ impl Config {
             if s.port == 0 {
                 bad(format!("services[{i}].port"), "must be 1..=65535".into());
             }
+            // Protect mode closes only protect_ports: a service port outside
+            // them would be open to everyone while a knock "opens" it.
+            if f.mode == "protect"
+                && s.port != 0
+                && let Some(proto) = parse_proto(&s.proto)
+                && !f
+                    .protect_ports
+                    .iter()
+                    .any(|p| parse_port_spec(p) == Some((proto, s.port)))
+            {
+                bad(
+                    format!("services[{i}].port"),
+                    format!(
+                        "{}/{} is not in firewall.protect_ports: in protect mode it would be open to everyone",
+                        s.proto, s.port
+                    ),
+                );
+            }
         }
         let relay_names: std::collections::HashSet<&str> = self
             .relay
@@ -793,10 +861,27 @@ impl Config {
                 "no rule: every knock would be refused".into(),
             );
         }
-        if self.ips.rate == 0 || self.ips.burst == 0 {
+        // What run's constructors reject, by the same code.
+        if let Err(x) = crate::green::ips_state(self) {
+            bad(x.key, x.problem);
+        }
+        for (key, w) in [
+            ("ips.weight_open_failed", self.ips.weight_open_failed),
+            ("ips.weight_replayed", self.ips.weight_replayed),
+            ("ips.weight_invalid", self.ips.weight_invalid),
+            ("ips.weight_proven", self.ips.weight_proven),
+        ] {
+            if w > crate::ips::MAX_FAILURE_THRESHOLD {
+                bad(key.into(), "a weight must be between 0 and 64".into());
+            }
+        }
+        if self.ips.max_sources == 0 {
+            bad("ips.max_sources".into(), "must be at least 1".into());
+        }
+        if self.ips.max_blocks == 0 || u32::try_from(self.ips.max_blocks).is_err() {
             bad(
-                "ips.rate".into(),
-                "rate and burst must be at least 1".into(),
+                "ips.max_blocks".into(),
+                "must be between 1 and 4294967295".into(),
             );
         }
         match role {
@@ -1042,6 +1127,49 @@ mod tests {
     }
 
     #[test]
+    fn protect_mode_refuses_a_service_port_outside_protect_ports() {
+        let text = r#"
+[daemon]
+keys = ["/k"]
+replay_db = "/r"
+[trust]
+anchors = ["/a"]
+[firewall]
+mode = "protect"
+protect_ports = ["tcp/22", "udp/53"]
+[[services]]
+name = "ssh"
+port = 22
+[[services]]
+name = "web"
+port = 443
+[[services]]
+name = "dns"
+proto = "udp"
+port = 53
+[[services]]
+name = "dnstcp"
+port = 53
+"#;
+        let cfg = parse(text, Path::new("t.toml")).expect("parses");
+        let keys: Vec<String> = cfg
+            .check(Role::Green, None)
+            .into_iter()
+            .filter(|p| p.key.starts_with("services["))
+            .map(|p| p.key)
+            .collect();
+        assert_eq!(keys, ["services[1].port", "services[3].port"]);
+        let mut blackhole = cfg.clone();
+        blackhole.firewall.mode = "blackhole".into();
+        assert!(
+            !blackhole
+                .check(Role::Green, None)
+                .iter()
+                .any(|p| p.key.starts_with("services["))
+        );
+    }
+
+    #[test]
     fn tunnel_section_problems() {
         let text = r#"
 [daemon]
@@ -1084,6 +1212,41 @@ max_connections_per_source = 11
             .map(|p| p.key)
             .collect();
         assert!(red.iter().any(|x| x == "tunnel"), "{red:?}");
+    }
+
+    #[test]
+    fn ips_lockout_keys_have_safe_defaults_and_are_checked() {
+        let base = "[daemon]\nkeys = [\"/k\"]\nreplay_db = \"/r\"\n[trust]\nanchors = [\"/a\"]\n\
+                    [[rules]]\nidentity = \"*\"\nservices = [\"*\"]\n";
+        let cfg = parse(base, Path::new("t.toml")).expect("parses");
+        let i = &cfg.ips;
+        assert_eq!(
+            (
+                i.weight_open_failed,
+                i.weight_replayed,
+                i.weight_invalid,
+                i.weight_proven
+            ),
+            (1, 0, 1, 1),
+            "replays weigh nothing by default"
+        );
+        assert_eq!(
+            (i.accepted_grace, i.max_sources, i.max_blocks),
+            (3600, 65_536, 65_536)
+        );
+        let text = format!(
+            "{base}[ips]\nweight_invalid = 65\nweight_replayed = 2\nmax_sources = 0\nmax_blocks = 0\n"
+        );
+        let cfg = parse(&text, Path::new("t.toml")).expect("parses");
+        let keys: Vec<String> = cfg
+            .check(Role::Green, None)
+            .into_iter()
+            .map(|p| p.key)
+            .collect();
+        for k in ["ips.weight_invalid", "ips.max_sources", "ips.max_blocks"] {
+            assert!(keys.iter().any(|x| x == k), "{k} in {keys:?}");
+        }
+        assert!(!keys.iter().any(|x| x == "ips.weight_replayed"), "{keys:?}");
     }
 
     #[test]

@@ -7,16 +7,18 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
-use proto_spec::cert::{IdentityKey, TrustStore};
-use proto_spec::verify::Refused;
+use proto_spec::cert::TrustStore;
+use proto_spec::verify::{Refused, Stage};
 use proto_spec::{Refusal, UnixMillis};
 use serde_json::{Value, json};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub use crate::blocked::Blocked;
 use crate::capture::{Capture, Event};
@@ -24,9 +26,13 @@ use crate::config::{Config, ServiceProto};
 use crate::counters::Counters;
 use crate::ctl::ControlSocket;
 use crate::gate::{Decision, Gate};
-use crate::ips::{BlockDecision, FailureKind, Offenses, RateLimiter, ScanDetector, Transport};
+use crate::ips::{
+    BlockDecision, FailureKind, Lockout, Offenses, RateLimiter, ScanDetector, Transport,
+};
 use crate::nft::{NftError, NftSets};
 use crate::pki::{TrustFiles, load_trust};
+pub use crate::sessions::{Opening, Session};
+use crate::sessions::{SessionTable, SharedSessions};
 use crate::store::ReplayDb;
 
 /// Milliseconds since the Unix epoch.
@@ -36,39 +42,11 @@ pub fn now_ms() -> UnixMillis {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// One element the daemon opened.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Opening {
-    /// Service name.
-    pub service: String,
-    /// Protocol.
-    pub proto: ServiceProto,
-    /// Port.
-    pub port: u16,
-    /// Expiry, ms.
-    pub expires_ms: UnixMillis,
-}
-
-/// A session: what one identity opened for one address.
-#[derive(Debug, Clone)]
-pub struct Session {
-    /// Who.
-    pub identity: String,
-    /// Replay identity.
-    pub identity_key: IdentityKey,
-    /// For which address.
-    pub addr: IpAddr,
-    /// What is open.
-    pub openings: Vec<Opening>,
-    /// The client certificate (DER) of the latest accepted knock or order,
-    /// re-checked after every trust reload (SPEC §9, "What revocation
-    /// ends").
-    pub certificate: Vec<u8>,
-}
-
 /// Hooks a daemon adds to the shared loop (green relays orders to red).
 pub trait Hooks {
-    /// Called after an accepted decision was applied to the firewall.
+    /// Called after an accepted decision was applied to the firewall; not
+    /// for one the session table refused (another identity's session id,
+    /// SPEC §8.1.1).
     fn after_decision(&mut self, decision: &Decision, source: SocketAddr, now: UnixMillis);
     /// Called when a session ends: closed by its client, revoked by the
     /// operator, or every opening expired.
@@ -131,11 +109,27 @@ impl<A: Hooks, B: Hooks> Hooks for (A, B) {
     }
 }
 
-/// Trust files and their modification times, for reloads.
+/// Trust files and their modification times, for reloads, and the last
+/// reload failure (shown by `status` until a reload succeeds).
 #[derive(Debug)]
 pub struct TrustWatch {
     files: TrustFiles,
     stamps: Vec<Option<SystemTime>>,
+    /// The last failed reload, cleared by a successful one.
+    pub last_failure: Option<ReloadFailure>,
+}
+
+/// A trust reload that failed: the previous trust store stays in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadFailure {
+    /// The file concerned, when the error names one.
+    pub file: Option<PathBuf>,
+    /// The error.
+    pub error: String,
+    /// When, ms since the epoch.
+    pub at_ms: UnixMillis,
+    /// What triggered the reload.
+    pub trigger: String,
 }
 
 /// The `[trust]` section as files to load.
@@ -161,7 +155,11 @@ impl TrustWatch {
     /// Records the current modification times.
     pub fn new(files: TrustFiles) -> Self {
         let stamps = Self::read_stamps(&files);
-        Self { files, stamps }
+        Self {
+            files,
+            stamps,
+            last_failure: None,
+        }
     }
 
     fn read_stamps(f: &TrustFiles) -> Vec<Option<SystemTime>> {
@@ -223,8 +221,9 @@ pub struct Daemon<G: Gate, H: Hooks> {
     pub capture: Option<Capture>,
     /// Services by name.
     pub services: HashMap<String, (ServiceProto, u16)>,
-    /// Open sessions.
-    pub sessions: HashMap<[u8; 16], Session>,
+    /// Open sessions and the owners of each firewall element, shared
+    /// with the tunnel (SPEC §8.1.1).
+    pub sessions: SharedSessions,
     /// Per-source token bucket.
     pub limiter: RateLimiter,
     /// Invalid knocks per source.
@@ -235,6 +234,8 @@ pub struct Daemon<G: Gate, H: Hooks> {
     pub counters: Counters,
     /// Blocked sources (addresses or prefixes) and until when.
     pub blocked: Blocked,
+    /// Sources with a recent accepted datagram (SPEC §9 lock-out defence).
+    pub lockout: Lockout,
     /// Trust files.
     pub trust: TrustWatch,
     /// Control socket.
@@ -247,10 +248,13 @@ pub struct Daemon<G: Gate, H: Hooks> {
     pub started_ms: UnixMillis,
     /// Pre-MAC refusals since the last summary line.
     quiet_refusals: u64,
+    /// `capture.reassembly_dropped` as of the last summary line.
+    reassembly_dropped_logged: u64,
     last_summary_ms: UnixMillis,
     last_stamp_check_ms: UnixMillis,
     last_sweep_ms: UnixMillis,
     last_prune_ms: UnixMillis,
+    last_full_warn_ms: UnixMillis,
     /// Floors older than this (the freshness window) may be pruned.
     pub prune_max_age_ms: u64,
 }
@@ -258,10 +262,15 @@ pub struct Daemon<G: Gate, H: Hooks> {
 /// How often the replay store is pruned (SPEC §7.4), ms.
 pub const PRUNE_EVERY_MS: u64 = 600_000;
 
+/// How often the trust files' modification times are compared, ms: a new
+/// CRL is in force this long after it is written, at most (plus one loop
+/// turn). A few `stat` calls each time.
+pub const TRUST_POLL_MS: u64 = 250;
+
 impl<G: Gate, H: Hooks> std::fmt::Debug for Daemon<G, H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Daemon")
-            .field("sessions", &self.sessions.len())
+            .field("sessions", &self.table().len())
             .field("counters", &self.counters)
             .finish_non_exhaustive()
     }
@@ -298,6 +307,8 @@ pub struct Parts<G: Gate, H: Hooks> {
     pub flags: Flags,
     /// Hooks.
     pub hooks: H,
+    /// The session table (shared with the tunnel, if any).
+    pub sessions: SharedSessions,
 }
 
 impl<G: Gate, H: Hooks> Daemon<G, H> {
@@ -309,23 +320,26 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             fw: p.fw,
             capture: Some(p.capture),
             services: p.services,
-            sessions: HashMap::new(),
+            sessions: p.sessions,
             limiter: p.limiter,
             offenses: p.offenses,
             scans: p.scans,
             counters: Counters::default(),
             blocked: Blocked::default(),
+            lockout: Lockout::default(),
             trust: p.trust,
             control: p.control,
             flags: p.flags,
             hooks: p.hooks,
             started_ms: now,
             quiet_refusals: 0,
+            reassembly_dropped_logged: 0,
             last_summary_ms: now,
             last_stamp_check_ms: now,
             last_sweep_ms: now,
             // The first prune runs at the first turn after the start.
             last_prune_ms: now.saturating_sub(PRUNE_EVERY_MS),
+            last_full_warn_ms: 0,
             prune_max_age_ms: proto_spec::replay::DEFAULT_MAX_AGE_MS,
         }
     }
@@ -355,12 +369,16 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
     pub fn handle_datagram(&mut self, src: SocketAddr, payload: &[u8], now: UnixMillis) {
         let ip = src.ip().to_canonical();
         // A blocked source: the capture sees packets before the firewall
-        // drops them, so drop its knocks here too, before any work.
-        if self.blocked.covers(ip, now) {
-            self.counters.bump("refused.blocked_source");
-            return;
-        }
+        // drops them. What fails the MAC is dropped here before any other
+        // work; what passes it is still verified (after the rate limit), so
+        // that a block somebody provoked with the client's address cannot
+        // keep the client out (SPEC §9).
+        let blocked = self.blocked.covers(ip, now);
         if let Err(r) = self.gate.precheck(payload) {
+            if blocked {
+                self.counters.bump("refused.blocked_source");
+                return;
+            }
             // Before the MAC: the sender showed no knowledge of our public
             // key. Counted, logged at debug only (a flood must not flood the
             // logs), summarized every 10 s, never used to block (SPEC §9).
@@ -375,87 +393,123 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             return;
         }
         match self.gate.verify(payload, ip, now, &mut self.db) {
-            Err(Refused {
-                reason: r,
-                identity,
-            }) => {
+            Err(refused) => {
+                let r = refused.reason;
                 self.counters.refusal(&r);
-                match identity {
-                    Some(id) => {
-                        warn!(src = %ip, reason = %r, identity = %id.display_name(), "refused");
-                    }
-                    None => warn!(src = %ip, reason = %r, "refused"),
+                if refused.stage != Stage::Knock {
+                    self.counters
+                        .bump(&format!("refused_stage.{}", refused.stage));
                 }
-                if let Some(kind) = FailureKind::of_refusal(&r)
-                    && self.gate.blames_source(&r)
-                    && let Some(b) = self.offenses.record_failure(ip, now, kind)
-                {
-                    self.block(ip, &b, now, "invalid knocks");
+                let stage = refused.stage;
+                match &refused.identity {
+                    Some(id) => {
+                        warn!(src = %ip, reason = %r, %stage, identity = %id.display_name(), "refused");
+                    }
+                    None => warn!(src = %ip, reason = %r, %stage, "refused"),
+                }
+                if !blocked {
+                    self.count_failure(ip, &refused, now);
                 }
             }
             Ok(d) => {
-                self.apply(&d, now);
-                self.hooks.after_decision(&d, src, now);
+                if self.apply(&d, now) {
+                    self.accepted_from(ip, &d, now);
+                    self.hooks.after_decision(&d, src, now);
+                }
             }
         }
     }
 
-    fn apply(&mut self, d: &Decision, now: UnixMillis) {
+    /// Counts a refusal against its source, unless the gate says the
+    /// source is not to blame (red: a client's fault inside green's order)
+    /// or the source is shielded by a recent accepted datagram and the
+    /// refusal is one anybody could forge with its address (SPEC §9).
+    fn count_failure(&mut self, ip: IpAddr, refused: &Refused, now: UnixMillis) {
+        let Some(kind) = FailureKind::of_refused(refused) else {
+            return;
+        };
+        if !self.gate.blames_source(refused) {
+            self.counters.bump("ips.not_blamed");
+            return;
+        }
+        if kind.forgeable() && self.lockout.shields(ip, now) {
+            self.counters.bump("ips.shielded");
+            return;
+        }
+        if let Some(b) = self.offenses.record_failure(ip, now, kind) {
+            self.block(ip, &b, now, "invalid knocks");
+        }
+    }
+
+    /// A fully verified datagram from `ip`: shield it from forgeable
+    /// failures and lift any block covering it (SPEC §9: nothing forgeable
+    /// without the client's key may keep the client out).
+    fn accepted_from(&mut self, ip: IpAddr, d: &Decision, now: UnixMillis) {
+        let opened_until = match d {
+            Decision::Open { lifetime_s, .. } => {
+                now.saturating_add(u64::from(*lifetime_s).saturating_mul(1000))
+            }
+            Decision::Close { .. } => now,
+        };
+        self.lockout.note_accepted(ip, now, opened_until);
+        self.offenses.forgive(ip);
+        self.scans.forgive(ip);
+        while let Some(net) = self.blocked.covering(ip, now) {
+            self.blocked.remove(net);
+            match self.fw.unblock_net(net) {
+                Ok(()) => {
+                    self.counters.bump("blocked.lifted");
+                    info!(src = %ip, blocked = %net, "block lifted: a verified datagram came from it");
+                }
+                Err(e) => {
+                    warn!(src = %ip, blocked = %net, error = %e, "firewall: could not lift a block")
+                }
+            }
+        }
+    }
+
+    /// Applies an accepted decision through the session table; `false`
+    /// when the table refused it (nothing was touched, and the hooks are
+    /// not told: green relays nothing for it).
+    fn apply(&mut self, d: &Decision, now: UnixMillis) -> bool {
         match d {
             Decision::Open {
                 kind,
                 session,
                 identity,
-                identity_key,
                 addr,
                 services,
                 lifetime_s,
-                certificate,
                 ..
             } => {
-                let expires_ms = now.saturating_add(u64::from(*lifetime_s) * 1000);
-                let timeout = Duration::from_secs(u64::from(*lifetime_s));
-                let mut opened = Vec::new();
-                for name in services {
-                    // Services not local to this host (green relays them to
-                    // red) have no entry here.
-                    let Some(&(proto, port)) = self.services.get(name) else {
-                        continue;
-                    };
-                    match self.fw.allow(*addr, proto, port, timeout) {
-                        Ok(()) => {
-                            self.scans.note_allowed(*addr, proto, port, now, expires_ms);
-                            opened.push(Opening {
-                                service: name.clone(),
-                                proto,
-                                port,
-                                expires_ms,
-                            });
-                        }
-                        Err(e) => {
-                            warn!(src = %addr, identity = %identity, error = %e, "firewall: could not open {name}")
-                        }
+                let opened = {
+                    let mut table = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+                    table.open(d, &self.services, now, &mut self.fw)
+                };
+                let opened = match opened {
+                    Ok(o) => o,
+                    Err(e) => {
+                        // SPEC §8.1.1: a session id belongs to its first
+                        // identity; silent on the wire like any refusal.
+                        self.counters.bump(e.counter());
+                        warn!(src = %addr, identity = %identity, session = %hex16(session),
+                            reason = %e, "refused: nothing opened");
+                        return false;
                     }
+                };
+                for (_, key, expires_ms) in &opened.elements {
+                    self.scans
+                        .note_allowed(key.addr, key.proto, key.port, now, *expires_ms);
+                }
+                for (name, e) in &opened.failed {
+                    warn!(src = %addr, identity = %identity, error = %e, "firewall: could not open {name}");
                 }
                 self.counters.bump(&format!("accepted.{kind}"));
                 info!(
                     src = %addr, identity = %identity, session = %hex16(session), kind = *kind,
                     services = %services.join(","), lifetime_s = *lifetime_s, "accepted"
                 );
-                let entry = self.sessions.entry(*session).or_insert_with(|| Session {
-                    identity: identity.clone(),
-                    identity_key: *identity_key,
-                    addr: *addr,
-                    openings: Vec::new(),
-                    certificate: Vec::new(),
-                });
-                if entry.identity_key == *identity_key {
-                    entry.certificate.clone_from(certificate);
-                    entry
-                        .openings
-                        .retain(|o| !opened.iter().any(|n| n.service == o.service));
-                    entry.openings.extend(opened);
-                }
+                true
             }
             Decision::Close {
                 session,
@@ -463,42 +517,65 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
                 identity_key,
                 ..
             } => {
-                self.counters.bump("accepted.close");
-                let owned = self
-                    .sessions
-                    .get(session)
-                    .is_some_and(|s| s.identity_key == *identity_key);
-                if owned {
-                    self.close_session(session, "closed by the client");
+                let owned = self.table().check_owner(session, identity_key);
+                if let Err(e) = owned {
+                    // SPEC §8.1.1: another identity's close closes nothing,
+                    // and green relays nothing for it (nor drops the
+                    // owner's pending orders).
+                    self.counters.bump(e.counter());
+                    warn!(identity = %identity, session = %hex16(session), reason = %e,
+                        "refused: nothing closed");
+                    return false;
                 }
-                info!(identity = %identity, session = %hex16(session), found = owned, "accepted close");
+                self.counters.bump("accepted.close");
+                let found = self.close_session(session, "closed by the client");
+                info!(identity = %identity, session = %hex16(session), found, "accepted close");
+                true
             }
         }
     }
 
-    /// Revokes every element of a session, ends the connections they
-    /// admitted (SPEC §9, "What revocation ends") and forgets it.
+    fn table(&self) -> MutexGuard<'_, SessionTable> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Ends a session: every element it owns, at every address, loses this
+    /// owner (deleted if no other session owns it, else kept at the latest
+    /// expiry of the others; SPEC §8.1.1), the connections of the elements
+    /// deleted end (SPEC §9, "What revocation ends"), and the session is
+    /// forgotten.
     pub fn close_session(&mut self, session: &[u8; 16], why: &str) -> bool {
-        let Some(s) = self.sessions.remove(session) else {
+        let now = now_ms();
+        let closed = {
+            let mut table = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+            table.close(session, now, &mut self.fw)
+        };
+        let Some(closed) = closed else {
             return false;
         };
-        for o in &s.openings {
-            match self.fw.revoke(s.addr, o.proto, o.port) {
-                // The element is gone: end the flows it admitted.
-                Ok(()) => self.end_flows(s.addr, o),
-                Err(e) => {
-                    warn!(src = %s.addr, error = %e, "firewall: could not close {}", o.service);
-                }
-            }
+        let s = &closed.session;
+        for (key, e) in &closed.errors {
+            warn!(src = %key.addr, error = %e, "firewall: could not close {}/{}", key.proto, key.port);
+        }
+        // Only the elements no other session owns: the others' flows are
+        // someone else's.
+        for key in &closed.removed {
+            self.end_flows(*key);
         }
         info!(src = %s.addr, identity = %s.identity, session = %hex16(session), "session closed: {why}");
-        self.hooks.session_closed(session, now_ms());
+        self.hooks.session_closed(session, now);
         true
     }
 
     fn handle_probe(&mut self, src: IpAddr, proto: Transport, port: u16, now: UnixMillis) {
         let ip = src.to_canonical();
         self.counters.bump("probes");
+        // A SYN or UDP probe is trivially spoofed: a source with a recent
+        // accepted datagram is not counted (SPEC §9).
+        if self.lockout.shields(ip, now) {
+            self.counters.bump("ips.shielded_probes");
+            return;
+        }
         if let Some(b) = self.scans.record_probe(ip, proto, port, now) {
             self.counters.bump("blocked.scan");
             self.block(ip, &b, now, "port scan");
@@ -516,6 +593,16 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
         let secs = until.saturating_sub(now).div_ceil(1000).max(1);
         let timeout = Duration::from_secs(secs);
         let mut target = b.target;
+        // SPEC §9: an off-path sender can forge any address of a client's
+        // /64; a prefix holding a shielded client gets the offender alone.
+        if target.prefix_len() < target.max_prefix_len() && self.lockout.shields_net(target, now) {
+            debug!(src = %ip, prefix = %target, "a shielded client is in the prefix: blocking the address alone");
+            target = IpNet::from(ip);
+        }
+        if let Err(e) = self.blocked.has_room(target, now) {
+            self.block_refused("blocked.table_full", ip, target, &e, now);
+            return;
+        }
         let mut result = self.fw.block_net(target, timeout);
         if let Err(NftError::MissingSet { set, .. }) = &result
             && target != IpNet::from(ip)
@@ -526,12 +613,42 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             result = self.fw.block_net(target, timeout);
         }
         match result {
-            Ok(()) => {
-                self.counters.bump("blocked");
-                self.blocked.insert(target, ip, until);
-                warn!(src = %ip, blocked = %target, reason = why, block_s = secs, "blocked");
+            Ok(()) => match self.blocked.insert(target, ip, until, now) {
+                Ok(()) => {
+                    self.counters.bump("blocked");
+                    warn!(src = %ip, blocked = %target, reason = why, block_s = secs, "blocked");
+                }
+                Err(e) => {
+                    // The kernel has it; it ends on its own timeout.
+                    self.block_refused("blocked.table_full", ip, target, &e, now);
+                }
+            },
+            // The kernel set is full (its `size`, `[ips] max_blocks`):
+            // nf_tables says ENFILE.
+            Err(e) if e.errno() == Some(nix::errno::Errno::ENFILE) => {
+                self.block_refused("blocked.set_full", ip, target, &e, now);
             }
             Err(e) => warn!(src = %ip, error = %e, "firewall: could not block"),
+        }
+    }
+
+    /// A block that did not fit: counted every time, logged at warn at
+    /// most every 10 s (a spoofed flood of scans must not flood the logs).
+    fn block_refused(
+        &mut self,
+        counter: &str,
+        ip: IpAddr,
+        target: IpNet,
+        e: &dyn std::fmt::Display,
+        now: UnixMillis,
+    ) {
+        self.counters.bump(counter);
+        if now.saturating_sub(self.last_full_warn_ms) >= 10_000 {
+            self.last_full_warn_ms = now;
+            warn!(src = %ip, blocked = %target, error = %e, max_blocks = self.blocked.max_blocks(),
+                "not blocked: the block table is full; running blocks are kept");
+        } else {
+            debug!(src = %ip, blocked = %target, error = %e, "not blocked: the block table is full");
         }
     }
 
@@ -542,15 +659,9 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
         if now.saturating_sub(self.last_sweep_ms) >= 250 {
             self.last_sweep_ms = now;
             // Sessions whose every opening expired (the kernel already
-            // removed the elements).
-            let mut expired = Vec::new();
-            self.sessions.retain(|id, s| {
-                s.openings.retain(|o| o.expires_ms > now);
-                if s.openings.is_empty() {
-                    expired.push(*id);
-                }
-                !s.openings.is_empty()
-            });
+            // removed the elements: an element's timeout is its latest
+            // owner's, SPEC §8.1.1).
+            let expired = self.table().expire(now);
             for id in &expired {
                 debug!(session = %hex16(id), "session expired");
                 self.hooks.session_closed(id, now);
@@ -571,7 +682,22 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
                 Err(e) => warn!(error = %e, "replay store pruning failed"),
             }
         }
-        if self.quiet_refusals > 0 && now.saturating_sub(self.last_summary_ms) >= 10_000 {
+        let dropped = self
+            .capture
+            .as_ref()
+            .map_or(0, |c| c.stats().reassembly_dropped);
+        let summary_due = now.saturating_sub(self.last_summary_ms) >= 10_000;
+        if summary_due && dropped > self.reassembly_dropped_logged {
+            // Fragments that never made a datagram: a knock sent over a
+            // small-MTU path may be among them, so the loss is visible.
+            warn!(
+                count = dropped - self.reassembly_dropped_logged,
+                "fragmented datagrams dropped unreassembled (timeout, overlap, size or table limit) in the last period"
+            );
+            self.reassembly_dropped_logged = dropped;
+            self.last_summary_ms = now;
+        }
+        if self.quiet_refusals > 0 && summary_due {
             info!(
                 count = self.quiet_refusals,
                 "refused datagrams before the pre-check MAC in the last period"
@@ -580,7 +706,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             self.last_summary_ms = now;
         }
         let hup = self.flags.reload.swap(false, Ordering::Relaxed);
-        let changed = now.saturating_sub(self.last_stamp_check_ms) >= 1000 && {
+        let changed = now.saturating_sub(self.last_stamp_check_ms) >= TRUST_POLL_MS && {
             self.last_stamp_check_ms = now;
             self.trust.changed()
         };
@@ -594,48 +720,53 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
         self.hooks.tick(now);
     }
 
-    /// Reloads anchors, intermediates and CRLs; on error keeps the old ones.
+    /// Reloads anchors, intermediates and CRLs; on error keeps the old ones,
+    /// counts `trust.reload_failures`, logs at error level and keeps the
+    /// failure for `status` until a reload succeeds.
     pub fn reload_trust(&mut self, why: &str) {
         match self.trust.load() {
             Ok(store) => {
                 self.gate.replace_trust(store);
                 self.counters.bump("trust.reloads");
+                self.trust.last_failure = None;
                 info!(trigger = why, "trust anchors and CRLs reloaded");
                 self.close_revoked(now_ms());
             }
             Err(e) => {
                 self.counters.bump("trust.reload_failures");
-                warn!(trigger = why, error = %e, "trust reload failed; keeping the previous trust store");
+                let file = e.path().map(Path::to_path_buf);
+                error!(trigger = why, file = ?file, error = %e,
+                    "trust reload failed; keeping the previous trust store (revocations since are NOT applied)");
+                self.trust.last_failure = Some(ReloadFailure {
+                    file,
+                    error: e.to_string(),
+                    at_ms: now_ms(),
+                    trigger: why.to_owned(),
+                });
             }
         }
     }
 
     /// The status report.
     pub fn status(&self, now: UnixMillis) -> Value {
-        let sessions: Vec<Value> = self
-            .sessions
-            .iter()
-            .map(|(id, s)| {
-                json!({
-                    "session": hex16(id),
-                    "identity": s.identity,
-                    "address": s.addr.to_string(),
-                    "openings": s.openings.iter().map(|o| json!({
-                        "service": o.service,
-                        "proto": o.proto.name(),
-                        "port": o.port,
-                        "expires_in_s": o.expires_ms.saturating_sub(now).div_ceil(1000),
-                    })).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
+        let (sessions, openings) = self.table().status(now);
         let mut counters = self.counters.all();
         counters.extend(self.hooks.counters());
         json!({
             "uptime_s": now.saturating_sub(self.started_ms) / 1000,
             "sessions": sessions,
+            "openings": openings,
             "blocked": self.blocked.status(now),
             "counters": counters,
+            "trust": {
+                "last_reload_failure": self.trust.last_failure.as_ref().map(|f| json!({
+                    "file": f.file.as_ref().map(|p| p.display().to_string()),
+                    "error": f.error,
+                    "trigger": f.trigger,
+                    "at_ms": f.at_ms,
+                    "age_s": now.saturating_sub(f.at_ms) / 1000,
+                })),
+            },
             "capture": self.capture.as_ref().map(|c| {
                 let st = c.stats();
                 json!({
@@ -644,6 +775,9 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
                     "probes": st.probes,
                     "malformed": st.malformed,
                     "kernel_drops": st.kernel_drops,
+                    "fragments": st.fragments,
+                    "reassembled": st.reassembled,
+                    "reassembly_dropped": st.reassembly_dropped,
                 })
             }),
         })

@@ -8,7 +8,7 @@ use proto_spec::body::MessageType;
 use proto_spec::cert::{IdentityKey, TrustStore};
 use proto_spec::error::CertificateError;
 use proto_spec::replay::ReplayState;
-use proto_spec::verify::{KnockVerifier, OrderAction, OrderVerifier, Refused};
+use proto_spec::verify::{KnockVerifier, OrderAction, OrderVerifier, Refused, Stage};
 use proto_spec::{Refusal, UnixMillis};
 
 /// What an accepted datagram asks the daemon to do.
@@ -72,7 +72,7 @@ pub trait Gate {
     /// Whether a refusal counts against the datagram's source address for
     /// intrusion prevention (blocking). Default: every refusal the IPS
     /// counts does.
-    fn blames_source(&self, _refusal: &Refusal) -> bool {
+    fn blames_source(&self, _refused: &Refused) -> bool {
         true
     }
 }
@@ -164,20 +164,16 @@ impl Gate for OrderVerifier {
         OrderVerifier::revalidate(self, certificate, now)
     }
 
-    /// Refusals that only arise after the gateway signature and the source
-    /// check passed (SPEC §8.2 O13-O21) are about the client whose body a
-    /// configured green relayed, not about green: counting them against
+    /// Only a refusal of the order itself before green's signature verified
+    /// ([`Stage::Order`], SPEC §8.2 O1-O10) counts against the source: a
+    /// refusal of the client body inside an order green signed is the
+    /// client's fault (a stale, future-dated or replayed body: clock skew,
+    /// green's resends, one malicious client), and counting it against
     /// green's address would let one client get every relayed request
-    /// blocked. Refusals that may come earlier still count.
-    fn blames_source(&self, refusal: &Refusal) -> bool {
-        !matches!(
-            refusal,
-            Refusal::WrongMessageType
-                | Refusal::SessionMismatch
-                | Refusal::Certificate(_)
-                | Refusal::BadSignature
-                | Refusal::UnknownIdentity
-                | Refusal::UnauthorizedService
-        )
+    /// blocked (SPEC §9). A signed order with wrong fields of its own
+    /// ([`Stage::SignedOrder`]) cannot be forged without green's key and
+    /// only green can stop sending it; blocking green would not.
+    fn blames_source(&self, refused: &Refused) -> bool {
+        refused.stage == Stage::Order
     }
 }

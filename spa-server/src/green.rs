@@ -18,10 +18,11 @@ use crate::ctl::ControlSocket;
 use crate::daemon::{Daemon, Flags, Hooks, Parts, TrustWatch, now_ms, trust_files};
 use crate::gate::Gate;
 use crate::ips::{
-    OffenseConfig, Offenses, RateLimitConfig, RateLimiter, ScanConfig, ScanDetector,
-    SourceAggregation, Transport,
+    FailureWeights, IpsError, Lockout, LockoutConfig, OffenseConfig, Offenses, RateLimitConfig,
+    RateLimiter, ScanConfig, ScanDetector, SourceAggregation, Transport,
 };
 use crate::nft::{FirewallConfig, Forward, Mode, NftSets, Ruleset, TableName};
+use crate::sessions::SharedSessions;
 use crate::store::ReplayDb;
 
 /// Why the daemon could not start. One line each.
@@ -105,6 +106,9 @@ pub fn firewall_config(cfg: &Config) -> Result<FirewallConfig, StartError> {
     fw.table = TableName::new(&f.table).map_err(|e| step("firewall.table")(e.to_string()))?;
     // A block covers what the IPS counts as one source (an IPv6 /64).
     fw.block_prefixes = aggregation(cfg).block_prefixes();
+    // SPEC §9: the kernel bounds the block sets as the daemon bounds its
+    // table (config checks keep it within u32).
+    fw.block_set_size = u32::try_from(cfg.ips.max_blocks).unwrap_or(u32::MAX);
     fw.management = f
         .management
         .iter()
@@ -137,6 +141,8 @@ pub struct Setup {
     pub trust: TrustWatch,
     /// Signals.
     pub flags: Flags,
+    /// The session table (green's tunnel shares it).
+    pub sessions: SharedSessions,
 }
 
 impl std::fmt::Debug for Setup {
@@ -184,20 +190,39 @@ pub fn setup(cfg: Config) -> Result<Setup, StartError> {
     cc.scan_watch = cfg.ips.scan_ports > 0 && cfg.daemon.capture == "packet";
     cc.read_timeout = Duration::from_millis(100);
     let capture = Capture::open(&cc).map_err(|e| step("capture")(e.to_string()))?;
-    let control = ControlSocket::bind(&cfg.daemon.control_socket).map_err(|e| {
+    let mut control = ControlSocket::bind(&cfg.daemon.control_socket).map_err(|e| {
         step("control socket")(format!("{}: {e}", cfg.daemon.control_socket.display()))
     })?;
-    if let Some(user) = &cfg.daemon.user {
+    let user = cfg.daemon.user.as_deref().filter(|u| *u != "root");
+    if let Some(user) = user {
         let (uid, gid) =
             crate::privdrop::lookup(user).map_err(|e| step("privileges")(e.to_string()))?;
+        let (uid, gid) = (uid.as_raw(), gid.as_raw());
         control
-            .chown(uid.as_raw(), gid.as_raw())
+            .chown(uid, gid)
             .map_err(|e| step("control socket owner")(e.to_string()))?;
+        control.allow_uid(uid);
+        // The store reopens its file by path after a failed write, as the
+        // daemon user: the file is the daemon user's own.
+        db.chown(uid, gid)
+            .map_err(|e| step("replay database owner")(e.to_string()))?;
+    } else {
+        warn!(
+            "daemon.user is root or unset: the daemon stays root (with CAP_NET_ADMIN and CAP_NET_RAW only); set an unprivileged user"
+        );
     }
-    crate::privdrop::drop_privileges(cfg.daemon.user.as_deref())
+    crate::privdrop::drop_privileges(user)
         .map_err(|e| step("dropping privileges")(e.to_string()))?;
-    info!(user = cfg.daemon.user.as_deref().unwrap_or("root"), capabilities = ?crate::privdrop::effective(), "privileges dropped");
+    info!(user = user.unwrap_or("root"), capabilities = ?crate::privdrop::effective(), "privileges dropped");
+    // The trust files are re-read on every reload as the daemon user: a
+    // file it cannot read now would make each reload fail while a revoked
+    // certificate keeps working, so the start fails instead.
     let trust = TrustWatch::new(trust_files(&cfg));
+    trust.load().map_err(|e| {
+        step("trust files as the daemon user")(format!(
+            "{e} (the daemon re-reads them after dropping privileges: make them readable by daemon.user)"
+        ))
+    })?;
     Ok(Setup {
         cfg,
         db,
@@ -206,6 +231,7 @@ pub fn setup(cfg: Config) -> Result<Setup, StartError> {
         control,
         trust,
         flags,
+        sessions: SharedSessions::default(),
     })
 }
 
@@ -218,6 +244,13 @@ pub fn aggregation(_cfg: &Config) -> SourceAggregation {
 
 /// The intrusion-prevention state of `[ips]` and `[firewall] management`.
 pub fn ips(cfg: &Config) -> Result<(RateLimiter, Offenses, ScanDetector), StartError> {
+    ips_state(cfg).map_err(|p| step("ips")(p.to_string()))
+}
+
+/// [`ips`], its error a configuration problem naming the key.
+/// [`Config::check`] calls it too, so `check-config` accepts exactly the
+/// `[ips]` values `run` accepts.
+pub fn ips_state(cfg: &Config) -> Result<(RateLimiter, Offenses, ScanDetector), config::Problem> {
     let allow: Vec<ipnet::IpNet> = cfg
         .firewall
         .management
@@ -226,32 +259,81 @@ pub fn ips(cfg: &Config) -> Result<(RateLimiter, Offenses, ScanDetector), StartE
         .collect();
     let i = &cfg.ips;
     let aggregation = aggregation(cfg);
+    // The constructors name their own fields; these are the config's keys.
+    let key = |e: IpsError, keys: &[(&str, &'static str)]| match &e {
+        IpsError::BadSetting { name, why } => match keys.iter().find(|(n, _)| n == name) {
+            Some((_, k)) => config::Problem {
+                key: (*k).to_owned(),
+                problem: (*why).to_owned(),
+            },
+            None => config::Problem {
+                key: "ips".to_owned(),
+                problem: e.to_string(),
+            },
+        },
+        _ => config::Problem {
+            key: "ips".to_owned(),
+            problem: e.to_string(),
+        },
+    };
+    let ms = |k: &str, s: u64| {
+        s.checked_mul(1000).ok_or_else(|| config::Problem {
+            key: k.to_owned(),
+            problem: format!("{s} s is too large"),
+        })
+    };
     let limiter = RateLimiter::new(RateLimitConfig {
         rate_per_s: i.rate,
         burst: i.burst,
         aggregation,
-        ..RateLimitConfig::default()
+        max_sources: i.max_sources,
     })
-    .map_err(|e| step("ips")(e.to_string()))?;
+    .map_err(|e| key(e, &[("rate_per_s", "ips.rate"), ("burst", "ips.burst")]))?;
+    let block_ms = ms("ips.block", i.block)?;
     let offenses = Offenses::new(OffenseConfig {
         threshold: i.failures,
-        window_ms: i.failure_window * 1000,
-        block_ms: i.block * 1000,
+        window_ms: ms("ips.failure_window", i.failure_window)?,
+        block_ms,
         allowlist: allow.clone(),
         aggregation,
-        ..OffenseConfig::default()
+        max_sources: i.max_sources,
+        weights: FailureWeights {
+            open_failed: i.weight_open_failed,
+            replayed: i.weight_replayed,
+            invalid: i.weight_invalid,
+            proven: i.weight_proven,
+        },
     })
-    .map_err(|e| step("ips")(e.to_string()))?;
+    .map_err(|e| {
+        key(
+            e,
+            &[
+                ("threshold", "ips.failures"),
+                ("window_ms", "ips.failure_window"),
+                ("block_ms", "ips.block"),
+            ],
+        )
+    })?;
     let scans = ScanDetector::new(ScanConfig {
-        distinct_ports: usize::try_from(i.scan_ports.max(1)).unwrap_or(10),
-        window_ms: i.scan_window * 1000,
-        block_ms: i.block * 1000,
+        distinct_ports: usize::try_from(i.scan_ports.max(1)).unwrap_or(usize::MAX),
+        window_ms: ms("ips.scan_window", i.scan_window)?,
+        block_ms,
         allowlist: allow,
         ignored_ports: vec![(Transport::Udp, cfg.daemon.knock_port)],
         aggregation,
+        max_sources: i.max_sources,
         ..ScanConfig::default()
     })
-    .map_err(|e| step("ips")(e.to_string()))?;
+    .map_err(|e| {
+        key(
+            e,
+            &[
+                ("distinct_ports", "ips.scan_ports"),
+                ("window_ms", "ips.scan_window"),
+                ("block_ms", "ips.block"),
+            ],
+        )
+    })?;
     Ok((limiter, offenses, scans))
 }
 
@@ -283,9 +365,18 @@ pub fn run_daemon<G: Gate, H: Hooks>(s: Setup, gate: G, hooks: H) -> Result<(), 
             control: Some(s.control),
             flags: s.flags,
             hooks,
+            sessions: s.sessions,
         },
         now_ms(),
     );
+    // SPEC §9: the lock-out shield and the bound on running blocks.
+    d.lockout = Lockout::new(LockoutConfig {
+        grace_ms: s.cfg.ips.accepted_grace.saturating_mul(1000),
+        max_sources: s.cfg.ips.max_sources,
+        aggregation: aggregation(&s.cfg),
+    })
+    .map_err(|e| step("ips")(e.to_string()))?;
+    d.blocked = crate::blocked::Blocked::new(s.cfg.ips.max_blocks);
     // Prune floors only once they are older than every window in force.
     d.prune_max_age_ms = s
         .cfg
@@ -320,9 +411,17 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
     let verifier = KnockVerifier::new(keys, store, policy(&cfg), limits(&cfg));
     let mut relay =
         crate::relay::Relay::from_config(&cfg).map_err(|e| step("relay")(e.to_string()))?;
-    // Before privileges are dropped: the server key and the listener.
-    let tunnel = crate::tunnel::start(&cfg).map_err(|e| step("tunnel")(e.to_string()))?;
-    let s = setup(cfg)?;
+    // Before privileges are dropped: the server key and the listener; its
+    // threads start after the drop, so none of them keeps root's privileges.
+    // One session table for the daemon loop and the tunnel (SPEC §8.1.1).
+    let sessions = SharedSessions::default();
+    let tunnel = crate::tunnel::bind(&cfg, &sessions).map_err(|e| step("tunnel")(e.to_string()))?;
+    let mut s = setup(cfg)?;
+    s.sessions = sessions;
+    let tunnel = tunnel
+        .map(crate::tunnel::Bound::serve)
+        .transpose()
+        .map_err(|e| step("tunnel")(e.to_string()))?;
     if let Some(r) = relay.as_mut() {
         // SPEC §7.5: order timestamps durable in the replay store.
         r.use_store(&s.db);

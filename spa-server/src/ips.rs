@@ -38,36 +38,54 @@
 //!
 //! # Memory and eviction
 //!
-//! Every table holds at most `max_sources` entries (65,536 by default) and a
-//! bounded amount per entry (`threshold` failure times, `distinct_ports`
-//! ports, [`MAX_ALLOWED_PORTS_PER_SOURCE`] allowances). When a table is full
-//! the **least recently used** entry is evicted (O(1), an intrusive list over
-//! a slab). LRU rather than random eviction because it gives a deterministic
-//! guarantee: a source's state survives until `max_sources` *other* sources
-//! have been seen since its last datagram. For the rate limiter the evicted
-//! entry is in practice idle and its bucket already full again (eviction
+//! Every table holds at most `max_sources` entries (`[ips] max_sources`,
+//! 65,536 by default) and a bounded amount per entry (`threshold` failure
+//! times, `distinct_ports` ports, [`MAX_ALLOWED_PORTS_PER_SOURCE`]
+//! allowances), kept in a slab with an intrusive recency list (O(1)). When
+//! the rate limiter is full, the **least recently used** entry is evicted:
+//! in practice it is idle and its bucket already full again (eviction
 //! loses nothing unless more than `max_sources` sources were active within
-//! `burst / rate` seconds, a flood no per-source limit can stop anyway); for
-//! the offense and scan tables an attacker must send from `max_sources`
-//! other sources to make the table forget it, which costs more than the
-//! block it would dodge. Eviction never blocks anybody. Hash maps use std's
-//! randomly keyed SipHash, so crafted source addresses cannot degrade them.
+//! `burst / rate` seconds, a flood no per-source limit can stop anyway).
+//! When the offense or scan table is full, the entry with the **least
+//! evidence** (failure weight or ports counted; a running block counts
+//! most) among the 8 least recently used goes. Source addresses are cheap
+//! to forge, so plain LRU would let a flood of fresh forged sources (one
+//! count each) push a real scanner's partial count out; with the sample,
+//! evicting it takes 8 stale entries with at least as much evidence, each
+//! as costly to build as the scanner's own. Eviction never blocks anybody,
+//! and running blocks live in [`crate::blocked::Blocked`], which never
+//! evicts them. Hash maps use std's randomly keyed SipHash, so crafted
+//! source addresses cannot degrade them.
 //!
 //! # Defaults, chosen for spoofed sources (SPEC §9)
 //!
 //! | Setting | Default | Why |
 //! |---|---|---|
 //! | rate | 20 knocks/s, burst 40 per source | A client sends a few knocks per session (open, requests, close) and retries; 20/s bounds one source to about 2 ms of HPKE work per second. |
-//! | failures | 5 within 60 s → block 10 min | Counted only after the MAC passed. 60 s matches `MAX_AGE`; 10 min is short, so a block a spoofer with the public key provokes (SPEC §9: every client knows `pkR`) costs the victim little. |
+//! | failures | weight 5 within 60 s → block 10 min | Counted only after the MAC passed; `open_failed`, invalid and proven refusals weigh 1, replays 0. 60 s matches `MAX_AGE`; 10 min is short, so a block a spoofer with the public key provokes (SPEC §9: every client knows `pkR`) costs the victim little. |
 //! | scans | 10 distinct closed ports within 10 s → block 10 min | A SYN or UDP probe is trivially spoofed, so the threshold is well above what a client that mistypes a port does, blocks are short, allowed ports and (by default) sources with an opening do not count, and allowlisted networks are never blocked. |
 //! | tables | 65,536 sources each; IPv4 /32, IPv6 /64 | About 6 MB per table at most. |
 //!
-//! Replays count as failures by default (`count_replays`). SPEC §9 notes
-//! that a captured knock sent again with the client's own source address
-//! yields `replayed` (or later `stale`) refusals that look like the client's;
-//! where passive observers are a concern, set `count_replays = false`.
+//! # Lock-out defence (SPEC §9)
+//!
+//! Nothing a sender can forge without a client's key may deny service to
+//! that client. A SYN, MAC-valid garbage (`open_failed`, needs only the
+//! receiver's public key, which every client holds) and a captured knock
+//! sent again (`replayed`, `stale`) can all carry the client's source
+//! address. So:
+//!
+//! - each [`FailureKind`] weighs what [`FailureWeights`] says (`[ips]
+//!   weight_*`); replays weigh 0 by default;
+//! - a source with a recent accepted datagram ([`Lockout`]) is shielded:
+//!   forgeable failures ([`FailureKind::forgeable`]) and probes from it are
+//!   not counted at all;
+//! - the daemon still verifies MAC-valid datagrams of a blocked source
+//!   (after the rate limit), and a fully verified one lifts the block
+//!   ([`Offenses::forgive`], [`ScanDetector::forgive`]).
+//!
+//! Scanners and senders of invalid knocks from their own addresses are
+//! still blocked: they have no accepted knock.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -76,6 +94,16 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use proto_spec::Refusal;
+use proto_spec::verify::Refused;
+
+pub use lockout::{Lockout, LockoutConfig};
+pub use scan::{ScanConfig, ScanDetector, Transport};
+
+use lru::Lru;
+
+pub mod lockout;
+mod lru;
+mod scan;
 
 /// Default knocks per second per source.
 pub const DEFAULT_RATE_PER_S: u32 = 20;
@@ -279,173 +307,6 @@ impl fmt::Display for BlockReason {
 }
 
 // ---------------------------------------------------------------------------
-// Bounded LRU map
-
-const NIL: usize = usize::MAX;
-
-#[derive(Debug)]
-struct Slot<K, V> {
-    key: K,
-    val: V,
-    prev: usize,
-    next: usize,
-}
-
-/// A map of at most `cap` entries that evicts the least recently used. The
-/// entries live in a dense slab linked from most (`head`) to least (`tail`)
-/// recently used; removal swaps the last slot into the hole.
-#[derive(Debug)]
-struct Lru<K, V> {
-    map: HashMap<K, usize>,
-    slots: Vec<Slot<K, V>>,
-    head: usize,
-    tail: usize,
-    cap: usize,
-}
-
-impl<K: Copy + Eq + Hash, V> Lru<K, V> {
-    fn new(cap: usize) -> Self {
-        Self {
-            map: HashMap::new(),
-            slots: Vec::new(),
-            head: NIL,
-            tail: NIL,
-            cap: cap.max(1),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    fn unlink(&mut self, i: usize) {
-        let (prev, next) = (self.slots[i].prev, self.slots[i].next);
-        if prev == NIL {
-            self.head = next;
-        } else {
-            self.slots[prev].next = next;
-        }
-        if next == NIL {
-            self.tail = prev;
-        } else {
-            self.slots[next].prev = prev;
-        }
-    }
-
-    fn push_front(&mut self, i: usize) {
-        self.slots[i].prev = NIL;
-        self.slots[i].next = self.head;
-        if self.head == NIL {
-            self.tail = i;
-        } else {
-            self.slots[self.head].prev = i;
-        }
-        self.head = i;
-    }
-
-    fn peek(&self, k: &K) -> Option<&V> {
-        self.map.get(k).map(|&i| &self.slots[i].val)
-    }
-
-    /// The entry for `k`, marked most recently used.
-    fn get_mut(&mut self, k: &K) -> Option<&mut V> {
-        let i = *self.map.get(k)?;
-        if self.head != i {
-            self.unlink(i);
-            self.push_front(i);
-        }
-        Some(&mut self.slots[i].val)
-    }
-
-    /// The entry for `k`, created with `make` (evicting the least recently
-    /// used entry if full), marked most recently used.
-    fn get_or_insert_with(&mut self, k: K, make: impl FnOnce() -> V) -> &mut V {
-        let i = match self.map.get(&k) {
-            Some(&i) => {
-                if self.head != i {
-                    self.unlink(i);
-                    self.push_front(i);
-                }
-                i
-            }
-            None => {
-                if self.slots.len() >= self.cap && self.tail != NIL {
-                    self.remove_at(self.tail);
-                }
-                let i = self.slots.len();
-                self.slots.push(Slot {
-                    key: k,
-                    val: make(),
-                    prev: NIL,
-                    next: NIL,
-                });
-                self.map.insert(k, i);
-                self.push_front(i);
-                i
-            }
-        };
-        &mut self.slots[i].val
-    }
-
-    fn remove(&mut self, k: &K) -> Option<V> {
-        let i = *self.map.get(k)?;
-        Some(self.remove_at(i))
-    }
-
-    fn remove_at(&mut self, i: usize) -> V {
-        self.unlink(i);
-        let slot = self.slots.swap_remove(i);
-        self.map.remove(&slot.key);
-        if i < self.slots.len() {
-            // The last slot moved into `i`: re-point its neighbours and index.
-            let (prev, next, key) = (self.slots[i].prev, self.slots[i].next, self.slots[i].key);
-            if prev == NIL {
-                self.head = i;
-            } else {
-                self.slots[prev].next = i;
-            }
-            if next == NIL {
-                self.tail = i;
-            } else {
-                self.slots[next].prev = i;
-            }
-            self.map.insert(key, i);
-        }
-        slot.val
-    }
-
-    /// Keeps the entries for which `keep` is true; returns how many went.
-    fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) -> usize {
-        let mut removed = 0;
-        // Downwards: a removal moves the last slot, already visited, into
-        // the hole.
-        for i in (0..self.slots.len()).rev() {
-            let s = &mut self.slots[i];
-            if !keep(&s.key, &mut s.val) {
-                self.remove_at(i);
-                removed += 1;
-            }
-        }
-        if self.slots.capacity() > 64 && self.slots.len() < self.slots.capacity() / 4 {
-            self.slots.shrink_to_fit();
-            self.map.shrink_to_fit();
-        }
-        removed
-    }
-
-    #[cfg(test)]
-    fn keys_mru_first(&self) -> Vec<K> {
-        let mut out = Vec::new();
-        let mut i = self.head;
-        while i != NIL {
-            out.push(self.slots[i].key);
-            i = self.slots[i].next;
-        }
-        out
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Rate limiter
 
 /// [`RateLimiter`] settings.
@@ -579,21 +440,31 @@ impl RateLimiter {
 // Offenses
 
 /// A failure that counts toward a block. Only failures after the pre-check
-/// MAC passed may be recorded (SPEC §9).
+/// MAC passed may be recorded (SPEC §9); each kind weighs what
+/// [`FailureWeights`] says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FailureKind {
-    /// Refused by a check after the MAC: HPKE open, parsing, certificate,
-    /// signature, address, authorization, freshness in the future.
-    Invalid,
-    /// `replayed` or `stale`: what a captured datagram sent again yields.
+    /// `open_failed`: MAC-valid garbage. Anyone holding the receiver's
+    /// public key (every client profile does) can send it from any address.
+    OpenFailed,
+    /// `replayed` or `stale`: what a captured datagram sent again yields,
+    /// from the client's own address if the sender spoofs it.
     Replayed,
+    /// Any other refusal before the client was proven (parsing, freshness
+    /// in the future, certificate, signature): forgeable with the receiver's
+    /// public key alone.
+    Invalid,
+    /// A refusal after the client's signature verified (address rules,
+    /// authorization): nobody without the client's key can produce it.
+    Proven,
 }
 
 impl FailureKind {
-    /// How a refusal counts: `None` for the refusals that must not count, the
-    /// ones before or at the MAC (`too_short`, `too_long`, `bad_version`,
-    /// `mac_mismatch`: anybody can produce them with any source address) and
-    /// `storage_failure` (the receiver's own fault).
+    /// How a refusal counts, the client not proven: `None` for the
+    /// refusals that must not count, the ones before or at the MAC
+    /// (`too_short`, `too_long`, `bad_version`, `mac_mismatch`: anybody can
+    /// produce them with any source address) and `storage_failure` (the
+    /// receiver's own fault).
     pub fn of_refusal(r: &Refusal) -> Option<Self> {
         match r {
             Refusal::TooShort
@@ -601,18 +472,92 @@ impl FailureKind {
             | Refusal::BadVersion
             | Refusal::MacMismatch
             | Refusal::StorageFailure => None,
+            Refusal::OpenFailed => Some(Self::OpenFailed),
             Refusal::Replayed | Refusal::Stale => Some(Self::Replayed),
             _ => Some(Self::Invalid),
         }
+    }
+
+    /// How a refusal counts: as [`FailureKind::of_refusal`], but
+    /// [`FailureKind::Proven`] when the verifier had proven the client.
+    pub fn of_refused(r: &Refused) -> Option<Self> {
+        let kind = Self::of_refusal(&r.reason)?;
+        Some(if r.identity.is_some() {
+            Self::Proven
+        } else {
+            kind
+        })
+    }
+
+    /// Whether someone without the client's key can produce it with the
+    /// client's source address (SPEC §9): every kind but
+    /// [`FailureKind::Proven`].
+    pub fn forgeable(self) -> bool {
+        self != Self::Proven
     }
 }
 
 impl fmt::Display for FailureKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Self::OpenFailed => "open_failed",
             Self::Invalid => "invalid",
             Self::Replayed => "replayed",
+            Self::Proven => "proven",
         })
+    }
+}
+
+/// How much each [`FailureKind`] adds toward [`OffenseConfig::threshold`]
+/// (`[ips] weight_*`); 0 means it never counts. The defaults are safe
+/// behind a NAT: replays, which anyone who captured a knock can send from
+/// its client's address and which attack nothing, weigh 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureWeights {
+    /// [`FailureKind::OpenFailed`].
+    pub open_failed: u32,
+    /// [`FailureKind::Replayed`].
+    pub replayed: u32,
+    /// [`FailureKind::Invalid`].
+    pub invalid: u32,
+    /// [`FailureKind::Proven`].
+    pub proven: u32,
+}
+
+impl Default for FailureWeights {
+    fn default() -> Self {
+        Self {
+            open_failed: 1,
+            replayed: 0,
+            invalid: 1,
+            proven: 1,
+        }
+    }
+}
+
+impl FailureWeights {
+    /// The weight of `kind`.
+    pub fn of(&self, kind: FailureKind) -> u32 {
+        match kind {
+            FailureKind::OpenFailed => self.open_failed,
+            FailureKind::Replayed => self.replayed,
+            FailureKind::Invalid => self.invalid,
+            FailureKind::Proven => self.proven,
+        }
+    }
+
+    fn validate(&self) -> Result<(), IpsError> {
+        let max = [self.open_failed, self.replayed, self.invalid, self.proven]
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        if max > MAX_FAILURE_THRESHOLD {
+            return Err(IpsError::BadSetting {
+                name: "weights",
+                why: "each weight must be between 0 and 64",
+            });
+        }
+        Ok(())
     }
 }
 
@@ -631,8 +576,8 @@ pub struct OffenseConfig {
     pub aggregation: SourceAggregation,
     /// Networks never counted nor blocked.
     pub allowlist: Vec<IpNet>,
-    /// Whether [`FailureKind::Replayed`] counts (see the module docs).
-    pub count_replays: bool,
+    /// What each kind of failure adds toward `threshold`.
+    pub weights: FailureWeights,
 }
 
 impl Default for OffenseConfig {
@@ -644,7 +589,7 @@ impl Default for OffenseConfig {
             max_sources: DEFAULT_MAX_SOURCES,
             aggregation: SourceAggregation::default(),
             allowlist: Vec::new(),
-            count_replays: true,
+            weights: FailureWeights::default(),
         }
     }
 }
@@ -661,8 +606,10 @@ fn check_window(name: &'static str, v: u64) -> Result<(), IpsError> {
 
 #[derive(Debug, Default)]
 struct OffenseEntry {
-    /// Failure times within the window (at most `threshold`).
-    times: Vec<u64>,
+    /// Failure times and weights within the window (at most `threshold`
+    /// entries: weights are at least 1 and reaching `threshold` clears
+    /// them).
+    times: Vec<(u64, u32)>,
     blocked_until: u64,
 }
 
@@ -687,6 +634,7 @@ impl Offenses {
         check_window("block_ms", cfg.block_ms)?;
         check_sources(cfg.max_sources)?;
         cfg.aggregation.validate()?;
+        cfg.weights.validate()?;
         Ok(Self {
             table: Lru::new(cfg.max_sources),
             cfg,
@@ -718,7 +666,8 @@ impl Offenses {
         now_ms: u64,
         kind: FailureKind,
     ) -> Option<BlockDecision> {
-        if kind == FailureKind::Replayed && !self.cfg.count_replays {
+        let weight = self.cfg.weights.of(kind);
+        if weight == 0 {
             return None;
         }
         let src = src.to_canonical();
@@ -728,13 +677,24 @@ impl Offenses {
         let key = self.cfg.aggregation.key(src);
         let (threshold, window, block) =
             (self.cfg.threshold, self.cfg.window_ms, self.cfg.block_ms);
-        let e = self.table.get_or_insert_with(key, OffenseEntry::default);
+        let e = self
+            .table
+            .get_or_insert_scored(key, OffenseEntry::default, |e| {
+                if now_ms < e.blocked_until {
+                    u64::MAX
+                } else {
+                    e.times.iter().map(|&(_, w)| u64::from(w)).sum()
+                }
+            });
         if now_ms < e.blocked_until {
             return None;
         }
-        e.times.retain(|&t| now_ms.saturating_sub(t) < window);
-        e.times.push(now_ms);
-        let count = u32::try_from(e.times.len()).unwrap_or(u32::MAX);
+        e.times.retain(|&(t, _)| now_ms.saturating_sub(t) < window);
+        e.times.push((now_ms, weight));
+        let count = e
+            .times
+            .iter()
+            .fold(0u32, |sum, &(_, w)| sum.saturating_add(w));
         if count < threshold {
             return None;
         }
@@ -747,6 +707,14 @@ impl Offenses {
             duration_ms: block,
             reason: BlockReason::Failures { count, last: kind },
         })
+    }
+
+    /// Forgets everything counted against `src`'s source (its aggregate),
+    /// a running block included: the daemon lifts the block after a fully
+    /// verified datagram from it (SPEC §9).
+    pub fn forgive(&mut self, src: IpAddr) {
+        let key = self.cfg.aggregation.key(src);
+        self.table.remove(&key);
     }
 
     /// When `src`'s block (decided here) ends, if it is blocked at `now_ms`.
@@ -773,777 +741,11 @@ impl Offenses {
     pub fn prune(&mut self, now_ms: u64) -> usize {
         let window = self.cfg.window_ms;
         self.table.retain(|_, e| {
-            e.times.retain(|&t| now_ms.saturating_sub(t) < window);
+            e.times.retain(|&(t, _)| now_ms.saturating_sub(t) < window);
             !e.times.is_empty() || now_ms < e.blocked_until
         })
     }
 }
 
-// ---------------------------------------------------------------------------
-// Scans
-
-/// The transport of a probe or an allowance: the crate's one protocol type.
-pub use crate::nft::Proto as Transport;
-
-fn port_key(t: Transport, port: u16) -> u32 {
-    let hi = match t {
-        Transport::Tcp => 0,
-        Transport::Udp => 1,
-    };
-    (hi << 16) | u32::from(port)
-}
-
-/// [`ScanDetector`] settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScanConfig {
-    /// Distinct closed ports within `window_ms` that make a scan (1..=1024).
-    pub distinct_ports: usize,
-    /// The counting window, ms (at least 1).
-    pub window_ms: u64,
-    /// Block duration, ms (at least 1).
-    pub block_ms: u64,
-    /// Sources tracked at most, for probes and for allowances each (LRU).
-    pub max_sources: usize,
-    /// How addresses are grouped into sources.
-    pub aggregation: SourceAggregation,
-    /// Networks never counted nor blocked.
-    pub allowlist: Vec<IpNet>,
-    /// Ports never counted, e.g. the knock port if the capture reports it.
-    pub ignored_ports: Vec<(Transport, u16)>,
-    /// Whether a source with any current allowance is exempt altogether
-    /// (default `true`: a spoofed scan cannot lock out a client that has
-    /// just knocked).
-    pub exempt_allowed_sources: bool,
-}
-
-impl Default for ScanConfig {
-    fn default() -> Self {
-        Self {
-            distinct_ports: DEFAULT_SCAN_PORTS,
-            window_ms: DEFAULT_SCAN_WINDOW_MS,
-            block_ms: DEFAULT_BLOCK_MS,
-            max_sources: DEFAULT_MAX_SOURCES,
-            aggregation: SourceAggregation::default(),
-            allowlist: Vec::new(),
-            ignored_ports: Vec::new(),
-            exempt_allowed_sources: true,
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct ScanEntry {
-    /// (port key, last probe time), at most `distinct_ports`.
-    ports: Vec<(u32, u64)>,
-    blocked_until: u64,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Allowance {
-    port: u32,
-    until_ms: u64,
-}
-
-/// Detects port scans per source. See the module documentation.
-#[derive(Debug)]
-pub struct ScanDetector {
-    cfg: ScanConfig,
-    probes: Lru<IpNet, ScanEntry>,
-    /// Per exact address (openings are per address).
-    allowed: Lru<IpAddr, Vec<Allowance>>,
-}
-
-impl ScanDetector {
-    /// A detector with no sources yet.
-    pub fn new(cfg: ScanConfig) -> Result<Self, IpsError> {
-        if cfg.distinct_ports == 0 || cfg.distinct_ports > MAX_SCAN_PORTS {
-            return Err(IpsError::BadSetting {
-                name: "distinct_ports",
-                why: "must be between 1 and 1024",
-            });
-        }
-        check_window("window_ms", cfg.window_ms)?;
-        check_window("block_ms", cfg.block_ms)?;
-        check_sources(cfg.max_sources)?;
-        cfg.aggregation.validate()?;
-        Ok(Self {
-            probes: Lru::new(cfg.max_sources),
-            allowed: Lru::new(cfg.max_sources),
-            cfg,
-        })
-    }
-
-    /// The settings.
-    pub fn config(&self) -> &ScanConfig {
-        &self.cfg
-    }
-
-    /// Replaces the allowlist (on a configuration reload); counts kept.
-    pub fn set_allowlist(&mut self, allowlist: Vec<IpNet>) {
-        self.cfg.allowlist = allowlist;
-    }
-
-    /// Tells the detector that `src` may use `port` until `until_ms` (the
-    /// daemon opened it): probes of it do not count. At most
-    /// [`MAX_ALLOWED_PORTS_PER_SOURCE`] are kept per address.
-    pub fn note_allowed(
-        &mut self,
-        src: IpAddr,
-        transport: Transport,
-        port: u16,
-        now_ms: u64,
-        until_ms: u64,
-    ) {
-        let pk = port_key(transport, port);
-        let list = self
-            .allowed
-            .get_or_insert_with(src.to_canonical(), Vec::new);
-        list.retain(|a| now_ms < a.until_ms);
-        if let Some(a) = list.iter_mut().find(|a| a.port == pk) {
-            a.until_ms = a.until_ms.max(until_ms);
-            return;
-        }
-        if list.len() >= MAX_ALLOWED_PORTS_PER_SOURCE
-            && let Some((i, _)) = list.iter().enumerate().min_by_key(|(_, a)| a.until_ms)
-        {
-            list.swap_remove(i);
-        }
-        list.push(Allowance { port: pk, until_ms });
-    }
-
-    /// Withdraws `src`'s allowance for `port` (the opening was closed).
-    pub fn forget_allowed(&mut self, src: IpAddr, transport: Transport, port: u16) {
-        let src = src.to_canonical();
-        let pk = port_key(transport, port);
-        if let Some(list) = self.allowed.get_mut(&src) {
-            list.retain(|a| a.port != pk);
-            if list.is_empty() {
-                self.allowed.remove(&src);
-            }
-        }
-    }
-
-    /// Withdraws every allowance of `src`.
-    pub fn forget_source(&mut self, src: IpAddr) {
-        self.allowed.remove(&src.to_canonical());
-    }
-
-    /// Whether `src` may use `port` at `now_ms`.
-    pub fn is_allowed(&self, src: IpAddr, transport: Transport, port: u16, now_ms: u64) -> bool {
-        let pk = port_key(transport, port);
-        self.allowed
-            .peek(&src.to_canonical())
-            .is_some_and(|l| l.iter().any(|a| a.port == pk && now_ms < a.until_ms))
-    }
-
-    fn has_allowance(&self, src: IpAddr, now_ms: u64) -> bool {
-        self.allowed
-            .peek(&src)
-            .is_some_and(|l| l.iter().any(|a| now_ms < a.until_ms))
-    }
-
-    /// Records a probe of a closed port from `src`, and returns a block when
-    /// it makes `distinct_ports` within the window.
-    pub fn record_probe(
-        &mut self,
-        src: IpAddr,
-        transport: Transport,
-        port: u16,
-        now_ms: u64,
-    ) -> Option<BlockDecision> {
-        let src = src.to_canonical();
-        if self.cfg.ignored_ports.contains(&(transport, port))
-            || allowlisted(&self.cfg.allowlist, src)
-            || self.is_allowed(src, transport, port, now_ms)
-            || (self.cfg.exempt_allowed_sources && self.has_allowance(src, now_ms))
-        {
-            return None;
-        }
-        let key = self.cfg.aggregation.key(src);
-        let (threshold, window, block) = (
-            self.cfg.distinct_ports,
-            self.cfg.window_ms,
-            self.cfg.block_ms,
-        );
-        let e = self.probes.get_or_insert_with(key, ScanEntry::default);
-        if now_ms < e.blocked_until {
-            return None;
-        }
-        e.ports.retain(|&(_, t)| now_ms.saturating_sub(t) < window);
-        let pk = port_key(transport, port);
-        match e.ports.iter_mut().find(|(p, _)| *p == pk) {
-            Some(p) => p.1 = p.1.max(now_ms),
-            None => e.ports.push((pk, now_ms)),
-        }
-        if e.ports.len() < threshold {
-            return None;
-        }
-        let ports = e.ports.len();
-        e.ports.clear();
-        let until_ms = now_ms.saturating_add(block);
-        e.blocked_until = until_ms;
-        Some(BlockDecision {
-            target: block_target(&self.cfg.allowlist, key, src),
-            until_ms,
-            duration_ms: block,
-            reason: BlockReason::Scan { ports },
-        })
-    }
-
-    /// Sources tracked (probes, allowances).
-    pub fn len(&self) -> (usize, usize) {
-        (self.probes.len(), self.allowed.len())
-    }
-
-    /// Forgets expired allowances and sources with no recent probe and no
-    /// running block; returns how many entries went. Optional: the tables
-    /// are bounded anyway.
-    pub fn prune(&mut self, now_ms: u64) -> usize {
-        let window = self.cfg.window_ms;
-        let a = self.allowed.retain(|_, l| {
-            l.retain(|a| now_ms < a.until_ms);
-            !l.is_empty()
-        });
-        let p = self.probes.retain(|_, e| {
-            e.ports.retain(|&(_, t)| now_ms.saturating_sub(t) < window);
-            !e.ports.is_empty() || now_ms < e.blocked_until
-        });
-        a + p
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().expect("ip")
-    }
-
-    fn cidr(s: &str) -> IpNet {
-        s.parse().expect("prefix")
-    }
-
-    // -- Prefixes
-
-    #[test]
-    fn prefixes_and_overlap() {
-        assert_eq!(prefix_net(ip("192.0.2.77"), 24), cidr("192.0.2.0/24"));
-        assert_eq!(prefix_net(ip("192.0.2.77"), 40), cidr("192.0.2.77/32"));
-        assert_eq!(
-            prefix_net(ip("2001:db8:aa:bb:1::4"), 64),
-            cidr("2001:db8:aa:bb::/64")
-        );
-        assert_eq!(host_net(ip("::ffff:10.1.2.3")), cidr("10.1.2.3/32"));
-        assert!(allowlisted(&[cidr("10.0.0.0/8")], ip("::ffff:10.9.9.9")));
-        assert!(!allowlisted(&[cidr("10.0.0.0/8")], ip("11.0.0.1")));
-        assert!(!allowlisted(&[cidr("0.0.0.0/0")], ip("2001:db8::1")));
-        assert!(overlaps(&cidr("10.0.0.0/8"), &cidr("10.2.0.0/16")));
-        assert!(overlaps(&cidr("10.2.0.0/16"), &cidr("10.0.0.0/8")));
-        assert!(!overlaps(&cidr("10.0.0.0/16"), &cidr("10.1.0.0/16")));
-        assert!(!overlaps(&cidr("0.0.0.0/0"), &cidr("::/0")));
-    }
-
-    #[test]
-    fn aggregation_groups_ipv6_by_64() {
-        let a = SourceAggregation::default();
-        assert_eq!(
-            a.key(ip("2001:db8:1:2::1")),
-            a.key(ip("2001:db8:1:2:ffff::9"))
-        );
-        assert_ne!(a.key(ip("2001:db8:1:2::1")), a.key(ip("2001:db8:1:3::1")));
-        assert_ne!(a.key(ip("192.0.2.1")), a.key(ip("192.0.2.2")));
-        assert_eq!(a.key(ip("::ffff:192.0.2.1")), a.key(ip("192.0.2.1")));
-    }
-
-    // -- LRU
-
-    #[test]
-    fn lru_evicts_least_recently_used_and_stays_consistent() {
-        let mut l: Lru<u32, u32> = Lru::new(3);
-        for k in 1..=3 {
-            *l.get_or_insert_with(k, || 0) = k * 10;
-        }
-        assert_eq!(l.keys_mru_first(), vec![3, 2, 1]);
-        assert!(l.get_mut(&1).is_some()); // 1 is now most recent
-        l.get_or_insert_with(4, || 40); // evicts 2
-        assert_eq!(l.keys_mru_first(), vec![4, 1, 3]);
-        assert!(l.peek(&2).is_none());
-        assert_eq!(l.remove(&1), Some(10));
-        assert_eq!(l.keys_mru_first(), vec![4, 3]);
-        assert_eq!(l.retain(|k, _| *k != 4), 1);
-        assert_eq!(l.keys_mru_first(), vec![3]);
-        for k in 100..1000 {
-            l.get_or_insert_with(k, || k);
-            assert!(l.len() <= 3);
-        }
-        assert_eq!(l.keys_mru_first(), vec![999, 998, 997]);
-        assert_eq!(l.map.len(), 3);
-        for (i, s) in l.slots.iter().enumerate() {
-            assert_eq!(l.map[&s.key], i);
-        }
-    }
-
-    // -- Rate limiter
-
-    #[test]
-    fn token_bucket_burst_then_rate() {
-        let mut r = RateLimiter::new(RateLimitConfig {
-            rate_per_s: 20,
-            burst: 40,
-            ..Default::default()
-        })
-        .expect("cfg");
-        let a = ip("198.51.100.7");
-        let t = 1_000_000;
-        for i in 0..40 {
-            assert!(r.check(a, t), "burst {i}");
-        }
-        assert!(!r.check(a, t));
-        // 20/s = one token per 50 ms.
-        assert!(!r.check(a, t + 49));
-        assert!(r.check(a, t + 50));
-        assert!(!r.check(a, t + 50));
-        // Another source is unaffected.
-        assert!(r.check(ip("198.51.100.8"), t));
-        // A long pause refills to the burst, not beyond.
-        let later = t + 3_600_000;
-        let passed = (0..100).filter(|_| r.check(a, later)).count();
-        assert_eq!(passed, 40);
-        // The clock going back refills nothing and does not panic.
-        assert!(!r.check(a, t));
-    }
-
-    #[test]
-    fn ipv6_rotation_within_64_shares_a_bucket() {
-        let mut r = RateLimiter::new(RateLimitConfig {
-            rate_per_s: 1,
-            burst: 3,
-            ..Default::default()
-        })
-        .expect("cfg");
-        let t = 5_000;
-        let passed = (0..50u16)
-            .filter(|i| {
-                r.check(
-                    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 7, *i, 0, 0, 1)),
-                    t,
-                )
-            })
-            .count();
-        assert_eq!(passed, 3);
-        assert_eq!(r.len(), 1);
-        assert!(
-            r.check(ip("2001:db8:0:8::1"), t),
-            "next /64 is another source"
-        );
-        // A /128 configuration separates them.
-        let mut r = RateLimiter::new(RateLimitConfig {
-            rate_per_s: 1,
-            burst: 1,
-            aggregation: SourceAggregation {
-                ipv4_prefix: 32,
-                ipv6_prefix: 128,
-            },
-            ..Default::default()
-        })
-        .expect("cfg");
-        assert!(r.check(ip("2001:db8::1"), t));
-        assert!(r.check(ip("2001:db8::2"), t));
-    }
-
-    #[test]
-    fn rate_limiter_memory_is_bounded_and_prunes() {
-        let mut r = RateLimiter::new(RateLimitConfig {
-            max_sources: 100,
-            ..Default::default()
-        })
-        .expect("cfg");
-        let t = 10_000;
-        for i in 0..10_000u32 {
-            assert!(r.check(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)), t));
-            assert!(r.len() <= 100);
-        }
-        assert_eq!(r.len(), 100);
-        // One token (50 ms at 20/s) later every bucket is full again: prune
-        // forgets them.
-        assert_eq!(r.prune(t + 49), 0);
-        assert_eq!(r.prune(t + 50), 100);
-        assert!(r.is_empty());
-    }
-
-    #[test]
-    fn rate_limiter_rejects_bad_config() {
-        for cfg in [
-            RateLimitConfig {
-                rate_per_s: 0,
-                ..Default::default()
-            },
-            RateLimitConfig {
-                burst: 0,
-                ..Default::default()
-            },
-            RateLimitConfig {
-                max_sources: 0,
-                ..Default::default()
-            },
-            RateLimitConfig {
-                aggregation: SourceAggregation {
-                    ipv4_prefix: 33,
-                    ipv6_prefix: 64,
-                },
-                ..Default::default()
-            },
-        ] {
-            assert!(RateLimiter::new(cfg).is_err());
-        }
-    }
-
-    // -- Offenses
-
-    #[test]
-    fn refusal_classification_ignores_pre_mac_failures() {
-        for r in [
-            Refusal::TooShort,
-            Refusal::TooLong,
-            Refusal::BadVersion,
-            Refusal::MacMismatch,
-            Refusal::StorageFailure,
-        ] {
-            assert_eq!(FailureKind::of_refusal(&r), None, "{r:?}");
-        }
-        assert_eq!(
-            FailureKind::of_refusal(&Refusal::Replayed),
-            Some(FailureKind::Replayed)
-        );
-        assert_eq!(
-            FailureKind::of_refusal(&Refusal::Stale),
-            Some(FailureKind::Replayed)
-        );
-        for r in [
-            Refusal::OpenFailed,
-            Refusal::BadSignature,
-            Refusal::UnknownIdentity,
-            Refusal::FutureDated,
-            Refusal::BadGatewaySignature,
-        ] {
-            assert_eq!(
-                FailureKind::of_refusal(&r),
-                Some(FailureKind::Invalid),
-                "{r:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn five_failures_in_window_block_for_ten_minutes() {
-        let mut o = Offenses::new(OffenseConfig::default()).expect("cfg");
-        let a = ip("203.0.113.9");
-        let t = 1_000_000;
-        for i in 0..4 {
-            assert_eq!(
-                o.record_failure(a, t + i * 10_000, FailureKind::Invalid),
-                None
-            );
-        }
-        let d = o
-            .record_failure(a, t + 40_000, FailureKind::Replayed)
-            .expect("blocked at the 5th");
-        assert_eq!(d.target, cidr("203.0.113.9/32"));
-        assert_eq!(d.duration_ms, 600_000);
-        assert_eq!(d.until_ms, t + 640_000);
-        assert_eq!(
-            d.reason,
-            BlockReason::Failures {
-                count: 5,
-                last: FailureKind::Replayed
-            }
-        );
-        assert_eq!(o.blocked_until(a, t + 40_001), Some(t + 640_000));
-        // While blocked, failures are not counted and no new decision comes.
-        for i in 0..10 {
-            assert_eq!(
-                o.record_failure(a, t + 50_000 + i, FailureKind::Invalid),
-                None
-            );
-        }
-        // After the block, counting starts over.
-        let after = t + 640_000;
-        assert_eq!(o.blocked_until(a, after), None);
-        for i in 0..4 {
-            assert_eq!(o.record_failure(a, after + i, FailureKind::Invalid), None);
-        }
-        assert!(
-            o.record_failure(a, after + 4, FailureKind::Invalid)
-                .is_some()
-        );
-    }
-
-    #[test]
-    fn failures_outside_the_window_do_not_add_up() {
-        let mut o = Offenses::new(OffenseConfig::default()).expect("cfg");
-        let a = ip("203.0.113.10");
-        // One failure every 15 s: at most 4 within any 60 s window.
-        for i in 0..100 {
-            assert_eq!(o.record_failure(a, i * 15_000, FailureKind::Invalid), None);
-        }
-        // A failure counts while less than 60 s old.
-        for (fifth, blocks) in [(100 + 59_999, true), (100 + 60_000, false)] {
-            let mut o = Offenses::new(OffenseConfig::default()).expect("cfg");
-            for i in 0..4 {
-                assert_eq!(o.record_failure(a, 100 + i, FailureKind::Invalid), None);
-            }
-            assert_eq!(
-                o.record_failure(a, fifth, FailureKind::Invalid).is_some(),
-                blocks
-            );
-        }
-    }
-
-    #[test]
-    fn allowlist_is_never_counted_or_blocked() {
-        let mut o = Offenses::new(OffenseConfig {
-            allowlist: vec![cidr("10.0.0.0/8"), cidr("2001:db8:0:1::5/128")],
-            ..Default::default()
-        })
-        .expect("cfg");
-        for i in 0..100 {
-            assert_eq!(
-                o.record_failure(ip("10.9.8.7"), i, FailureKind::Invalid),
-                None
-            );
-            assert_eq!(
-                o.record_failure(ip("::ffff:10.9.8.7"), i, FailureKind::Invalid),
-                None
-            );
-            assert_eq!(
-                o.record_failure(ip("2001:db8:0:1::5"), i, FailureKind::Invalid),
-                None
-            );
-        }
-        assert!(o.is_empty());
-        // A neighbour in the allowlisted host's /64 is blocked alone, not
-        // the whole /64.
-        let n = ip("2001:db8:0:1::6");
-        let d = (0..5)
-            .find_map(|i| o.record_failure(n, i, FailureKind::Invalid))
-            .expect("blocked");
-        assert_eq!(d.target, cidr("2001:db8:0:1::6/128"));
-        // Elsewhere the /64 is the target.
-        let d = (0..5)
-            .find_map(|i| o.record_failure(ip("2001:db8:0:2::1"), i, FailureKind::Invalid))
-            .expect("blocked");
-        assert_eq!(d.target, cidr("2001:db8:0:2::/64"));
-        // Reload the allowlist.
-        o.set_allowlist(vec![cidr("192.0.2.0/24")]);
-        assert!(o.is_allowlisted(ip("192.0.2.200")));
-        assert!(!o.is_allowlisted(ip("10.9.8.7")));
-    }
-
-    #[test]
-    fn replays_can_be_excluded() {
-        let mut o = Offenses::new(OffenseConfig {
-            count_replays: false,
-            ..Default::default()
-        })
-        .expect("cfg");
-        let a = ip("198.51.100.1");
-        for i in 0..50 {
-            assert_eq!(o.record_failure(a, i, FailureKind::Replayed), None);
-        }
-        assert!(o.is_empty());
-    }
-
-    #[test]
-    fn offenses_memory_is_bounded_and_prunes() {
-        let mut o = Offenses::new(OffenseConfig {
-            max_sources: 64,
-            ..Default::default()
-        })
-        .expect("cfg");
-        for i in 0..5_000u32 {
-            let _ = o.record_failure(
-                IpAddr::V4(Ipv4Addr::from(0xc633_6400 + i)),
-                1_000,
-                FailureKind::Invalid,
-            );
-            assert!(o.len() <= 64);
-        }
-        for e in &o.table.slots {
-            assert!(e.val.times.len() <= 5);
-        }
-        assert_eq!(o.prune(1_000 + 59_999), 0);
-        assert_eq!(o.prune(1_000 + 60_000), 64);
-        // A blocked source survives pruning until its block ends.
-        let a = ip("192.0.2.1");
-        let d = (0..5)
-            .find_map(|i| o.record_failure(a, 2_000 + i, FailureKind::Invalid))
-            .expect("blocked");
-        assert_eq!(o.prune(d.until_ms - 1), 0);
-        assert_eq!(o.prune(d.until_ms), 1);
-    }
-
-    #[test]
-    fn offenses_rejects_bad_config() {
-        for cfg in [
-            OffenseConfig {
-                threshold: 0,
-                ..Default::default()
-            },
-            OffenseConfig {
-                threshold: 65,
-                ..Default::default()
-            },
-            OffenseConfig {
-                window_ms: 0,
-                ..Default::default()
-            },
-            OffenseConfig {
-                block_ms: 0,
-                ..Default::default()
-            },
-        ] {
-            assert!(Offenses::new(cfg).is_err());
-        }
-    }
-
-    // -- Scans
-
-    #[test]
-    fn ten_distinct_ports_in_ten_seconds_is_a_scan() {
-        let mut s = ScanDetector::new(ScanConfig::default()).expect("cfg");
-        let a = ip("198.51.100.50");
-        let t = 50_000;
-        // The same port again and again is not a scan.
-        for i in 0..100 {
-            assert_eq!(s.record_probe(a, Transport::Tcp, 23, t + i), None);
-        }
-        for p in 1..9u16 {
-            assert_eq!(
-                s.record_probe(a, Transport::Tcp, 1000 + p, t + u64::from(p)),
-                None
-            );
-        }
-        // 23 + 8 ports = 9 distinct; a UDP port of the same number is distinct.
-        let d = s
-            .record_probe(a, Transport::Udp, 1001, t + 100)
-            .expect("10th distinct port");
-        assert_eq!(d.reason, BlockReason::Scan { ports: 10 });
-        assert_eq!(d.target, cidr("198.51.100.50/32"));
-        assert_eq!(d.until_ms, t + 100 + DEFAULT_BLOCK_MS);
-        assert_eq!(
-            s.record_probe(a, Transport::Tcp, 9999, t + 101),
-            None,
-            "already blocked"
-        );
-    }
-
-    #[test]
-    fn slow_scans_fall_out_of_the_window() {
-        let mut s = ScanDetector::new(ScanConfig::default()).expect("cfg");
-        let a = ip("198.51.100.51");
-        // One new port every 1.2 s: never 10 within 10 s.
-        for p in 0..200u16 {
-            assert_eq!(
-                s.record_probe(a, Transport::Tcp, p, u64::from(p) * 1_200),
-                None
-            );
-        }
-        let (probes, _) = s.len();
-        assert_eq!(probes, 1);
-        assert!(s.probes.slots.iter().all(|e| e.val.ports.len() < 10));
-    }
-
-    #[test]
-    fn allowed_ports_and_sources_do_not_count() {
-        let mut s = ScanDetector::new(ScanConfig {
-            exempt_allowed_sources: false,
-            ..Default::default()
-        })
-        .expect("cfg");
-        let a = ip("198.51.100.60");
-        let t = 100_000;
-        s.note_allowed(a, Transport::Tcp, 22, t, t + 60_000);
-        for p in 0..9u16 {
-            assert_eq!(s.record_probe(a, Transport::Tcp, 2000 + p, t), None);
-        }
-        // The allowed port does not make the 10th.
-        assert_eq!(s.record_probe(a, Transport::Tcp, 22, t + 1), None);
-        assert!(s.is_allowed(a, Transport::Tcp, 22, t + 1));
-        assert!(!s.is_allowed(a, Transport::Udp, 22, t + 1));
-        // Once withdrawn, it does.
-        s.forget_allowed(a, Transport::Tcp, 22);
-        assert!(s.record_probe(a, Transport::Tcp, 22, t + 2).is_some());
-
-        // Default: a source with any current allowance is exempt; expiry ends it.
-        let mut s = ScanDetector::new(ScanConfig::default()).expect("cfg");
-        let b = ip("198.51.100.61");
-        s.note_allowed(b, Transport::Tcp, 443, t, t + 1_000);
-        for p in 0..50u16 {
-            assert_eq!(s.record_probe(b, Transport::Tcp, p, t + 10), None);
-        }
-        let d = (0..10u16).find_map(|p| s.record_probe(b, Transport::Tcp, p, t + 1_000));
-        assert!(d.is_some(), "after the allowance expires, scans count");
-        s.note_allowed(b, Transport::Tcp, 443, t, t + 1_000);
-        s.forget_source(b);
-        assert!(!s.is_allowed(b, Transport::Tcp, 443, t));
-    }
-
-    #[test]
-    fn scan_allowlist_and_ignored_ports() {
-        let mut s = ScanDetector::new(ScanConfig {
-            allowlist: vec![cidr("192.0.2.0/24")],
-            ignored_ports: vec![(Transport::Udp, 62201)],
-            ..Default::default()
-        })
-        .expect("cfg");
-        for p in 0..100u16 {
-            assert_eq!(s.record_probe(ip("192.0.2.3"), Transport::Tcp, p, 1), None);
-        }
-        let c = ip("203.0.113.70");
-        for _ in 0..20 {
-            assert_eq!(s.record_probe(c, Transport::Udp, 62201, 1), None);
-        }
-        assert_eq!(s.len(), (0, 0));
-    }
-
-    #[test]
-    fn ipv6_scanner_rotating_addresses_is_one_source() {
-        let mut s = ScanDetector::new(ScanConfig::default()).expect("cfg");
-        let d = (0..10u16).find_map(|p| {
-            let src = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 5, 5, p, p, p, p));
-            s.record_probe(src, Transport::Tcp, 100 + p, 7)
-        });
-        assert_eq!(d.map(|d| d.target), Some(cidr("2001:db8:5:5::/64")));
-    }
-
-    #[test]
-    fn scan_memory_is_bounded() {
-        let mut s = ScanDetector::new(ScanConfig {
-            max_sources: 50,
-            ..Default::default()
-        })
-        .expect("cfg");
-        for i in 0..5_000u32 {
-            let src = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
-            let _ = s.record_probe(src, Transport::Tcp, (i % 9) as u16, 1_000);
-            s.note_allowed(src, Transport::Tcp, 22, 1_000, 2_000);
-            let (p, a) = s.len();
-            assert!(p <= 50 && a <= 50);
-        }
-        let src = ip("10.200.0.1");
-        for p in 0..1_000u16 {
-            s.note_allowed(src, Transport::Udp, p, 1_000, 5_000 + u64::from(p));
-        }
-        assert!(
-            s.allowed
-                .peek(&src)
-                .is_some_and(|l| l.len() == MAX_ALLOWED_PORTS_PER_SOURCE)
-        );
-        // The ones expiring last were kept.
-        assert!(s.is_allowed(src, Transport::Udp, 999, 1_000));
-        assert!(!s.is_allowed(src, Transport::Udp, 0, 1_000));
-        assert!(s.prune(1_000 + 10_000) > 0);
-        assert_eq!(s.len(), (0, 0));
-    }
-}
+mod tests;

@@ -5,13 +5,15 @@
 //!   [`nft`] (the kernel firewall), [`store`] (durable replay floors),
 //!   [`ips`] (rate limits, blocks, scans), [`blocked`] (blocks for the
 //!   early drop), [`ctl`] (control socket),
-//!   [`privdrop`], [`logging`], [`green`] (assembly), [`relay`] (green's
+//!   [`privdrop`] (and [`access`], what the dropped user can still
+//!   read), [`logging`], [`green`] (assembly), [`relay`] (green's
 //!   orders to red).
 //! - The CA tooling ([`pki`]), key generation ([`keygen`]), the command
 //!   line definitions ([`cli`]) and what the `pki` and `keygen` commands
 //!   print ([`pki_cmd`]).
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod admin;
 pub mod blocked;
 pub mod capture;
@@ -31,5 +33,6 @@ pub mod pki_cmd;
 pub mod privdrop;
 pub mod relay;
 pub mod revocation;
+pub mod sessions;
 pub mod store;
 pub mod tunnel;

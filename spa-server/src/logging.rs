@@ -14,7 +14,11 @@ pub fn init(format: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false);
+        .with_target(false)
+        // A log that cannot be written (full disk, file size limit) must
+        // not stop the gateway: tracing-subscriber would report it with
+        // eprintln!, which panics when standard error fails too.
+        .log_internal_errors(false);
     let _ = if format == "json" {
         builder.json().flatten_event(true).try_init()
     } else {

@@ -238,12 +238,18 @@ fn write_counter(path: &Path, n: u64) -> Result<(), PkiError> {
     Ok(write_public_file(path, format!("{n}\n").as_bytes())?)
 }
 
-/// Makes a new CA in `dir` (created 0700 if absent): key, self-signed
-/// certificate (basicConstraints cA, pathLen 0; keyCertSign, cRLSign),
-/// serial and CRL counters, empty index.
+/// Makes a new CA in `dir` (created 0700 if absent, its missing parents
+/// with the usual mode): key, self-signed certificate (basicConstraints cA,
+/// pathLen 0; keyCertSign, cRLSign), serial and CRL counters, empty index.
 pub fn init(dir: &Path, opts: &InitOptions, now: OffsetDateTime) -> Result<Ca, PkiError> {
     check_text("CA name", &opts.name, false)?;
     let validity = days(opts.days)?;
+    // Missing parents get the usual mode (umask), only the CA's own
+    // directory 0700: `init --dir /etc/spa/ca` must not close /etc/spa,
+    // where the daemons' user reads the public copies (`--cert-out`, CRLs).
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io(parent, "create directory"))?;
+    }
     DirBuilder::new()
         .recursive(true)
         .mode(0o700)

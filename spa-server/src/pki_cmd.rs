@@ -55,6 +55,23 @@ pub fn pki_command(command: PkiCommand, now: OffsetDateTime) -> Result<ExitCode>
                 rfc3339(ca.not_after()),
                 a.dir.join(pki::CA_KEY).display()
             );
+            match &a.cert_out {
+                Some(out) => {
+                    let pem = std::fs::read(a.dir.join(pki::CA_CERT))
+                        .with_context(|| format!("reading {}", pki::CA_CERT))?;
+                    spa_keys::write_public_file(out, &pem)?;
+                    println!(
+                        "wrote the CA certificate to {} (mode 0644): name it in [trust] anchors",
+                        out.display()
+                    );
+                }
+                None => println!(
+                    "{} is closed to the daemons' unprivileged user: copy {} where it can read it \
+                     (or pass --cert-out /etc/spa/ca.pem) and name that copy in [trust] anchors",
+                    a.dir.display(),
+                    pki::CA_CERT
+                ),
+            }
         }
         PkiCommand::Issue(a) => issue(a, now)?,
         PkiCommand::Revoke(a) => {

@@ -11,6 +11,12 @@ use nix::unistd::{Gid, Uid, User, setgid, setgroups, setuid};
 /// Why privileges could not be dropped. The daemon refuses to run on.
 #[derive(Debug, thiserror::Error)]
 pub enum PrivDropError {
+    /// Other threads run already: capabilities, the bounding set and
+    /// no_new_privs are per thread, so they would keep what this one drops.
+    #[error(
+        "{0} threads run before the privilege drop; threads must start after it (they would keep root's capabilities)"
+    )]
+    Threads(usize),
     /// No such user.
     #[error("no such user '{0}'")]
     NoUser(String),
@@ -45,8 +51,17 @@ pub fn lookup(user: &str) -> Result<(Uid, Gid), PrivDropError> {
 
 /// Switches to `user`, keeping only CAP_NET_ADMIN and CAP_NET_RAW.
 /// Without a user (None) it stays root but still drops every other
-/// capability.
+/// capability. The process must have one thread: what this changes is the
+/// calling thread's, so any thread started earlier would keep root's
+/// capabilities ([`PrivDropError::Threads`]); threads start after it and
+/// inherit the dropped state.
 pub fn drop_privileges(user: Option<&str>) -> Result<(), PrivDropError> {
+    let threads = std::fs::read_dir("/proc/self/task")
+        .map_err(|e| sys("listing /proc/self/task")(e.to_string()))?
+        .count();
+    if threads != 1 {
+        return Err(PrivDropError::Threads(threads));
+    }
     let keep = kept();
     // The bounding set first, while CAP_SETPCAP is still held.
     for c in caps::all() {

@@ -53,6 +53,13 @@
 //! durable transactions. The relay decides what to store (see
 //! `crate::relay`); this module only keeps the value, never lowering it.
 //!
+//! # Ownership
+//!
+//! After a failed write the file is reopened by path, by then as the
+//! daemon's unprivileged user: the daemons give the file to that user
+//! ([`ReplayDb::chown`]) before they drop privileges, and `check-config`
+//! checks that the user can search its directory.
+//!
 //! No function here reads the clock: every time comes in as `now_ms`.
 
 use std::collections::HashMap;
@@ -234,6 +241,14 @@ impl ReplayDb {
             inner: Arc::new(Mutex::new(inner)),
         };
         Ok((store, report))
+    }
+
+    /// Gives the store's file to `uid:gid` (before the privilege drop):
+    /// after a failed write the store reopens the file by path, as the
+    /// daemon's user.
+    pub fn chown(&self, uid: u32, gid: u32) -> Result<(), StoreError> {
+        std::os::unix::fs::chown(&self.path, Some(uid), Some(gid))
+            .map_err(|e| io_err(&self.path, "chown", e))
     }
 
     /// The store's file.

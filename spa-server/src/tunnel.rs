@@ -14,7 +14,8 @@
 //! 2. the SHA-256 of its SPKI ([`IdentityKey`]) is the identity of an open
 //!    tunnel session for the connection's source address: an open-tunnel
 //!    knock of that identity for that address, not expired and not closed
-//!    ([`Grants`], fed by [`TunnelHooks`] from the daemon loop).
+//!    (read from the daemon's own session table through [`Grants`]: one
+//!    table, so a close, expiry or revoke there is one here; SPEC §8.1.1).
 //!
 //! Framing inside the tunnel: the client sends one line `CONNECT
 //! <service>\n`; green answers `OK\n` or `ERR <reason>\n`. The service must
@@ -42,12 +43,11 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use proto_spec::UnixMillis;
-use proto_spec::body::MessageType;
 use proto_spec::cert::{ExpiredCrl, IdentityKey, UnknownRevocation};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
@@ -61,6 +61,7 @@ use crate::config::{Config, RelayService, ServiceProto, parse_proto};
 use crate::daemon::{Hooks, now_ms, trust_files};
 use crate::gate::Decision;
 use crate::pki::TrustFiles;
+use crate::sessions::{SessionTable, SharedSessions};
 
 /// How long green keeps trying to reach a service (red opens after the
 /// order arrives).
@@ -99,25 +100,16 @@ pub enum TunnelError {
     },
 }
 
-/// One session the tunnel knows of.
-#[derive(Debug, Clone)]
-struct Grant {
-    addr: IpAddr,
-    identity: IdentityKey,
-    /// Expiry of the open-tunnel (0: none yet).
-    tunnel_until: UnixMillis,
-    /// Granted services and their expiry.
-    services: HashMap<String, UnixMillis>,
-}
-
 /// A served connection's sockets: the client's and the service's.
 type Sockets = Vec<Arc<TcpStream>>;
 
-/// Sessions as the daemon accepted them, shared with the tunnel threads,
-/// and the sockets of the connections each session serves.
+/// The tunnel's view of the daemon's session table (SPEC §8.1.1, §12):
+/// what is granted is read from the one [`SessionTable`] the daemon loop
+/// writes (no second set of rules), and the sockets of the connections each
+/// session serves are kept here, shut down when the session ends.
 #[derive(Debug, Default)]
 pub struct Grants {
-    sessions: HashMap<[u8; 16], Grant>,
+    table: SharedSessions,
     /// Per session: connection number and its sockets (clones), shut down
     /// when the session ends.
     conns: HashMap<[u8; 16], Vec<(u64, Sockets)>>,
@@ -125,64 +117,22 @@ pub struct Grants {
 }
 
 impl Grants {
-    /// Records an accepted decision.
-    pub fn apply(&mut self, d: &Decision, now: UnixMillis) {
-        let expired: Vec<[u8; 16]> = self
-            .sessions
-            .iter()
-            .filter(|(_, g)| g.tunnel_until <= now && g.services.values().all(|t| *t <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in &expired {
-            self.close(id);
-        }
-        match d {
-            Decision::Open {
-                kind,
-                session,
-                identity_key,
-                addr,
-                services,
-                lifetime_s,
-                ..
-            } => {
-                let until = now.saturating_add(u64::from(*lifetime_s) * 1000);
-                let g = self.sessions.entry(*session).or_insert_with(|| Grant {
-                    addr: *addr,
-                    identity: *identity_key,
-                    tunnel_until: 0,
-                    services: HashMap::new(),
-                });
-                if g.identity != *identity_key || g.addr != *addr {
-                    return;
-                }
-                if *kind == MessageType::OpenTunnel.name() {
-                    g.tunnel_until = until;
-                }
-                for s in services {
-                    g.services.insert(s.clone(), until);
-                }
-            }
-            Decision::Close {
-                session,
-                identity_key,
-                ..
-            } => {
-                if self
-                    .sessions
-                    .get(session)
-                    .is_some_and(|g| g.identity == *identity_key)
-                {
-                    self.close(session);
-                }
-            }
+    /// The grants of `table`.
+    pub fn new(table: SharedSessions) -> Self {
+        Self {
+            table,
+            conns: HashMap::new(),
+            next_conn: 0,
         }
     }
 
-    /// Forgets a session and shuts down the connections it serves.
-    /// Returns how many connections were cut.
+    fn table(&self) -> MutexGuard<'_, SessionTable> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Shuts down the connections a session served (it ended in the
+    /// table). Returns how many connections were cut.
     pub fn close(&mut self, session: &[u8; 16]) -> usize {
-        self.sessions.remove(session);
         let conns = self.conns.remove(session).unwrap_or_default();
         for (_, socks) in &conns {
             for s in socks {
@@ -193,9 +143,11 @@ impl Grants {
     }
 
     /// Records a served connection's sockets under `session`; `None` when
-    /// the session has ended meanwhile.
+    /// the session has ended meanwhile. (Lock order: grants, then table;
+    /// the daemon forgets a session in the table before it calls
+    /// [`Grants::close`], so a connection is either refused here or cut.)
     fn attach(&mut self, session: &[u8; 16], socks: Sockets) -> Option<u64> {
-        if !self.sessions.contains_key(session) {
+        if !self.table().contains(session) {
             return None;
         }
         self.next_conn += 1;
@@ -216,9 +168,7 @@ impl Grants {
 
     /// Whether `identity` has an open tunnel for `addr`.
     pub fn tunnel_open(&self, addr: IpAddr, identity: &IdentityKey, now: UnixMillis) -> bool {
-        self.sessions
-            .values()
-            .any(|g| g.addr == addr && g.identity == *identity && g.tunnel_until > now)
+        self.table().tunnel_open(addr, identity, now)
     }
 
     /// Whether `service` was granted to `identity` for `addr`.
@@ -241,15 +191,7 @@ impl Grants {
         service: &str,
         now: UnixMillis,
     ) -> Option<[u8; 16]> {
-        self.sessions
-            .iter()
-            .filter(|(_, g)| {
-                g.addr == addr
-                    && g.identity == *identity
-                    && g.services.get(service).is_some_and(|t| *t > now)
-            })
-            .max_by_key(|(_, g)| g.tunnel_until > now)
-            .map(|(id, _)| *id)
+        self.table().session_for(addr, identity, service, now)
     }
 
     /// Connections being served (all sessions).
@@ -266,14 +208,21 @@ pub type SharedGrants = Arc<Mutex<Grants>>;
 pub struct TunnelHooks {
     /// The table.
     pub grants: SharedGrants,
+    /// Tunnel connections whose every connect attempt to a service on red
+    /// failed (`relay.tunnel_unreachable`): after green relayed the order,
+    /// red never opened (SPEC §9, red refused or never got the order).
+    pub red_unreachable: Arc<AtomicU64>,
 }
 
 impl Hooks for TunnelHooks {
-    fn after_decision(&mut self, decision: &Decision, _source: SocketAddr, now: UnixMillis) {
-        self.grants
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .apply(decision, now);
+    /// The daemon already wrote the decision into the shared table.
+    fn after_decision(&mut self, _: &Decision, _: SocketAddr, _: UnixMillis) {}
+
+    fn counters(&self) -> Vec<(String, u64)> {
+        vec![(
+            "relay.tunnel_unreachable".to_owned(),
+            self.red_unreachable.load(Ordering::Relaxed),
+        )]
     }
 
     fn session_closed(&mut self, session: &[u8; 16], _now: UnixMillis) {
@@ -297,8 +246,16 @@ impl Hooks for TunnelHooks {
 pub struct Target {
     /// Address and port.
     pub addr: SocketAddr,
-    /// Local address to connect from (`[relay] source`).
+    /// Local address to connect from (`[relay] source`); set exactly for
+    /// the services on red.
     pub bind: Option<IpAddr>,
+}
+
+impl Target {
+    /// Whether the service is on red (reached from `[relay] source`).
+    pub fn on_red(&self) -> bool {
+        self.bind.is_some()
+    }
 }
 
 /// The services the tunnel reaches: `[relay]` TCP services with a port,
@@ -440,6 +397,8 @@ struct Shared {
     grants: SharedGrants,
     targets: HashMap<String, Target>,
     active: AtomicUsize,
+    /// See [`TunnelHooks::red_unreachable`].
+    red_unreachable: Arc<AtomicU64>,
     /// Connections per client address.
     per_source: Mutex<HashMap<IpAddr, usize>>,
     max_connections: usize,
@@ -455,15 +414,17 @@ impl Shared {
         targets: HashMap<String, Target>,
         max_connections: usize,
         max_per_source: usize,
+        sessions: SharedSessions,
     ) -> Result<Self, String> {
         let config = Mutex::new((server_config(&id, &trust)?, stamps(&trust)));
         Ok(Self {
             id,
             trust,
             config,
-            grants: SharedGrants::default(),
+            grants: Arc::new(Mutex::new(Grants::new(sessions))),
             targets,
             active: AtomicUsize::new(0),
+            red_unreachable: Arc::default(),
             per_source: Mutex::default(),
             max_connections,
             max_per_source,
@@ -523,10 +484,28 @@ impl Shared {
     }
 }
 
-/// Opens the listener and reads the server key (both before privileges
-/// are dropped), then serves on a thread of its own. Returns the hooks the
-/// daemon loop runs.
-pub fn start(cfg: &Config) -> Result<Option<TunnelHooks>, TunnelError> {
+/// The tunnel, bound but not serving yet: [`bind`] opens the listener and
+/// reads the server key before privileges are dropped; [`Bound::serve`]
+/// starts its threads after the drop, so that every thread that reads TLS
+/// from the network runs with the dropped privileges (capabilities and
+/// no_new_privs are per thread).
+pub struct Bound {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    port: u16,
+}
+
+impl std::fmt::Debug for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bound")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads the server key and opens the listener (both need privileges),
+/// without starting any thread. `None` without a `[tunnel]` section.
+pub fn bind(cfg: &Config, sessions: &SharedSessions) -> Result<Option<Bound>, TunnelError> {
     let Some(t) = &cfg.tunnel else {
         return Ok(None);
     };
@@ -537,6 +516,7 @@ pub fn start(cfg: &Config) -> Result<Option<TunnelHooks>, TunnelError> {
             targets(cfg),
             t.max_connections,
             t.max_connections_per_source,
+            Arc::clone(sessions),
         )
         .map_err(TunnelError::Config)?,
     );
@@ -544,18 +524,39 @@ pub fn start(cfg: &Config) -> Result<Option<TunnelHooks>, TunnelError> {
         port: t.listen_port,
         source,
     })?;
-    let grants = shared.grants.clone();
     raise_fd_limit(t.max_connections);
-    info!(port = t.listen_port, services = %{
-        let mut v: Vec<_> = shared.targets.keys().cloned().collect();
-        v.sort();
-        v.join(",")
-    }, "tunnel listening");
-    std::thread::Builder::new()
-        .name("tunnel-accept".into())
-        .spawn(move || accept_loop(&listener, &shared))
-        .map_err(|e| TunnelError::Config(format!("tunnel thread: {e}")))?;
-    Ok(Some(TunnelHooks { grants }))
+    Ok(Some(Bound {
+        listener,
+        shared,
+        port: t.listen_port,
+    }))
+}
+
+impl Bound {
+    /// Serves on a thread of its own (call it after the privilege drop).
+    /// Returns the hooks the daemon loop runs.
+    pub fn serve(self) -> Result<TunnelHooks, TunnelError> {
+        let Self {
+            listener,
+            shared,
+            port,
+        } = self;
+        let grants = shared.grants.clone();
+        let red_unreachable = Arc::clone(&shared.red_unreachable);
+        info!(port, services = %{
+            let mut v: Vec<_> = shared.targets.keys().cloned().collect();
+            v.sort();
+            v.join(",")
+        }, "tunnel listening");
+        std::thread::Builder::new()
+            .name("tunnel-accept".into())
+            .spawn(move || accept_loop(&listener, &shared))
+            .map_err(|e| TunnelError::Config(format!("tunnel thread: {e}")))?;
+        Ok(TunnelHooks {
+            grants,
+            red_unreachable,
+        })
+    }
 }
 
 fn listen(port: u16) -> io::Result<TcpListener> {
@@ -694,6 +695,13 @@ fn serve(shared: &Shared, tcp: TcpStream, ip: IpAddr) -> Result<(), ServeError> 
     let upstream = match connect(target) {
         Ok(s) => Arc::new(s),
         Err(source) => {
+            if target.on_red() {
+                // Green relayed the order, yet red never opened: red
+                // refused it (or never got it), or the service is down.
+                shared.red_unreachable.fetch_add(1, Ordering::Relaxed);
+                warn!(src = %ip, service = %service, red = %target.addr, error = %source,
+                    "tunnel: red never opened the service for green (a probe that never opens)");
+            }
             refuse(&mut pipe, "service unreachable");
             return Err(ServeError::Unreachable {
                 service,
@@ -858,6 +866,8 @@ fn raise_fd_limit(max_connections: usize) {
 mod tests {
     use super::*;
     use crate::pki::{self, CaAlgorithm, InitOptions, IssueRequest, SubjectKey, Usage};
+    use crate::sessions::NoFirewall;
+    use proto_spec::body::MessageType;
     use proto_spec::cert::{ExpiredCrl, UnknownRevocation};
     use rcgen::{CertificateParams, KeyPair};
     use rustls::pki_types::ServerName;
@@ -935,7 +945,9 @@ mod tests {
             unknown_revocation: UnknownRevocation::Allow,
             expired_crl: ExpiredCrl::Refuse,
         };
-        Arc::new(Shared::new(id, trust, targets, 64, 64).expect("shared"))
+        Arc::new(
+            Shared::new(id, trust, targets, 64, 64, SharedSessions::default()).expect("shared"),
+        )
     }
 
     /// One service, `echo`, on a local echo server.
@@ -984,20 +996,26 @@ mod tests {
         id: IdentityKey,
         services: &[&str],
     ) {
-        grants.lock().expect("lock").apply(
-            &Decision::Open {
-                kind: kind.name(),
-                session: [session; 16],
-                identity: "cn:alice".into(),
-                identity_key: id,
-                addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-                services: services.iter().map(|s| (*s).to_owned()).collect(),
-                lifetime_s: 30,
-                certificate: Vec::new(),
-                body: Vec::new(),
-            },
-            now_ms(),
-        );
+        let table = Arc::clone(&grants.lock().expect("lock").table);
+        let mut table = table.lock().expect("lock");
+        table
+            .open(
+                &Decision::Open {
+                    kind: kind.name(),
+                    session: [session; 16],
+                    identity: "cn:alice".into(),
+                    identity_key: id,
+                    addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    services: services.iter().map(|s| (*s).to_owned()).collect(),
+                    lifetime_s: 30,
+                    certificate: Vec::new(),
+                    body: Vec::new(),
+                },
+                &HashMap::new(),
+                now_ms(),
+                &mut NoFirewall,
+            )
+            .expect("own session");
     }
 
     /// Connects, sends `CONNECT service` and `payload`, half-closes, and
@@ -1089,15 +1107,12 @@ mod tests {
         assert!(got.starts_with(b"ERR "), "{got:?}");
 
         // After the close, refused again.
-        p.shared.grants.lock().expect("lock").apply(
-            &Decision::Close {
-                session: [1; 16],
-                identity: "cn:alice".into(),
-                identity_key: alice,
-                body: Vec::new(),
-            },
-            now_ms(),
-        );
+        let table = Arc::clone(&p.shared.grants.lock().expect("lock").table);
+        let closed = table
+            .lock()
+            .expect("lock")
+            .close(&[1; 16], now_ms(), &mut NoFirewall);
+        assert!(closed.is_some());
         let got = exchange(port, cfg, "echo", b"x");
         assert!(got.starts_with(b"ERR "), "{got:?}");
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -1258,6 +1273,12 @@ mod tests {
 
         // The session ends while the connection is idle: green cuts it.
         let started = Instant::now();
+        let table = Arc::clone(&p.shared.grants.lock().expect("lock").table);
+        let closed = table
+            .lock()
+            .expect("lock")
+            .close(&[7; 16], now_ms(), &mut NoFirewall);
+        assert!(closed.is_some());
         assert_eq!(p.shared.grants.lock().expect("lock").close(&[7; 16]), 1);
         let mut rest = Vec::new();
         let _ = tls.read_to_end(&mut rest);

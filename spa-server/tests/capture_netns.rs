@@ -253,7 +253,7 @@ fn assert_port_unbound(ss_uan: &str) {
 macro_rules! need_root {
     () => {
         if !is_root() {
-            eprintln!("skipped: needs root (network namespaces, AF_PACKET)");
+            tests::cannot_run(module_path!(), "needs root (network namespaces, AF_PACKET)");
             return;
         }
     };

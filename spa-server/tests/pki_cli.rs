@@ -512,3 +512,53 @@ fn list_and_no_command() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Usage"));
 }
+
+/// README's layout: the CA directory is 0700 (its key 0600), its parents
+/// are not, and
+/// `--cert-out` writes the public certificate (0644) where the daemons'
+/// user reads it; without it, the output says to copy it.
+#[test]
+fn init_cert_out_writes_a_public_copy_and_keeps_the_directory_closed() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = tmp.path();
+    let out = spa_ok(
+        d,
+        &[
+            "pki",
+            "init",
+            "--dir",
+            "etc/spa/ca",
+            "--name",
+            "spa CA",
+            "--cert-out",
+            "etc/spa/ca.pem",
+        ],
+    );
+    assert!(out.contains("ca.pem (mode 0644)"), "{out}");
+    let mode = |p: &str| {
+        std::fs::metadata(d.join(p))
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(
+        (
+            mode("etc/spa/ca"),
+            mode("etc/spa/ca/ca.key"),
+            mode("etc/spa/ca.pem")
+        ),
+        (0o700, 0o600, 0o644)
+    );
+    // The parents pki init made have the usual mode (the umask's), not
+    // 0700: the daemons' user reads etc/spa/ca.pem.
+    std::fs::create_dir(d.join("usual")).expect("mkdir");
+    assert_eq!(mode("etc/spa"), mode("usual"));
+    assert_eq!(
+        std::fs::read(d.join("etc/spa/ca.pem")).expect("copy"),
+        std::fs::read(d.join("etc/spa/ca/ca.pem")).expect("ca.pem")
+    );
+    let out = spa_ok(d, &["pki", "init", "--dir", "ca2", "--name", "spa CA"]);
+    assert!(out.contains("--cert-out"), "{out}");
+}

@@ -8,6 +8,7 @@
 //! - [`Tcpdump`] and [`pcap`]: captures on a namespace's interfaces and
 //!   reading them back.
 //! - [`TcpService`]: an echo server inside a namespace.
+//! - [`spoof`]: forged IPv4 packets (any source address) from a namespace.
 //! - [`Daemon`] ([`Green`]): a running `spa-server run` (or another
 //!   workspace daemon with the same command line, such as `red-relay run`),
 //!   with its status over the control socket (through its `status`
@@ -16,6 +17,8 @@
 //! Needs root, iproute2, nftables, tcpdump and nmap (CI runs as root and
 //! installs them; [`require_tools`] fails with the apt-get line).
 #![forbid(unsafe_code)]
+
+pub mod spoof;
 
 use std::fs::File;
 use std::io::{Read as _, Write as _};
@@ -75,6 +78,32 @@ pub fn run_ok(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// The environment variable that lets a test that cannot run here skip
+/// instead of failing: `SPA_TEST_ALLOW_SKIP=1`. Without it, a test that
+/// lacks root or a package fails, so a skip is never counted as a pass.
+pub const ALLOW_SKIP: &str = "SPA_TEST_ALLOW_SKIP";
+
+/// Whether skips were allowed explicitly ([`ALLOW_SKIP`]` = 1`).
+pub fn skips_allowed() -> bool {
+    std::env::var_os(ALLOW_SKIP).is_some_and(|v| v == "1")
+}
+
+/// Called by a test that cannot run here (`why`): fails it, unless
+/// [`ALLOW_SKIP`] is set, in which case it says so loudly and the caller
+/// returns.
+///
+/// # Panics
+/// Unless skips were allowed explicitly.
+pub fn cannot_run(test: &str, why: &str) {
+    assert!(
+        skips_allowed(),
+        "{test}: cannot run here: {why}. Run the tests as root with the packages \
+         `.ci/run` installs, or set {ALLOW_SKIP}=1 to skip such tests explicitly \
+         (a skip is not a pass)"
+    );
+    eprintln!("{test}: SKIPPED ({ALLOW_SKIP}=1; not a pass): {why}");
 }
 
 /// Fails the test with a clear message unless we are root with `ip`.
@@ -898,8 +927,8 @@ pub struct RelayKeys {
 }
 
 /// The PKI of the relay test bed, made in `dir` with the binaries an
-/// operator uses: a CA (`ca/`) named `ca_name`, alice's client certificate
-/// (`alice.key`, `alice.crt`), with `green_tls_ip` green's TLS server
+/// operator uses: a CA (`ca/`, its certificate also in `ca.pem`) named
+/// `ca_name`, alice's client certificate (`alice.key`, `alice.crt`), with `green_tls_ip` green's TLS server
 /// certificate for that address (`green-tls.key`, `green-tls.crt`), and the
 /// keys `green.key`, `green-signing.key` (`spa-server keygen`) and
 /// `red.key` (`red_relay keygen`).
@@ -911,7 +940,18 @@ pub fn make_relay_pki(
 ) -> RelayKeys {
     let server = bin("spa-server");
     let spa_client = bin("spa-client");
-    run_ok(Command::new(&server).args(["pki", "init", "--dir", &dir.s("ca"), "--name", ca_name]));
+    // As README: the CA directory stays 0700, the daemons (as `nobody`)
+    // read the public copy ca.pem.
+    run_ok(Command::new(&server).args([
+        "pki",
+        "init",
+        "--dir",
+        &dir.s("ca"),
+        "--name",
+        ca_name,
+        "--cert-out",
+        &dir.s("ca.pem"),
+    ]));
     let mut certs = vec![("alice", "--client")];
     if green_tls_ip.is_some() {
         certs.push(("green-tls", "--server"));
@@ -1027,7 +1067,7 @@ services = [{relayed}]
         green_key = dir.s("green.key"),
         green_db = dir.s("green.redb"),
         green_sock = dir.s("green.sock"),
-        ca = dir.s("ca/ca.pem"),
+        ca = dir.s("ca.pem"),
         names = names.concat(),
         red_pub = keys.red_pub,
         signing = dir.s("green-signing.key"),
@@ -1102,7 +1142,7 @@ receiver_keys = ["{green_pub}"]
         red_key = dir.s("red.key"),
         red_db = dir.s("red.redb"),
         red_sock = dir.s("red.sock"),
-        ca = dir.s("ca/ca.pem"),
+        ca = dir.s("ca.pem"),
         names = names.join(", "),
         green_signing_pub = keys.green_signing_pub,
         green_pub = keys.green_pub,

@@ -88,9 +88,8 @@ impl Bed {
             "--out",
             &dir.s("crl.pem"),
         ]));
-        // The CA directory is private (it holds the CA key); the daemon,
-        // as nobody, re-reads its anchors on every trust reload.
-        std::fs::copy(dir.join("ca/ca.pem"), dir.join("ca.pem")).expect("publish ca.pem");
+        // The daemon, as nobody, re-reads its anchors on every trust reload:
+        // from the public copy ca.pem (the CA directory is closed).
         let config = format!(
             r#"[daemon]
 knock_port = {KNOCK_PORT}
@@ -679,7 +678,6 @@ fn red_crl_revoke_ends_established_connections() {
     let server = bin("spa-server");
     let red_relay = bin("red-relay");
     let keys = make_relay_pki(&dir, "red revocation CA", &red_relay, None);
-    std::fs::copy(dir.join("ca/ca.pem"), dir.join("ca.pem")).expect("publish ca.pem");
     run_ok(Command::new(&server).args([
         "pki",
         "crl",
@@ -717,7 +715,7 @@ fn red_crl_revoke_ends_established_connections() {
     );
     for f in ["green.toml", "red.toml"] {
         let text = std::fs::read_to_string(dir.join(f)).expect("config");
-        let anchors = format!("anchors = [\"{}\"]", dir.s("ca/ca.pem"));
+        let anchors = format!("anchors = [\"{}\"]", dir.s("ca.pem"));
         assert!(text.contains(&anchors), "{text}");
         std::fs::write(dir.join(f), text.replace(&anchors, &with_crl)).expect("config");
     }

@@ -255,9 +255,12 @@ fn tools_or_skip(test: &str) -> Option<PathBuf> {
     if missing.is_empty() {
         module
     } else {
-        eprintln!(
-            "{test}: skipped: needs `apt-get install -y {}` (CI installs them)",
-            missing.join(" ")
+        tests::cannot_run(
+            test,
+            &format!(
+                "needs `apt-get install -y {}` (CI installs them)",
+                missing.join(" ")
+            ),
         );
         None
     }

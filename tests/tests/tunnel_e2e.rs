@@ -16,7 +16,9 @@
 //! the session's connections) and red's `allow4` is empty; a profile with
 //! `close_on_exit` closes the session when `connect` ends; green killed
 //! (-9) leaves holes of a short lifetime that expire by themselves, and a
-//! new session works after its restart. An attacker namespace
+//! new session works after its restart; last, with red stopped, green's
+//! tunnel never reaches red's service and green counts it
+//! (`relay.tunnel_unreachable`) and logs it. An attacker namespace
 //!
 //! ```text
 //! attacker 10.200.73.2 ── 10.200.73.1 green (forwarding to red)
@@ -477,6 +479,23 @@ tunnel_port = {TUNNEL_PORT}
         green.log_text()
     );
     attacker_is_kept_out(&attacker, "a session after the restart");
+
+    // Red stops opening (killed, its openings flushed): green relays the
+    // next request, its tunnel never reaches red's service, and it counts
+    // and logs that red never opened (issue 10: green counts what red did).
+    drop(red);
+    red_ns.ok(&["nft", "flush", "set", "inet", "spa", "allow4"]);
+    let never = ssh_args(&connect, "echo never");
+    let never: Vec<&str> = never.iter().map(String::as_str).collect();
+    let out = client.out(&never);
+    assert!(!out.status.success(), "ssh reached a dead red: {out:?}");
+    green.wait_counter_within("relay.tunnel_unreachable", 1, Duration::from_secs(10));
+    let log = green.log_text();
+    assert!(
+        log.contains("red never opened the service for green")
+            && log.contains(&format!("{RED}:{SSH_PORT}")),
+        "{log}"
+    );
 }
 
 /// Asserts a TCP connect from `ns` to `dst` times out (dropped, not

@@ -39,12 +39,7 @@ impl PinSource {
                 non_empty(&value, || format!("environment variable {var}"))
             }
             Self::File(path) => {
-                check_pin_file(path)?;
-                let bytes =
-                    Zeroizing::new(std::fs::read(path).map_err(|cause| TokenError::PinFile {
-                        path: path.clone(),
-                        cause,
-                    })?);
+                let bytes = read_pin_file(path)?;
                 let text = std::str::from_utf8(&bytes).map_err(|_| TokenError::PinFile {
                     path: path.clone(),
                     cause: std::io::Error::new(
@@ -88,13 +83,56 @@ fn non_empty(value: &str, source: impl FnOnce() -> String) -> Result<SecretStrin
     Ok(SecretString::from(pin))
 }
 
-#[cfg(unix)]
-fn check_pin_file(path: &Path) -> Result<(), TokenError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let meta = std::fs::metadata(path).map_err(|cause| TokenError::PinFile {
+/// A PIN is short; a larger file is not a PIN file.
+const MAX_PIN_FILE: u64 = 4096;
+
+/// Opens the PIN file once and checks and reads that one descriptor: the
+/// type and mode checked are those of the file read (no window between a
+/// check by path and an open by path in which the file could be swapped).
+/// Opened non-blocking, so that a FIFO put in its place is refused instead
+/// of blocking.
+fn read_pin_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, TokenError> {
+    use std::io::Read as _;
+    let err = |cause| TokenError::PinFile {
         path: path.to_owned(),
         cause,
-    })?;
+    };
+    let mut file = open_pin_file(path).map_err(err)?;
+    let meta = file.metadata().map_err(err)?;
+    check_pin_file(path, &meta)?;
+    let mut bytes = Zeroizing::new(Vec::new());
+    file.by_ref()
+        .take(MAX_PIN_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(err)?;
+    if bytes.len() as u64 > MAX_PIN_FILE {
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "too large for a PIN file",
+        )));
+    }
+    Ok(bytes)
+}
+
+#[cfg(unix)]
+fn open_pin_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)
+}
+
+#[cfg(not(unix))]
+fn open_pin_file(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::File::open(path)
+}
+
+/// The checks on the opened file: a regular file, not accessible by group
+/// or others.
+#[cfg(unix)]
+fn check_pin_file(path: &Path, meta: &std::fs::Metadata) -> Result<(), TokenError> {
+    use std::os::unix::fs::PermissionsExt as _;
     if !meta.is_file() {
         return Err(TokenError::PinFile {
             path: path.to_owned(),
@@ -112,7 +150,7 @@ fn check_pin_file(path: &Path) -> Result<(), TokenError> {
 }
 
 #[cfg(not(unix))]
-fn check_pin_file(_path: &Path) -> Result<(), TokenError> {
+fn check_pin_file(_path: &Path, _meta: &std::fs::Metadata) -> Result<(), TokenError> {
     Ok(())
 }
 
@@ -139,6 +177,56 @@ mod tests {
         assert!(matches!(
             non_empty("\n", || "file x".into()),
             Err(TokenError::PinEmpty { source_name }) if source_name == "file x"
+        ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn pin_file_is_checked_and_read_through_one_descriptor() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pin");
+        std::fs::write(&p, "4321\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let src = PinSource::File(p.clone());
+        assert_eq!(src.read("t").unwrap().expose_secret(), "4321");
+        // The mode checked is the opened file's: the descriptor's metadata,
+        // not a second lookup by path.
+        let file = open_pin_file(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(matches!(
+            check_pin_file(&p, &file.metadata().unwrap()),
+            Err(TokenError::PinFilePermissions { mode: 0o640, .. })
+        ));
+        assert!(matches!(
+            src.read("t"),
+            Err(TokenError::PinFilePermissions { mode: 0o640, .. })
+        ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn pin_file_that_is_a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pin");
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(matches!(
+            PinSource::File(p).read("t"),
+            Err(TokenError::PinFile { cause, .. }) if cause.kind() == std::io::ErrorKind::InvalidInput
+        ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn pin_file_that_is_too_large_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pin");
+        std::fs::write(&p, vec![b'1'; 5000]).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(
+            PinSource::File(p).read("t"),
+            Err(TokenError::PinFile { cause, .. }) if cause.kind() == std::io::ErrorKind::InvalidData
         ));
     }
 }

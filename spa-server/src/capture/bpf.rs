@@ -84,6 +84,8 @@ pub(crate) const ETH_P_IP: u32 = 0x0800;
 pub(crate) const ETH_P_IPV6: u32 = 0x86dd;
 const IPPROTO_TCP: u32 = 6;
 const IPPROTO_UDP: u32 = 17;
+/// IPv6 Fragment extension header (RFC 8200 §4.5).
+const IPPROTO_FRAGMENT: u32 = 44;
 /// TCP flag bits SYN (0x02) and ACK (0x10).
 const TCP_SYN_ACK: u32 = 0x12;
 const TCP_SYN: u32 = 0x02;
@@ -120,10 +122,11 @@ enum L {
     Next,
     V4,
     V4Udp,
-    V4Knock,
+    V4Frag,
     V4Tcp,
     V6,
     V6Udp,
+    V6Frag,
     V6Tcp,
     Knock,
     Probe,
@@ -230,11 +233,18 @@ impl Asm {
 /// own outgoing copies, broadcasts, multicasts or frames for another
 /// MAC) and, when `ifindex` is given, received on that interface only:
 ///
-/// * UDP to `knock_port`, over IPv4 (any header length, not fragmented)
-///   or IPv6 (no extension headers): [`KNOCK_SNAP`] bytes kept;
-/// * with `scan_watch` also UDP to any other port and TCP segments with
-///   SYN set and ACK clear (IPv4 first fragments, IPv6 without extension
-///   headers): [`PROBE_SNAP`] bytes kept.
+/// * UDP to `knock_port`, over IPv4 (any header length) or IPv6 (no
+///   extension headers, or only a Fragment header): [`KNOCK_SNAP`] bytes
+///   kept. A first fragment (offset 0, the UDP header inside) passes
+///   when its port is the knock port;
+/// * every later fragment (offset > 0) of a UDP datagram, IPv4 or IPv6
+///   (Fragment header right after the fixed header): it has no UDP
+///   header to look at, so user space (`defrag.rs`) keeps it only if the
+///   first fragment names the knock port. [`KNOCK_SNAP`] bytes kept;
+/// * with `scan_watch` also UDP to any other port (whole or a first
+///   fragment) and TCP segments with SYN set and ACK clear (IPv4 first
+///   fragments, IPv6 without extension headers): [`PROBE_SNAP`] bytes
+///   kept.
 ///
 /// Everything else is dropped in the kernel.
 pub(crate) fn program(
@@ -264,7 +274,7 @@ pub(crate) fn program(
     a.stmt(ALU_AND_K, 0xf0); // A = version << 4
     a.jeq(0x40, L::Next, L::Drop); // version 4? else drop (header disagrees with ethertype)
     a.stmt(LD_H_ABS, 6); // A = flags << 13 | fragment offset
-    a.jset(0x1fff, L::Drop, L::Next); // fragment offset != 0: no transport header here, drop
+    a.jset(0x1fff, L::V4Frag, L::Next); // fragment offset != 0: no transport header here -> V4Frag
     a.stmt(LD_B_ABS, 9); // A = protocol
     if scan_watch {
         a.jeq(IPPROTO_UDP, L::V4Udp, L::Next); // UDP -> V4Udp
@@ -276,11 +286,11 @@ pub(crate) fn program(
     a.label(L::V4Udp);
     a.stmt(LDX_B_MSH, 0); // X = 4 * IHL: offset of the UDP header (any IHL)
     a.stmt(LD_H_IND, 2); // A = UDP destination port
-    a.jeq(port, L::V4Knock, other_udp); // knock port -> V4Knock; other ports: probe or drop
+    a.jeq(port, L::Knock, other_udp); // knock port (whole, or a first fragment): knock; other ports: probe or drop
 
-    a.label(L::V4Knock);
-    a.stmt(LD_H_ABS, 6); // A = flags << 13 | fragment offset
-    a.jset(0x2000, L::Drop, L::Knock); // MF set: first piece of a fragmented datagram, drop; else knock
+    a.label(L::V4Frag);
+    a.stmt(LD_B_ABS, 9); // A = protocol
+    a.jeq(IPPROTO_UDP, L::Knock, L::Drop); // a later fragment of a UDP datagram: to user space for reassembly
 
     if scan_watch {
         a.label(L::V4Tcp);
@@ -296,15 +306,24 @@ pub(crate) fn program(
     a.stmt(ALU_AND_K, 0xf0); // A = version << 4
     a.jeq(0x60, L::Next, L::Drop); // version 6? else drop
     a.stmt(LD_B_ABS, 6); // A = next header
+    a.jeq(IPPROTO_FRAGMENT, L::V6Frag, L::Next); // Fragment header -> V6Frag
     if scan_watch {
         a.jeq(IPPROTO_UDP, L::V6Udp, L::Next); // UDP right after the fixed header -> V6Udp
-        a.jeq(IPPROTO_TCP, L::V6Tcp, L::Drop); // TCP -> V6Tcp; extension headers etc.: drop
+        a.jeq(IPPROTO_TCP, L::V6Tcp, L::Drop); // TCP -> V6Tcp; other extension headers etc.: drop
     } else {
-        a.jeq(IPPROTO_UDP, L::V6Udp, L::Drop); // UDP -> V6Udp; extension headers etc.: drop
+        a.jeq(IPPROTO_UDP, L::V6Udp, L::Drop); // UDP -> V6Udp; other extension headers etc.: drop
     }
 
     a.label(L::V6Udp);
     a.stmt(LD_H_ABS, 40 + 2); // A = UDP destination port
+    a.jeq(port, L::Knock, other_udp); // knock port: knock; other ports: probe or drop
+
+    a.label(L::V6Frag);
+    a.stmt(LD_B_ABS, 40); // A = next header after the Fragment header
+    a.jeq(IPPROTO_UDP, L::Next, L::Drop); // UDP? else drop
+    a.stmt(LD_H_ABS, 40 + 2); // A = fragment offset << 3 | res | M
+    a.jset(0xfff8, L::Knock, L::Next); // offset != 0: a later fragment, to user space for reassembly
+    a.stmt(LD_H_ABS, 48 + 2); // A = UDP destination port (first fragment)
     a.jeq(port, L::Knock, other_udp); // knock port: knock; other ports: probe or drop
 
     if scan_watch {
@@ -553,27 +572,71 @@ mod tests {
         assert_eq!(run(&scan_if, &v4_udp(PORT, b"k"), other_if), 0);
     }
 
+    /// `v6_udp` with a Fragment header (RFC 8200 §4.5) between the fixed
+    /// header and UDP: offset in 8-byte units, M flag.
+    fn v6_fragment(dport: u16, offset: u16, more: bool) -> Vec<u8> {
+        let mut v = v6_udp(dport, b"hello, fragment");
+        let frag = [
+            17u8,
+            0,
+            (offset >> 5) as u8,
+            ((offset << 3) as u8) | u8::from(more),
+            0,
+            0,
+            0,
+            9,
+        ];
+        v.splice(40..40, frag);
+        v[6] = 44;
+        let plen = (v.len() as u16 - 40).to_be_bytes();
+        v[4..6].copy_from_slice(&plen);
+        v
+    }
+
     #[test]
     fn fragments_and_extension_headers() {
         for p in progs() {
-            // First fragment of a fragmented knock (MF set).
+            // First fragment of a fragmented knock (MF set): reassembled
+            // in user space.
             let mut mf = v4_udp(PORT, b"hello");
             mf[6] |= 0x20;
-            assert_eq!(run(&p, &mf, HOST_V4), 0);
-            // A later fragment whose bytes happen to look like the port.
-            let mut later = v4_udp(PORT, b"hello");
+            assert_eq!(run(&p, &mf, HOST_V4), KNOCK_SNAP);
+            // A later fragment of a UDP datagram: its port is unknown, so
+            // it goes to user space (bytes that look like a port are not
+            // read as one).
+            let mut later = v4_udp(PORT + 7, b"hello");
             later[7] = 1;
-            assert_eq!(run(&p, &later, HOST_V4), 0);
+            assert_eq!(run(&p, &later, HOST_V4), KNOCK_SNAP);
+            // A later fragment of something else: dropped.
+            let mut tcp_later = v4_tcp(PORT, true, false);
+            tcp_later[7] = 1;
+            assert_eq!(run(&p, &tcp_later, HOST_V4), 0);
+            // IPv6: a first fragment to the knock port, and a later
+            // fragment (whatever its bytes).
+            assert_eq!(run(&p, &v6_fragment(PORT, 0, true), HOST_V6), KNOCK_SNAP);
+            assert_eq!(
+                run(&p, &v6_fragment(PORT + 1, 3, false), HOST_V6),
+                KNOCK_SNAP
+            );
+            // A Fragment header in front of something other than UDP.
+            let mut not_udp = v6_fragment(PORT, 3, false);
+            not_udp[40] = 6;
+            assert_eq!(run(&p, &not_udp, HOST_V6), 0);
             // IPv6 with a hop-by-hop header in front of UDP.
             let mut hbh = v6_udp(PORT, b"hello");
             hbh[6] = 0;
             assert_eq!(run(&p, &hbh, HOST_V6), 0);
         }
-        // With scan_watch a first fragment to another port is a probe.
-        let scan = program(PORT, true, None).expect("p");
+        // A first fragment to another port is a probe with scan_watch,
+        // else dropped.
+        let [plain, scan, ..] = progs();
         let mut mf = v4_udp(PORT + 1, b"hello");
         mf[6] |= 0x20;
         assert_eq!(run(&scan, &mf, HOST_V4), PROBE_SNAP);
+        assert_eq!(run(&plain, &mf, HOST_V4), 0);
+        let mf6 = v6_fragment(PORT + 1, 0, true);
+        assert_eq!(run(&scan, &mf6, HOST_V6), PROBE_SNAP);
+        assert_eq!(run(&plain, &mf6, HOST_V6), 0);
     }
 
     #[test]

@@ -24,6 +24,12 @@
 //! `net.core.rmem_max`); after it returns, the caller may drop every
 //! privilege: [`Capture::poll`] only reads from the open descriptor.
 //!
+//! In packet mode, IP fragments of UDP datagrams are reassembled in user
+//! space (`defrag.rs`, bounded in count, size, age and per source): a
+//! knock sent over a path with a small MTU arrives fragmented, and no
+//! socket of ours would have the kernel reassemble it. UDP mode gets
+//! whole datagrams from the kernel.
+//!
 //! Kernel drops are taken from `SO_RXQ_OVFL` (a counter the kernel
 //! attaches to each received frame once the socket has dropped
 //! something), so [`CaptureStats::kernel_drops`] is "drops as of the last
@@ -31,12 +37,13 @@
 //! safe wrapper offers.
 
 mod bpf;
+mod defrag;
 mod parse;
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::libc;
@@ -46,7 +53,10 @@ use nix::sys::socket::{
 };
 use socket2::{Domain, Protocol, Socket, Type};
 
+use defrag::{Outcome, Reassembler};
 use parse::Class;
+
+pub use defrag::Limits as ReassemblyLimits;
 
 /// Bytes of buffer per frame. A knock is at most
 /// `proto_spec::wire::MAX_DATAGRAM` (1232) bytes of UDP payload; with at
@@ -98,6 +108,8 @@ pub struct CaptureConfig {
     /// else `SO_RCVBUF`, which the kernel caps at `net.core.rmem_max`);
     /// 0 keeps the system default.
     pub rcvbuf: usize,
+    /// Packet mode: bounds of the reassembly of fragmented datagrams.
+    pub reassembly: ReassemblyLimits,
 }
 
 impl CaptureConfig {
@@ -111,6 +123,7 @@ impl CaptureConfig {
             batch: 32,
             read_timeout: Duration::from_millis(250),
             rcvbuf: 4 << 20,
+            reassembly: ReassemblyLimits::default(),
         }
     }
 }
@@ -148,9 +161,21 @@ pub struct CaptureStats {
     pub knocks: u64,
     /// Frames delivered as [`Event::Probe`].
     pub probes: u64,
-    /// Frames that failed a header or length check, fragments of a
-    /// datagram to the knock port, and datagrams too large for the buffer.
+    /// Frames that failed a header or length check (a fragment cut by
+    /// the snap length included), datagrams too large for the buffer, and
+    /// reassembled datagrams whose UDP length disagrees.
     pub malformed: u64,
+    /// IP fragments of UDP datagrams handed to the reassembly (packet
+    /// mode): first fragments to the knock port and every later fragment.
+    pub fragments: u64,
+    /// Datagrams reassembled from fragments (each also counted in
+    /// `knocks` when its UDP header checks out).
+    pub reassembled: u64,
+    /// Reassemblies abandoned: timed out, overlapping or inconsistent
+    /// fragments, too large, or evicted by the table limits. Later
+    /// fragments of other UDP datagrams (which name no port) that never
+    /// complete are counted here too.
+    pub reassembly_dropped: u64,
     /// Well-formed frames that are neither (rare: the kernel filter
     /// passes only candidates).
     pub ignored: u64,
@@ -210,6 +235,14 @@ enum Kind {
     },
 }
 
+/// What [`deliver`] needs to classify a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Filter {
+    kind: Kind,
+    knock_port: u16,
+    scan_watch: bool,
+}
+
 /// Where a frame came from, as far as the socket address and control
 /// messages tell.
 #[derive(Debug, Clone, Copy)]
@@ -242,9 +275,7 @@ const EMPTY_META: Meta = Meta {
 /// An open capture. Dropping it closes the socket.
 pub struct Capture {
     sock: Socket,
-    kind: Kind,
-    knock_port: u16,
-    scan_watch: bool,
+    filter: Filter,
     batch: usize,
     /// `batch` frames of [`FRAME_LEN`] bytes.
     buf: Box<[u8]>,
@@ -253,15 +284,14 @@ pub struct Capture {
     cmsg: Box<[u8]>,
     last_drops: u32,
     stats: CaptureStats,
+    defrag: Reassembler,
 }
 
 impl std::fmt::Debug for Capture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Capture")
             .field("fd", &self.sock.as_raw_fd())
-            .field("kind", &self.kind)
-            .field("knock_port", &self.knock_port)
-            .field("scan_watch", &self.scan_watch)
+            .field("filter", &self.filter)
             .field("batch", &self.batch)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
@@ -306,15 +336,18 @@ impl Capture {
         };
         Ok(Self {
             sock,
-            kind,
-            knock_port: cfg.knock_port,
-            scan_watch: cfg.scan_watch && kind == Kind::Packet,
+            filter: Filter {
+                kind,
+                knock_port: cfg.knock_port,
+                scan_watch: cfg.scan_watch && kind == Kind::Packet,
+            },
             batch: cfg.batch,
             buf,
             meta: vec![EMPTY_META; cfg.batch].into_boxed_slice(),
             cmsg: cmsg_room().into_boxed_slice(),
             last_drops: 0,
             stats: CaptureStats::default(),
+            defrag: Reassembler::new(cfg.reassembly),
         })
     }
 
@@ -322,7 +355,10 @@ impl Capture {
     /// for each event; returns the number of frames read (0 on timeout or
     /// when a signal interrupted the wait).
     pub fn poll<F: FnMut(Event<'_>)>(&mut self, mut f: F) -> Result<usize, CaptureError> {
-        let n = match self.receive_batch() {
+        let r = self.receive_batch();
+        let now = Instant::now();
+        self.stats.reassembly_dropped += self.defrag.expire(now);
+        let n = match r {
             Ok(n) => n,
             Err(Errno::EAGAIN | Errno::EINTR) => return Ok(0),
             Err(e) => return Err(CaptureError::Recv(e.into())),
@@ -337,10 +373,10 @@ impl Capture {
             deliver(
                 frame,
                 &m,
-                self.kind,
-                self.knock_port,
-                self.scan_watch,
+                self.filter,
                 &mut self.stats,
+                &mut self.defrag,
+                now,
                 &mut f,
             );
         }
@@ -357,11 +393,11 @@ impl Capture {
             cmsg,
             last_drops,
             stats,
-            kind,
-            knock_port,
-            scan_watch,
+            filter,
+            defrag,
             ..
         } = self;
+        let kind = filter.kind;
         let m = {
             let Some(first) = buf.get_mut(..FRAME_LEN) else {
                 return Ok(0);
@@ -374,13 +410,15 @@ impl Capture {
                 MsgFlags::empty(),
             );
             match r {
-                Ok(r) => meta_of(&r, *kind, last_drops, stats),
+                Ok(r) => meta_of(&r, kind, last_drops, stats),
                 Err(Errno::EAGAIN | Errno::EINTR) => return Ok(0),
                 Err(e) => return Err(CaptureError::Recv(e.into())),
             }
         };
+        let now = Instant::now();
+        stats.reassembly_dropped += defrag.expire(now);
         let frame = buf.get(..m.len.min(FRAME_LEN)).unwrap_or_default();
-        deliver(frame, &m, *kind, *knock_port, *scan_watch, stats, &mut f);
+        deliver(frame, &m, *filter, stats, defrag, now, &mut f);
         Ok(1)
     }
 
@@ -404,7 +442,7 @@ impl Capture {
             buf,
             meta,
             batch,
-            kind,
+            filter,
             last_drops,
             stats,
             ..
@@ -423,7 +461,7 @@ impl Capture {
         )?;
         let mut n = 0;
         for (r, m) in results.zip(meta.iter_mut()) {
-            *m = meta_of(&r, *kind, last_drops, stats);
+            *m = meta_of(&r, filter.kind, last_drops, stats);
             n += 1;
         }
         Ok(n)
@@ -494,16 +532,22 @@ fn meta_of(
     }
 }
 
-/// Classifies one frame, counts it, and hands events to `f`.
+/// Classifies one frame, counts it, and hands events to `f`; a fragment
+/// goes to the reassembly, and the datagram it completes, if any, to `f`.
 fn deliver<F: FnMut(Event<'_>)>(
     frame: &[u8],
     m: &Meta,
-    kind: Kind,
-    knock_port: u16,
-    scan_watch: bool,
+    filter: Filter,
     stats: &mut CaptureStats,
+    defrag: &mut Reassembler,
+    now: Instant,
     f: &mut F,
 ) {
+    let Filter {
+        kind,
+        knock_port,
+        scan_watch,
+    } = filter;
     let class = match (kind, m.origin) {
         (Kind::Udp { local }, Origin::Udp { src, dst }) => {
             if m.truncated {
@@ -534,6 +578,26 @@ fn deliver<F: FnMut(Event<'_>)>(
         _ => Class::Ignored,
     };
     match class {
+        Class::Fragment(frag) => {
+            stats.fragments += 1;
+            let (outcome, abandoned) = defrag.add(&frag, now);
+            stats.reassembly_dropped += abandoned;
+            match outcome {
+                Outcome::Pending => {}
+                Outcome::Dropped(_) => stats.reassembly_dropped += 1,
+                Outcome::Complete(datagram) => {
+                    stats.reassembled += 1;
+                    let whole = parse::reassembled(frag.src, frag.dst, datagram, knock_port);
+                    count_and_deliver(whole, stats, f);
+                }
+            }
+        }
+        other => count_and_deliver(other, stats, f),
+    }
+}
+
+fn count_and_deliver<F: FnMut(Event<'_>)>(class: Class<'_>, stats: &mut CaptureStats, f: &mut F) {
+    match class {
         Class::Seen(e) => {
             match e {
                 Event::Knock { .. } => stats.knocks += 1,
@@ -542,7 +606,7 @@ fn deliver<F: FnMut(Event<'_>)>(
             f(e);
         }
         Class::Malformed => stats.malformed += 1,
-        Class::Ignored => stats.ignored += 1,
+        Class::Ignored | Class::Fragment(_) => stats.ignored += 1,
     }
 }
 
@@ -670,8 +734,8 @@ mod tests {
         s6.send_to(b"six", ("::1", port)).expect("send");
 
         let mut got = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while got.len() < 2 && std::time::Instant::now() < deadline {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while got.len() < 2 && Instant::now() < deadline {
             cap.poll(|e| {
                 if let Event::Knock { src, dst, payload } = e {
                     got.push((src, dst, payload.to_vec()));
@@ -710,7 +774,7 @@ mod tests {
         };
         c.read_timeout = Duration::from_millis(30);
         let mut cap = Capture::open(&c).expect("open");
-        let t = std::time::Instant::now();
+        let t = Instant::now();
         assert_eq!(cap.poll(|_| panic!("no event expected")).expect("poll"), 0);
         assert!(t.elapsed() >= Duration::from_millis(25));
         assert_eq!(

@@ -14,10 +14,11 @@
 use std::net::{IpAddr, SocketAddr};
 
 use etherparse::{
-    IpNumber, LaxIpPayloadSlice, LaxIpv4Slice, LaxIpv6Slice, LenSource, TcpHeaderSlice,
-    UdpHeaderSlice, UdpSlice,
+    IpNumber, Ipv6FragmentHeaderSlice, LaxIpPayloadSlice, LaxIpv4Slice, LaxIpv6Slice, LenSource,
+    TcpHeaderSlice, UdpHeaderSlice, UdpSlice,
 };
 
+use super::defrag::Fragment;
 use super::{Event, Proto};
 
 /// What a frame turned out to be.
@@ -25,6 +26,10 @@ use super::{Event, Proto};
 pub(crate) enum Class<'a> {
     /// A knock or a probe, as the capture reports it.
     Seen(Event<'a>),
+    /// A fragment of a UDP datagram that may be a knock: a first fragment
+    /// naming the knock port, or a later one (which names no port). For
+    /// `defrag.rs`.
+    Fragment(Fragment<'a>),
     /// Well-formed, but neither (e.g. a frame queued before the filter
     /// was attached, or a SYN-ACK).
     Ignored,
@@ -59,11 +64,18 @@ fn classify_v4(frame: &[u8], knock_port: u16, scan_watch: bool) -> Class<'_> {
     }
     let src = IpAddr::V4(h.source_addr());
     let dst = IpAddr::V4(h.destination_addr());
-    if h.fragments_offset().value() != 0 {
-        // A later fragment: no transport header to look at.
-        return Class::Ignored;
-    }
     let complete_len = payload.len_source == LenSource::Ipv4HeaderTotalLen;
+    if h.more_fragments() || h.fragments_offset().value() != 0 {
+        let f = Fragment {
+            src,
+            dst,
+            id: u32::from(h.identification()),
+            offset: usize::from(h.fragments_offset().byte_offset()),
+            more: h.more_fragments(),
+            payload: payload.payload,
+        };
+        return fragment(f, payload, complete_len, knock_port, scan_watch);
+    }
     transport(src, dst, payload, complete_len, knock_port, scan_watch)
 }
 
@@ -72,14 +84,95 @@ fn classify_v6(frame: &[u8], knock_port: u16, scan_watch: bool) -> Class<'_> {
         return Class::Malformed;
     };
     let h = ip.header();
-    if !ip.extensions().is_empty() || h.next_header() != ip.payload().ip_number {
-        // Extension headers: the kernel filter does not pass these.
-        return Class::Ignored;
-    }
     let src = IpAddr::V6(h.source_addr());
     let dst = IpAddr::V6(h.destination_addr());
     let complete_len = ip.payload().len_source == LenSource::Ipv6HeaderPayloadLen;
+    let exts = ip.extensions();
+    if exts.first_header() == Some(IpNumber::IPV6_FRAGMENTATION_HEADER) && exts.slice().len() == 8 {
+        // Only a Fragment header (RFC 8200 §4.5), as the kernel filter
+        // passes.
+        let Ok(fh) = Ipv6FragmentHeaderSlice::from_slice(exts.slice()) else {
+            return Class::Malformed;
+        };
+        let payload = ip.payload();
+        if fh.fragment_offset().value() == 0 && !fh.more_fragments() {
+            // An atomic fragment (RFC 6946): a whole datagram.
+            return transport(src, dst, payload, complete_len, knock_port, scan_watch);
+        }
+        let f = Fragment {
+            src,
+            dst,
+            id: fh.identification(),
+            offset: usize::from(fh.fragment_offset().byte_offset()),
+            more: fh.more_fragments(),
+            payload: payload.payload,
+        };
+        return fragment(f, payload, complete_len, knock_port, scan_watch);
+    }
+    if !exts.is_empty() || h.next_header() != ip.payload().ip_number {
+        // Other extension headers: the kernel filter does not pass these.
+        return Class::Ignored;
+    }
     transport(src, dst, ip.payload(), complete_len, knock_port, scan_watch)
+}
+
+/// A fragment: UDP only, whole (not cut by the snap length); a first
+/// fragment must name the knock port (with scan watch, one that names
+/// another port is a probe, as an unfragmented datagram would be).
+fn fragment<'a>(
+    f: Fragment<'a>,
+    payload: &LaxIpPayloadSlice<'a>,
+    complete_len: bool,
+    knock_port: u16,
+    scan_watch: bool,
+) -> Class<'a> {
+    if payload.ip_number != IpNumber::UDP {
+        return Class::Ignored;
+    }
+    if f.offset == 0 {
+        let Ok(udp) = UdpHeaderSlice::from_slice(f.payload) else {
+            return Class::Malformed;
+        };
+        let dst_port = udp.destination_port();
+        if dst_port != knock_port {
+            // A probe is kept to the probe snap length: only its
+            // headers count.
+            return if scan_watch {
+                Class::Seen(Event::Probe {
+                    src: f.src,
+                    dst_port,
+                    proto: Proto::Udp,
+                })
+            } else {
+                Class::Ignored
+            };
+        }
+    }
+    if payload.incomplete || !complete_len {
+        return Class::Malformed;
+    }
+    Class::Fragment(f)
+}
+
+/// A reassembled UDP datagram (header included, `defrag.rs`) to the knock
+/// port: its length field must match what was reassembled.
+pub(crate) fn reassembled<'a>(
+    src: IpAddr,
+    dst: IpAddr,
+    datagram: &'a [u8],
+    knock_port: u16,
+) -> Class<'a> {
+    let Ok(udp) = UdpSlice::from_slice(datagram) else {
+        return Class::Malformed;
+    };
+    if usize::from(udp.length()) != datagram.len() || udp.destination_port() != knock_port {
+        return Class::Malformed;
+    }
+    Class::Seen(Event::Knock {
+        src: SocketAddr::new(src, udp.source_port()),
+        dst: SocketAddr::new(dst, knock_port),
+        payload: udp.payload(),
+    })
 }
 
 fn transport<'a>(
@@ -318,10 +411,6 @@ mod tests {
         let mut f = v4_udp(PORT, b"abcd");
         f[0] = 0x44;
         assert_eq!(classify(&f, 0x0800, PORT, false), Class::Malformed);
-        // Fragmented knock (MF set).
-        let mut f = v4_udp(PORT, b"abcd");
-        f[6] |= 0x20;
-        assert_eq!(classify(&f, 0x0800, PORT, false), Class::Malformed);
         // Wrong version for the ethertype.
         assert_eq!(
             classify(&v6_udp(PORT, b"x"), 0x0800, PORT, false),
@@ -335,6 +424,119 @@ mod tests {
             classify(&v4_udp(PORT, b"x"), 0x0806, PORT, false),
             Class::Ignored
         );
+    }
+
+    /// `v6_udp` with a Fragment header between the fixed header and UDP.
+    fn v6_fragment(dport: u16, offset: u16, more: bool, id: u32) -> Vec<u8> {
+        let mut v = v6_udp(dport, b"abcdefgh");
+        let mut fh = [
+            17u8,
+            0,
+            (offset >> 5) as u8,
+            (offset << 3) as u8 | u8::from(more),
+            0,
+            0,
+            0,
+            0,
+        ];
+        fh[4..8].copy_from_slice(&id.to_be_bytes());
+        v.splice(40..40, fh);
+        v[6] = 44;
+        let plen = (v.len() as u16 - 40).to_be_bytes();
+        v[4..6].copy_from_slice(&plen);
+        v
+    }
+
+    #[test]
+    fn fragments_are_classified_for_reassembly() {
+        // IPv4 first fragment (MF set) to the knock port.
+        let mut f = v4_udp(PORT, b"abcdefgh");
+        f[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+        f[6] |= 0x20;
+        let Class::Fragment(fr) = classify(&f, 0x0800, PORT, false) else {
+            panic!("fragment expected");
+        };
+        assert_eq!(
+            (fr.src, fr.dst, fr.id, fr.offset, fr.more, fr.payload.len()),
+            (
+                Ipv4Addr::from(S4).into(),
+                Ipv4Addr::from(D4).into(),
+                0x1234,
+                0,
+                true,
+                16
+            )
+        );
+        // A later fragment (offset 3 × 8), last: no port to check.
+        let mut f = v4_udp(53, b"abcdefgh");
+        f[6..8].copy_from_slice(&3u16.to_be_bytes());
+        let Class::Fragment(fr) = classify(&f, 0x0800, PORT, false) else {
+            panic!("fragment expected");
+        };
+        assert_eq!((fr.offset, fr.more), (24, false));
+        // A first fragment to another port: ignored, or a probe.
+        let mut f = v4_udp(53, b"abcdefgh");
+        f[6] |= 0x20;
+        assert_eq!(classify(&f, 0x0800, PORT, false), Class::Ignored);
+        assert!(matches!(
+            classify(&f, 0x0800, PORT, true),
+            Class::Seen(Event::Probe { dst_port: 53, .. })
+        ));
+        // A fragment cut by the snap length is malformed, unless it is a
+        // probe (cut to the probe snap length on purpose).
+        let mut f = v4_udp(PORT, &[1u8; 64]);
+        f[6] |= 0x20;
+        assert_eq!(classify(&f[..60], 0x0800, PORT, false), Class::Malformed);
+        let mut f = v4_udp(53, &[1u8; 500]);
+        f[6] |= 0x20;
+        assert!(matches!(
+            classify(&f[..128], 0x0800, PORT, true),
+            Class::Seen(Event::Probe { dst_port: 53, .. })
+        ));
+        // IPv6: first, later, and atomic fragments.
+        let first = v6_fragment(PORT, 0, true, 77);
+        let Class::Fragment(fr) = classify(&first, 0x86dd, PORT, false) else {
+            panic!("fragment expected");
+        };
+        assert_eq!(
+            (fr.id, fr.offset, fr.more, fr.payload.len()),
+            (77, 0, true, 16)
+        );
+        let later = v6_fragment(9, 5, false, 78);
+        let Class::Fragment(fr) = classify(&later, 0x86dd, PORT, false) else {
+            panic!("fragment expected");
+        };
+        assert_eq!((fr.id, fr.offset, fr.more), (78, 40, false));
+        assert!(matches!(
+            classify(&v6_fragment(PORT, 0, false, 79), 0x86dd, PORT, false),
+            Class::Seen(Event::Knock {
+                payload: b"abcdefgh",
+                ..
+            })
+        ));
+        assert_eq!(
+            classify(&v6_fragment(53, 0, true, 80), 0x86dd, PORT, false),
+            Class::Ignored
+        );
+    }
+
+    #[test]
+    fn reassembled_datagrams_must_agree_with_their_length() {
+        let whole = v4_udp(PORT, b"knock");
+        let udp = &whole[20..];
+        let (s, d) = (IpAddr::from(S4), IpAddr::from(D4));
+        assert!(matches!(
+            reassembled(s, d, udp, PORT),
+            Class::Seen(Event::Knock {
+                payload: b"knock",
+                ..
+            })
+        ));
+        assert_eq!(
+            reassembled(s, d, &udp[..udp.len() - 1], PORT),
+            Class::Malformed
+        );
+        assert_eq!(reassembled(s, d, udp, PORT + 1), Class::Malformed);
     }
 
     #[test]

@@ -182,11 +182,20 @@ pub struct FirewallConfig {
     pub block_prefixes: BlockPrefixes,
     /// The forward chain (see [`super::forward`]): routed traffic.
     pub forward: Forward,
+    /// The `size` of each block set: the kernel holds at most this many
+    /// blocks per set and refuses more (`ENFILE`), so a flood of blocks
+    /// cannot grow kernel memory without limit. Set it to the daemon's
+    /// `[ips] max_blocks` (default [`FirewallConfig::DEFAULT_BLOCK_SET_SIZE`]).
+    pub block_set_size: u32,
 }
 
 impl FirewallConfig {
     /// `filter - 10`.
     pub const DEFAULT_PRIORITY: i32 = -10;
+
+    /// Default `size` of the block sets (the daemon's default `[ips]
+    /// max_blocks`).
+    pub const DEFAULT_BLOCK_SET_SIZE: u32 = 65_536;
 
     /// A configuration with the default table and priority and no
     /// management networks.
@@ -198,6 +207,7 @@ impl FirewallConfig {
             management: Vec::new(),
             block_prefixes: BlockPrefixes::default(),
             forward: Forward::default(),
+            block_set_size: Self::DEFAULT_BLOCK_SET_SIZE,
         }
     }
 }
@@ -289,6 +299,10 @@ fn render_into(s: &mut String, cfg: &FirewallConfig) -> fmt::Result {
         let name = set.name();
         writeln!(s, "\tset {name} {{")?;
         writeln!(s, "\t\ttype {ty}")?;
+        if !matches!(set, SetId::Allow4 | SetId::Allow6) {
+            // Bounded in the kernel too (`[ips] max_blocks`).
+            writeln!(s, "\t\tsize {}", cfg.block_set_size)?;
+        }
         writeln!(s, "\t\tflags timeout")?;
         writeln!(s, "\t}}")?;
     }
@@ -528,14 +542,17 @@ table inet spa {
 \t}
 \tset block4 {
 \t\ttype ipv4_addr
+\t\tsize 65536
 \t\tflags timeout
 \t}
 \tset block6 {
 \t\ttype ipv6_addr
+\t\tsize 65536
 \t\tflags timeout
 \t}
 \tset block6_64 {
 \t\ttype ipv6_addr
+\t\tsize 65536
 \t\tflags timeout
 \t}
 \tchain input {
@@ -644,8 +661,8 @@ table inet spa {
         };
         let text = Ruleset::render(&cfg);
         for needle in [
-            "\tset block4_24 {\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t}\n",
-            "\tset block6_48 {\n\t\ttype ipv6_addr\n\t\tflags timeout\n\t}\n",
+            "\tset block4_24 {\n\t\ttype ipv4_addr\n\t\tsize 65536\n\t\tflags timeout\n\t}\n",
+            "\tset block6_48 {\n\t\ttype ipv6_addr\n\t\tsize 65536\n\t\tflags timeout\n\t}\n",
             "\t\tip saddr @block4 drop\n\t\tip6 saddr @block6 drop\n\
              \t\tip saddr & 255.255.255.0 @block4_24 drop\n\
              \t\tip6 saddr & ffff:ffff:ffff:: @block6_48 drop\n\

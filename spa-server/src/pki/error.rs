@@ -148,3 +148,15 @@ pub enum PkiError {
         reason: String,
     },
 }
+
+impl PkiError {
+    /// The file a trust-loading error is about, if it names one (for
+    /// `status` after a failed reload).
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::File(e) => e.path(),
+            Self::Io { path, .. } | Self::Trust { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+}
