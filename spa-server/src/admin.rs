@@ -9,23 +9,24 @@ use serde_json::{Value, json};
 
 use crate::cli::ControlArgs;
 use crate::config::{self, Role};
+use crate::nft::ForwardPolicy;
 
 /// `check-config`: prints every problem as `key: problem`; exit 0 when
 /// there is none, 1 otherwise.
 pub fn check_config(path: &Path, role: Role) -> ExitCode {
     let ssh = std::env::var("SSH_CONNECTION").ok();
-    let problems = match config::load(path) {
-        Ok(cfg) => cfg.check(role, ssh.as_deref()),
-        Err(p) => p,
+    let (problems, forward) = match config::load(path) {
+        Ok(cfg) => (
+            cfg.check(role, ssh.as_deref()),
+            cfg.firewall.forward.parse().unwrap_or_default(),
+        ),
+        Err(p) => (p, ForwardPolicy::default()),
     };
     if problems.is_empty() {
         println!("{}: OK", path.display());
-        // A warning, not a problem: the default keeps routing open.
-        let policy = config::load(path)
-            .ok()
-            .and_then(|c| c.firewall.forward.parse().ok())
-            .unwrap_or_default();
-        if let Some(w) = crate::nft::open_forwarding_warning(policy, crate::nft::kernel_forwards())
+        // A warning, not a problem: the default keeps routing open (SPEC
+        // §9, "A gateway that routes").
+        if let Some(w) = crate::nft::open_forwarding_warning(forward, crate::nft::kernel_forwards())
         {
             eprintln!("warning: firewall.forward: {w}");
         }

@@ -215,7 +215,7 @@ pub struct FirewallSection {
     /// established flows and `forward_allow` cross).
     #[serde(default = "default_forward")]
     pub forward: String,
-    /// What crosses under `forward = "drop"`: "[from] CIDR [tcp/PORT]"
+    /// What crosses under `forward = "drop"`: `"[from] CIDR [tcp/PORT]"`
     /// (destination, or with `from` source, network).
     #[serde(default)]
     pub forward_allow: Vec<String>,

@@ -80,7 +80,7 @@
 //!   the operator's `forward_allow` destinations and a final `counter
 //!   drop`. The default, accept, only drops blocked sources; the daemon
 //!   and `check-config` warn when the kernel forwards. See
-//!   [`forward`](ForwardPolicy) and SPEC §9, "A gateway that routes".
+//!   [`Forward`] and SPEC §9, "A gateway that routes".
 //! * `output` (hook `output`): a locally sent TCP segment that would start
 //!   a conntrack entry without a SYN (the kernel's mid-stream pickup) is
 //!   dropped, so that a connection whose entry a revocation deleted

@@ -180,7 +180,7 @@ pub struct FirewallConfig {
     /// the /64). Set it to the intrusion prevention's aggregation, whose
     /// blocks the daemon adds.
     pub block_prefixes: BlockPrefixes,
-    /// The forward chain (see [`super::forward`]): routed traffic.
+    /// The forward chain (see [`Forward`]): routed traffic.
     pub forward: Forward,
     /// The `size` of each block set: the kernel holds at most this many
     /// blocks per set and refuses more (`ENFILE`), so a flood of blocks
