@@ -83,8 +83,9 @@
 //!   [`Forward`] and SPEC §9, "A gateway that routes".
 //! * `output` (hook `output`): a locally sent TCP segment that would start
 //!   a conntrack entry without a SYN (the kernel's mid-stream pickup) is
-//!   dropped, so that a connection whose entry a revocation deleted
-//!   ([`NftSets::end_flows`]) does not come back in the other direction.
+//!   dropped (except to management networks), so that a connection whose
+//!   entry a revocation deleted ([`NftSets::end_flows`]) does not come
+//!   back in the other direction.
 //!
 //! Netfilter semantics worth knowing: an `accept` here ends evaluation of
 //! *this* chain only. Base chains of other tables on the same hook still

@@ -389,7 +389,9 @@ fn render_into(s: &mut String, cfg: &FirewallConfig) -> fmt::Result {
     // this host sends without a SYN would create an entry in the other
     // direction, and the peer's next segments would be "established". So
     // a locally sent TCP segment that would start an entry without a SYN
-    // is dropped. RSTs and FINs never start an entry and pass.
+    // is dropped. RSTs and FINs never start an entry and pass, and so does
+    // everything to management networks (never subject to revocation: a
+    // session of theirs that conntrack lost must not stall).
     writeln!(s, "\tchain {CHAIN_OUTPUT} {{")?;
     writeln!(
         s,
@@ -397,6 +399,12 @@ fn render_into(s: &mut String, cfg: &FirewallConfig) -> fmt::Result {
         priority(cfg.priority)
     )?;
     writeln!(s, "\t\toif \"lo\" accept")?;
+    if !v4.is_empty() {
+        writeln!(s, "\t\tip daddr {{ {} }} accept", v4.join(", "))?;
+    }
+    if !v6.is_empty() {
+        writeln!(s, "\t\tip6 daddr {{ {} }} accept", v6.join(", "))?;
+    }
     writeln!(
         s,
         "\t\tct state new tcp flags & (fin | syn | rst | ack) == ack counter drop"
@@ -633,6 +641,16 @@ table inet spa {
                 "udp dport { 53 } counter drop",
                 "}",
             ]
+        );
+        // The output chain lets everything to management networks pass.
+        assert!(
+            chain(&text, "output").contains(
+                "\t\toif \"lo\" accept\n\
+                 \t\tip daddr { 192.0.2.0/24, 198.51.100.7/32 } accept\n\
+                 \t\tip6 daddr { 2001:db8::/32 } accept\n\
+                 \t\tct state new"
+            ),
+            "{text}"
         );
         // The forward chain accepts management sources first too.
         assert!(
