@@ -18,12 +18,18 @@
 //! The kernel deletes one entry per request, named by its complete
 //! original tuple (addresses, protocol, both ports, zone); a request
 //! without a tuple flushes the whole table, and only recent kernels filter
-//! a flush. So [`NftSets::end_flows`] dumps the table, keeps the entries
-//! whose original direction is *from* the session's address *to* the
-//! opening's protocol and port, and deletes each by its tuple. Entries
-//! that vanish in between (`ENOENT`) are not an error. The cost is one
-//! dump of the table per closed opening: closes are rare (a client's
-//! close, an operator's revoke, a CRL), knocks never pay it.
+//! a flush. So [`NftSets::end_flows`] dumps the entries whose original
+//! direction is *from* the session's address *to* the opening's protocol
+//! and port, and deletes each by its tuple. Entries that vanish in between
+//! (`ENOENT`) are not an error.
+//!
+//! The dump asks the kernel to filter (`CTA_FILTER` with the original
+//! source, protocol and destination port, Linux 5.9 and later): the kernel
+//! still walks its table, but sends only the matches. An older kernel
+//! ignores the filter and sends everything; a kernel that refuses it gets
+//! the plain dump. Either way the entries are matched here again, so the
+//! filter only saves work. Closes are rare (a client's close, an
+//! operator's revoke, a CRL); knocks never pay for this.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -43,6 +49,15 @@ const IPCTNL_MSG_CT_DELETE: u8 = 2;
 // enum ctattr_type.
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_ZONE: u16 = 18;
+const CTA_FILTER: u16 = 25;
+// enum ctattr_filter.
+const CTA_FILTER_ORIG_FLAGS: u16 = 1;
+const CTA_FILTER_REPLY_FLAGS: u16 = 2;
+// The fields a dump filter compares (net/netfilter/nf_conntrack_netlink.c,
+// CTA_FILTER_F_*; the same values as libnetfilter_conntrack's).
+const CTA_FILTER_F_CTA_IP_SRC: u32 = 1 << 0;
+const CTA_FILTER_F_CTA_PROTO_NUM: u32 = 1 << 3;
+const CTA_FILTER_F_CTA_PROTO_DST_PORT: u32 = 1 << 5;
 // enum ctattr_tuple.
 const CTA_TUPLE_IP: u16 = 1;
 const CTA_TUPLE_PROTO: u16 = 2;
@@ -124,7 +139,11 @@ impl NftSets {
         port: u16,
     ) -> Result<usize, ConntrackError> {
         let (sock, msg) = self.netlink();
-        let flows = dump(sock, msg)?;
+        let filter = Some((addr.to_canonical(), proto, port));
+        let flows = match dump(sock, msg, filter) {
+            Err(ConntrackError::Dump(Errno::EOPNOTSUPP | Errno::EINVAL)) => dump(sock, msg, None)?,
+            other => other?,
+        };
         let mut ended = 0;
         for t in flows.iter().filter(|t| t.admitted_by(addr, proto, port)) {
             if delete(sock, msg, t)? {
@@ -137,16 +156,24 @@ impl NftSets {
     /// The original tuples of every conntrack entry (both families).
     pub fn flows(&mut self) -> Result<Vec<FlowTuple>, ConntrackError> {
         let (sock, msg) = self.netlink();
-        dump(sock, msg)
+        dump(sock, msg, None)
     }
 }
 
-/// `IPCTNL_MSG_CT_GET` dump of the whole table (`AF_UNSPEC`: both
-/// families), restarted when interrupted.
-fn dump(sock: &mut NlSocket, msg: &mut MsgBuf) -> Result<Vec<FlowTuple>, ConntrackError> {
+/// What a filtered dump asks for: original source, protocol, destination
+/// port.
+type DumpFilter = Option<(IpAddr, Proto, u16)>;
+
+/// `IPCTNL_MSG_CT_GET` dump of the table (both families), or of the
+/// entries matching `filter`; restarted when interrupted.
+fn dump(
+    sock: &mut NlSocket,
+    msg: &mut MsgBuf,
+    filter: DumpFilter,
+) -> Result<Vec<FlowTuple>, ConntrackError> {
     'retry: for _ in 0..DUMP_RETRIES {
         let seq = sock.next_seq();
-        encode_dump(msg, seq)?;
+        encode_dump(msg, seq, filter)?;
         sock.send(msg.as_bytes())?;
         let mut flows = Vec::new();
         let mut interrupted = false;
@@ -204,16 +231,45 @@ fn delete(sock: &mut NlSocket, msg: &mut MsgBuf, t: &FlowTuple) -> Result<bool, 
     }
 }
 
-/// The dump request: header, nfgenmsg (`AF_UNSPEC`), no attributes.
-fn encode_dump(msg: &mut MsgBuf, seq: u32) -> Result<(), NftError> {
+/// The dump request: header and nfgenmsg (`AF_UNSPEC` without a filter);
+/// with a filter, the family of its address, `CTA_TUPLE_ORIG { CTA_TUPLE_IP
+/// { src }, CTA_TUPLE_PROTO { num, dport } }` and `CTA_FILTER {
+/// ORIG_FLAGS = IP_SRC | PROTO_NUM | PROTO_DST_PORT, REPLY_FLAGS = 0 }`
+/// (flags `NLA_U32`, host byte order).
+fn encode_dump(msg: &mut MsgBuf, seq: u32, filter: DumpFilter) -> Result<(), NftError> {
     msg.clear();
+    let family = match filter {
+        None => AF_UNSPEC,
+        Some((IpAddr::V4(_), ..)) => AF_INET,
+        Some((IpAddr::V6(_), ..)) => AF_INET6,
+    };
     let start = msg.begin(
         ct_type(IPCTNL_MSG_CT_GET),
         NLM_F_REQUEST | NLM_F_DUMP,
         seq,
-        AF_UNSPEC,
+        family,
         0,
     );
+    if let Some((addr, proto, port)) = filter {
+        let orig = msg.nest_begin(CTA_TUPLE_ORIG);
+        let ip = msg.nest_begin(CTA_TUPLE_IP);
+        match addr {
+            IpAddr::V4(a) => msg.attr(CTA_IP_V4_SRC, &a.octets())?,
+            IpAddr::V6(a) => msg.attr(CTA_IP_V6_SRC, &a.octets())?,
+        }
+        msg.nest_end(ip)?;
+        let p = msg.nest_begin(CTA_TUPLE_PROTO);
+        msg.attr(CTA_PROTO_NUM, &[proto.number()])?;
+        msg.attr(CTA_PROTO_DST_PORT, &port.to_be_bytes())?;
+        msg.nest_end(p)?;
+        msg.nest_end(orig)?;
+        let f = msg.nest_begin(CTA_FILTER);
+        let flags =
+            CTA_FILTER_F_CTA_IP_SRC | CTA_FILTER_F_CTA_PROTO_NUM | CTA_FILTER_F_CTA_PROTO_DST_PORT;
+        msg.attr(CTA_FILTER_ORIG_FLAGS, &flags.to_ne_bytes())?;
+        msg.attr(CTA_FILTER_REPLY_FLAGS, &0u32.to_ne_bytes())?;
+        msg.nest_end(f)?;
+    }
     msg.end(start)
 }
 
@@ -448,12 +504,56 @@ mod tests {
     #[test]
     fn dump_request_asks_for_both_families() {
         let mut m = MsgBuf::new();
-        encode_dump(&mut m, 5).expect("encode");
+        encode_dump(&mut m, 5, None).expect("encode");
         let b = m.as_bytes();
         assert_eq!(b.len(), 20);
         assert_eq!(&b[4..6], &u16ne(0x0101));
         assert_eq!(&b[6..8], &u16ne(NLM_F_REQUEST | NLM_F_DUMP));
         assert_eq!(b[16], AF_UNSPEC);
+    }
+
+    #[test]
+    fn filtered_dump_request_is_byte_exact() {
+        let mut m = MsgBuf::new();
+        let filter = Some((IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)), Proto::Tcp, 22));
+        encode_dump(&mut m, 5, filter).expect("encode");
+        let mut want = Vec::new();
+        want.extend_from_slice(&76u32.to_ne_bytes());
+        want.extend_from_slice(&u16ne(0x0101)); // CTNETLINK << 8 | CT_GET
+        want.extend_from_slice(&u16ne(NLM_F_REQUEST | NLM_F_DUMP));
+        want.extend_from_slice(&5u32.to_ne_bytes());
+        want.extend_from_slice(&0u32.to_ne_bytes());
+        want.extend_from_slice(&[0x02, 0x00, 0x00, 0x00]); // AF_INET
+        // CTA_TUPLE_ORIG { CTA_TUPLE_IP { src }, CTA_TUPLE_PROTO { 6, 22 } }.
+        want.extend_from_slice(&u16ne(36));
+        want.extend_from_slice(&u16ne(0x8001));
+        want.extend_from_slice(&u16ne(12));
+        want.extend_from_slice(&u16ne(0x8001));
+        want.extend_from_slice(&u16ne(8));
+        want.extend_from_slice(&u16ne(1));
+        want.extend_from_slice(&[0xc0, 0x00, 0x02, 0x07]);
+        want.extend_from_slice(&u16ne(20));
+        want.extend_from_slice(&u16ne(0x8002));
+        want.extend_from_slice(&u16ne(5));
+        want.extend_from_slice(&u16ne(1));
+        want.extend_from_slice(&[0x06, 0x00, 0x00, 0x00]);
+        want.extend_from_slice(&u16ne(6));
+        want.extend_from_slice(&u16ne(3));
+        want.extend_from_slice(&[0x00, 0x16, 0x00, 0x00]);
+        // CTA_FILTER { ORIG_FLAGS = 0x29, REPLY_FLAGS = 0 }.
+        want.extend_from_slice(&u16ne(20));
+        want.extend_from_slice(&u16ne(0x8000 | 25));
+        want.extend_from_slice(&u16ne(8));
+        want.extend_from_slice(&u16ne(1));
+        want.extend_from_slice(&0x29u32.to_ne_bytes());
+        want.extend_from_slice(&u16ne(8));
+        want.extend_from_slice(&u16ne(2));
+        want.extend_from_slice(&0u32.to_ne_bytes());
+        assert_eq!(m.as_bytes(), &want[..]);
+        // IPv6: the family follows the address.
+        let filter = Some(("2001:db8::7".parse().expect("addr"), Proto::Udp, 53));
+        encode_dump(&mut m, 6, filter).expect("encode");
+        assert_eq!(m.as_bytes()[16], AF_INET6);
     }
 
     #[test]
