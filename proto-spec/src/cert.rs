@@ -98,23 +98,36 @@ const OID_ED25519: &str = "1.3.101.112";
 const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
 const OID_PRIME256V1: &str = "1.2.840.10045.3.1.7";
 
-/// Reads the key, identity names and validity period. SPEC §2.2, §6.3.
-pub fn parse_client_cert(der: &[u8]) -> Result<ParsedClientCert, CertificateError> {
-    let (rest, cert) = X509Certificate::from_der(der).map_err(|_| CertificateError::BadDer)?;
+/// The client key of a DER SubjectPublicKeyInfo, under the rules of SPEC
+/// §2.2: Ed25519 whose point is not of small order, or P-256 as an
+/// uncompressed SEC 1 point on the curve. Anything else is
+/// `UnsupportedKey`. The CA tooling calls it before certifying a key.
+pub fn parse_client_spki(spki_der: &[u8]) -> Result<ClientPublicKey, CertificateError> {
+    let (rest, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki_der)
+        .map_err(|_| CertificateError::UnsupportedKey)?;
     if !rest.is_empty() {
-        return Err(CertificateError::BadDer);
+        return Err(CertificateError::UnsupportedKey);
     }
-    let spki = cert.public_key();
+    client_key_of_spki(&spki)
+}
+
+fn client_key_of_spki(
+    spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>,
+) -> Result<ClientPublicKey, CertificateError> {
     let alg = spki.algorithm.algorithm.to_id_string();
     let key_bytes: &[u8] = &spki.subject_public_key.data;
-    let public_key = if alg == OID_ED25519 {
+    if alg == OID_ED25519 {
         let raw: &[u8; 32] = key_bytes
             .try_into()
             .map_err(|_| CertificateError::UnsupportedKey)?;
-        ClientPublicKey::Ed25519(
-            ed25519_dalek::VerifyingKey::from_bytes(raw)
-                .map_err(|_| CertificateError::UnsupportedKey)?,
-        )
+        let key = ed25519_dalek::VerifyingKey::from_bytes(raw)
+            .map_err(|_| CertificateError::UnsupportedKey)?;
+        // SPEC §2.2: a small-order key verifies no signature under §4.4;
+        // refusing it here names the real fault.
+        if key.is_weak() {
+            return Err(CertificateError::UnsupportedKey);
+        }
+        Ok(ClientPublicKey::Ed25519(key))
     } else if alg == OID_EC_PUBLIC_KEY {
         let curve = spki
             .algorithm
@@ -125,13 +138,28 @@ pub fn parse_client_cert(der: &[u8]) -> Result<ParsedClientCert, CertificateErro
         if curve.as_deref() != Some(OID_PRIME256V1) {
             return Err(CertificateError::UnsupportedKey);
         }
-        ClientPublicKey::P256(
+        // SPEC §2.2, §2.4: only the uncompressed form (0x04 || x || y), so
+        // that one key has one SPKI and therefore one IdentityKey.
+        if key_bytes.len() != 65 || key_bytes[0] != 0x04 {
+            return Err(CertificateError::UnsupportedKey);
+        }
+        Ok(ClientPublicKey::P256(
             crate::sign::P256PublicKey::from_sec1_bytes(key_bytes)
                 .ok_or(CertificateError::UnsupportedKey)?,
-        )
+        ))
     } else {
-        return Err(CertificateError::UnsupportedKey);
-    };
+        Err(CertificateError::UnsupportedKey)
+    }
+}
+
+/// Reads the key, identity names and validity period. SPEC §2.2, §6.3.
+pub fn parse_client_cert(der: &[u8]) -> Result<ParsedClientCert, CertificateError> {
+    let (rest, cert) = X509Certificate::from_der(der).map_err(|_| CertificateError::BadDer)?;
+    if !rest.is_empty() {
+        return Err(CertificateError::BadDer);
+    }
+    let spki = cert.public_key();
+    let public_key = client_key_of_spki(spki)?;
 
     let mut names = Vec::new();
     for cn in cert.subject().iter_common_name() {
