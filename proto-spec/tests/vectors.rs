@@ -84,6 +84,27 @@ impl Client {
         }
     }
 
+    /// The bare private key: the RFC 8032 seed (Ed25519) or the 32-byte
+    /// scalar (P-256), for libraries that refuse RFC 5958 v2 PKCS#8.
+    fn raw_private_key(&self) -> Vec<u8> {
+        match self.alg {
+            KeyAlg::Ed25519 => {
+                use ed25519_dalek::pkcs8::DecodePrivateKey as _;
+                ed25519_dalek::SigningKey::from_pkcs8_der(&self.pkcs8)
+                    .expect("ed25519 pkcs8")
+                    .to_bytes()
+                    .to_vec()
+            }
+            KeyAlg::P256 => {
+                use p256::pkcs8::DecodePrivateKey as _;
+                p256::SecretKey::from_pkcs8_der(&self.pkcs8)
+                    .expect("p256 pkcs8")
+                    .to_bytes()
+                    .to_vec()
+            }
+        }
+    }
+
     fn alg_name(&self) -> &'static str {
         match self.alg {
             KeyAlg::Ed25519 => "ed25519",
@@ -283,6 +304,7 @@ fn knock_vector(pki: &Pki, s: &KnockSpec<'_>, v: &Verify) -> Value {
         "receiver_public_key": h(receiver.public_key().as_bytes()),
         "client_key_algorithm": s.client.alg_name(),
         "client_private_key_pkcs8": h(&s.client.pkcs8),
+        "client_private_key_raw": h(&s.client.raw_private_key()),
         "client_certificate": h(&s.client.cert),
         "msg_type": msg_type_name(s.msg_type),
         "timestamp_ms": s.timestamp_ms,
