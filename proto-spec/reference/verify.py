@@ -441,6 +441,24 @@ def utc_seconds(dt):
     return calendar.timegm(dt.utctimetuple())
 
 
+CRITICAL_OK = {"2.5.29.15", "2.5.29.37", "2.5.29.19", "2.5.29.17", "2.5.29.30", "2.5.29.31"}
+
+
+def well_formed(cert):
+    """SPEC §6.1 well-formedness of the end entity, else bad_der."""
+    try:
+        outer = der_children(der_tlv(cert.public_bytes(serialization.Encoding.DER), 0)[1])
+        tbs = der_children(outer[0][1])
+        inner_alg = tbs[2][2] if tbs[0][0] == 0xA0 else tbs[1][2]
+        exts = cert.extensions
+    except (ValueError, x509.DuplicateExtension):
+        raise certificate("bad_der") from None
+    if cert.version != x509.Version.v3 or inner_alg != outer[1][2]:
+        raise certificate("bad_der")
+    if any(e.critical and e.oid.dotted_string not in CRITICAL_OK for e in exts):
+        raise certificate("bad_der")
+
+
 def issuer_independent_checks(cert, t, end_entity):
     """Validity, basicConstraints, EKU of one certificate (SPEC §6.1 rule 1)."""
     if t < utc_seconds(cert.not_valid_before):
@@ -475,12 +493,15 @@ def check_revocation(cert, raw, issuer_cert, crls, t):
         raise certificate("other")
     if t >= utc_seconds(c.next_update):
         raise certificate("crl_expired")
-    try:
-        ku = issuer_cert["cert"].extensions.get_extension_for_oid(ExtensionOID.KEY_USAGE).value
-        if not ku.crl_sign:
-            raise certificate("other")
-    except x509.ExtensionNotFound:
-        pass
+    if not issuer_cert.get("anchor"):
+        # An intermediate issuer must allow cRLSign; an anchor's key usage
+        # is not checked (SPEC §6.1 rule 6).
+        try:
+            ku = issuer_cert["cert"].extensions.get_extension_for_oid(ExtensionOID.KEY_USAGE).value
+            if not ku.crl_sign:
+                raise certificate("other")
+        except x509.ExtensionNotFound:
+            pass
     if c.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
         raise certificate("revoked")
 
@@ -489,6 +510,7 @@ def validate_chain(cert, raw, anchors, crls, now_ms):
     """SPEC §6.1 for a path end entity -> configured anchor (the vectors
     configure no intermediates)."""
     t = now_ms // 1000
+    well_formed(cert)
     issuer_independent_checks(cert, t, end_entity=True)
     candidates = [a for a in anchors if a["raw"]["subject"] == raw["issuer"]]
     if not candidates:
@@ -514,7 +536,9 @@ def load_trust(v):
     anchors = []
     for h in v["ca_certificates"]:
         der = bytes.fromhex(h)
-        anchors.append({"cert": x509.load_der_x509_certificate(der), "raw": cert_raw_fields(der)})
+        anchors.append(
+            {"cert": x509.load_der_x509_certificate(der), "raw": cert_raw_fields(der), "anchor": True}
+        )
     crls = []
     for h in v["crls"]:
         der = bytes.fromhex(h)

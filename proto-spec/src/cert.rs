@@ -117,6 +117,10 @@ fn client_key_of_spki(
     let alg = spki.algorithm.algorithm.to_id_string();
     let key_bytes: &[u8] = &spki.subject_public_key.data;
     if alg == OID_ED25519 {
+        // RFC 8410 §3: parameters absent, so that the key has one SPKI.
+        if spki.algorithm.parameters.is_some() {
+            return Err(CertificateError::UnsupportedKey);
+        }
         let raw: &[u8; 32] = key_bytes
             .try_into()
             .map_err(|_| CertificateError::UnsupportedKey)?;
@@ -507,5 +511,72 @@ impl CertCache {
     /// True when empty.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ED25519_SPKI: &str = "302a300506032b6570032100";
+    const P256_SPKI_COMPRESSED: &str = "3039301306072a8648ce3d020106082a8648ce3d030107032200";
+    const P256_SPKI: &str = "3059301306072a8648ce3d020106082a8648ce3d030107034200";
+
+    fn spki(prefix: &str, key: &[u8]) -> Vec<u8> {
+        let mut v = hex::decode(prefix).expect("hex");
+        v.extend_from_slice(key);
+        v
+    }
+
+    fn p256_point() -> Vec<u8> {
+        let pkcs8 = crate::testkit::client_pkcs8(crate::testkit::KeyAlg::P256, "cert unit");
+        use p256::pkcs8::DecodePrivateKey as _;
+        let sk = p256::ecdsa::SigningKey::from_pkcs8_der(&pkcs8).expect("key");
+        sk.verifying_key().to_sec1_point(false).as_bytes().to_vec()
+    }
+
+    #[test]
+    fn accepts_ed25519_and_uncompressed_p256_keys() {
+        let ed = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key();
+        assert!(parse_client_spki(&spki(ED25519_SPKI, ed.as_bytes())).is_ok());
+        assert!(parse_client_spki(&spki(P256_SPKI, &p256_point())).is_ok());
+    }
+
+    #[test]
+    fn rejects_small_order_ed25519_keys() {
+        // The neutral point and a point of order 8.
+        let mut neutral = [0u8; 32];
+        neutral[0] = 1;
+        let order8 =
+            hex::decode("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a")
+                .expect("hex");
+        for key in [neutral.to_vec(), order8] {
+            assert_eq!(
+                parse_client_spki(&spki(ED25519_SPKI, &key)).err(),
+                Some(CertificateError::UnsupportedKey)
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_compressed_p256_keys() {
+        let point = p256_point();
+        let mut compressed = vec![0x02 | (point[64] & 1)];
+        compressed.extend_from_slice(&point[1..33]);
+        assert_eq!(
+            parse_client_spki(&spki(P256_SPKI_COMPRESSED, &compressed)).err(),
+            Some(CertificateError::UnsupportedKey)
+        );
+    }
+
+    #[test]
+    fn rejects_ed25519_keys_with_algorithm_parameters() {
+        // AlgorithmIdentifier { id-Ed25519, NULL }: a second SPKI for one key.
+        let ed = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key();
+        let der = spki("302c300706032b65700500032100", ed.as_bytes());
+        assert_eq!(
+            parse_client_spki(&der).err(),
+            Some(CertificateError::UnsupportedKey)
+        );
     }
 }
