@@ -183,7 +183,18 @@ impl TestCa {
         not_before_ms: u64,
         not_after_ms: u64,
     ) -> Result<Self, TestkitError> {
-        let pkcs8 = client_pkcs8(KeyAlg::Ed25519, &format!("ca {name}"));
+        Self::with_key_label(name, &format!("ca {name}"), not_before_ms, not_after_ms)
+    }
+
+    /// A CA named `name` whose key comes from `key_label`: two CAs with one
+    /// name and different keys (SPEC §6.1 matches CRLs by name only).
+    pub fn with_key_label(
+        name: &str,
+        key_label: &str,
+        not_before_ms: u64,
+        not_after_ms: u64,
+    ) -> Result<Self, TestkitError> {
+        let pkcs8 = client_pkcs8(KeyAlg::Ed25519, key_label);
         let key = KeyPair::try_from(pkcs8.as_slice()).map_err(err)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();

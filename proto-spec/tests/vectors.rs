@@ -586,6 +586,25 @@ fn generate_knocks(pki: &Pki) -> Value {
         push_ok(s, vv, CLIENT4, 30);
     }
     {
+        // SPEC §6.1 rule 6: only the first configured CRL of an issuer
+        // counts; a later one listing alice's serial is not consulted.
+        let s = KnockSpec::new(
+            "open_first_matching_crl_decides",
+            "Two CRLs of the CA: the first revokes nothing, the second revokes serial 1001 (alice). Only the first CRL whose issuer matches is consulted: accepted (SPEC §6.1). Configure one CRL per CA.",
+            &alice,
+        );
+        let empty = pki.ca.crl(&[], T_2026, NOW + 7 * 86_400_000).expect("crl");
+        let revoking = pki
+            .ca
+            .crl(&[1001], T_2026, NOW + 7 * 86_400_000)
+            .expect("crl");
+        let vv = Verify {
+            crls: vec![empty, revoking],
+            ..v()
+        };
+        push_ok(s, vv, CLIENT4, 30);
+    }
+    {
         let s = KnockSpec::new(
             "open_above_global_floor",
             "The global floor G is TS-1 and the identity has no floor: TS is above G, accepted.",
@@ -1180,6 +1199,29 @@ fn generate_knocks(pki: &Pki) -> Value {
             ),
             &Verify {
                 crls: vec![forged_crl],
+                ..v()
+            },
+        ),
+        c(C::Other),
+    );
+
+    // SPEC §6.1: a CRL is found by its issuer name alone (not by the
+    // Authority Key Identifier), and only the first one found counts.
+    let namesake = TestCa::with_key_label("spa test root", "ca namesake", T_2026, testkit::T_2036)
+        .expect("namesake");
+    let namesake_crl = namesake
+        .crl(&[], T_2026, NOW + 7 * 86_400_000)
+        .expect("crl");
+    push_refuse(
+        knock_vector(
+            pki,
+            &KnockSpec::new(
+                "certificate_crl_same_name_other_key",
+                "The only CRL names the CA as issuer but is signed by another key (its Authority Key Identifier differs): it is the CRL for alice's issuer, by name, and its signature fails: certificate(other) (SPEC §6.1).",
+                &alice,
+            ),
+            &Verify {
+                crls: vec![namesake_crl],
                 ..v()
             },
         ),
