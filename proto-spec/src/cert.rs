@@ -569,6 +569,74 @@ mod tests {
         );
     }
 
+    /// DER TLV with a definite length.
+    fn tlv(tag: u8, value: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        match value.len() {
+            n if n < 0x80 => out.push(n as u8),
+            n if n < 0x100 => out.extend([0x81, n as u8]),
+            n => out.extend([0x82, (n >> 8) as u8, n as u8]),
+        }
+        out.extend_from_slice(value);
+        out
+    }
+
+    /// Header and value lengths of the DER element at the start of `der`.
+    fn header(der: &[u8]) -> (usize, usize) {
+        match der[1] {
+            n if n < 0x80 => (2, n as usize),
+            0x81 => (3, der[2] as usize),
+            _ => (4, (der[2] as usize) << 8 | der[3] as usize),
+        }
+    }
+
+    /// The elements inside the DER element `der`, each as its full TLV.
+    fn children(der: &[u8]) -> Vec<Vec<u8>> {
+        let (hdr, len) = header(der);
+        let mut out = Vec::new();
+        let mut rest = &der[hdr..hdr + len];
+        while !rest.is_empty() {
+            let (h, l) = header(rest);
+            out.push(rest[..h + l].to_vec());
+            rest = &rest[h + l..];
+        }
+        out
+    }
+
+    #[test]
+    fn trust_refuses_a_crl_without_next_update() {
+        // SPEC §6.1: a CRL without nextUpdate is a configuration error, never
+        // a CRL that is silently skipped or never expires.
+        let ca = crate::testkit::TestCa::new("spa test root").expect("ca");
+        let crl = ca
+            .crl(&[], crate::testkit::T_2026, crate::testkit::T_2036)
+            .expect("crl");
+        let [tbs, alg, sig] = &children(&crl)[..] else {
+            panic!("CertificateList has three parts")
+        };
+        // TBSCertList: version, signature, issuer, thisUpdate, nextUpdate, ...
+        let mut fields = children(tbs);
+        let rebuilt = tlv(
+            0x30,
+            &[tlv(0x30, &fields.concat()), alg.clone(), sig.clone()].concat(),
+        );
+        assert_eq!(rebuilt, crl, "the DER rebuild is exact");
+        assert_eq!(fields[4][0], 0x17, "nextUpdate is a UTCTime");
+        fields.remove(4);
+        let tbs = tlv(0x30, &fields.concat());
+        let without = tlv(0x30, &[tbs, alg.clone(), sig.clone()].concat());
+        let config = |crl: Vec<u8>| TrustConfig {
+            anchors: vec![ca.cert_der().to_vec()],
+            crls: vec![crl],
+            ..TrustConfig::default()
+        };
+        assert!(TrustStore::new(&config(crl.clone())).is_ok());
+        assert!(matches!(
+            TrustStore::new(&config(without)),
+            Err(TrustError::BadCrl { index: 0, .. })
+        ));
+    }
+
     #[test]
     fn rejects_ed25519_keys_with_algorithm_parameters() {
         // AlgorithmIdentifier { id-Ed25519, NULL }: a second SPKI for one key.
