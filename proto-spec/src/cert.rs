@@ -98,23 +98,40 @@ const OID_ED25519: &str = "1.3.101.112";
 const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
 const OID_PRIME256V1: &str = "1.2.840.10045.3.1.7";
 
-/// Reads the key, identity names and validity period. SPEC §2.2, §6.3.
-pub fn parse_client_cert(der: &[u8]) -> Result<ParsedClientCert, CertificateError> {
-    let (rest, cert) = X509Certificate::from_der(der).map_err(|_| CertificateError::BadDer)?;
+/// The client key of a DER SubjectPublicKeyInfo, under the rules of SPEC
+/// §2.2: Ed25519 whose point is not of small order, or P-256 as an
+/// uncompressed SEC 1 point on the curve. Anything else is
+/// `UnsupportedKey`. The CA tooling calls it before certifying a key.
+pub fn parse_client_spki(spki_der: &[u8]) -> Result<ClientPublicKey, CertificateError> {
+    let (rest, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki_der)
+        .map_err(|_| CertificateError::UnsupportedKey)?;
     if !rest.is_empty() {
-        return Err(CertificateError::BadDer);
+        return Err(CertificateError::UnsupportedKey);
     }
-    let spki = cert.public_key();
+    client_key_of_spki(&spki)
+}
+
+fn client_key_of_spki(
+    spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>,
+) -> Result<ClientPublicKey, CertificateError> {
     let alg = spki.algorithm.algorithm.to_id_string();
     let key_bytes: &[u8] = &spki.subject_public_key.data;
-    let public_key = if alg == OID_ED25519 {
+    if alg == OID_ED25519 {
+        // RFC 8410 §3: parameters absent, so that the key has one SPKI.
+        if spki.algorithm.parameters.is_some() {
+            return Err(CertificateError::UnsupportedKey);
+        }
         let raw: &[u8; 32] = key_bytes
             .try_into()
             .map_err(|_| CertificateError::UnsupportedKey)?;
-        ClientPublicKey::Ed25519(
-            ed25519_dalek::VerifyingKey::from_bytes(raw)
-                .map_err(|_| CertificateError::UnsupportedKey)?,
-        )
+        let key = ed25519_dalek::VerifyingKey::from_bytes(raw)
+            .map_err(|_| CertificateError::UnsupportedKey)?;
+        // SPEC §2.2: a small-order key verifies no signature under §4.4;
+        // refusing it here names the real fault.
+        if key.is_weak() {
+            return Err(CertificateError::UnsupportedKey);
+        }
+        Ok(ClientPublicKey::Ed25519(key))
     } else if alg == OID_EC_PUBLIC_KEY {
         let curve = spki
             .algorithm
@@ -125,13 +142,28 @@ pub fn parse_client_cert(der: &[u8]) -> Result<ParsedClientCert, CertificateErro
         if curve.as_deref() != Some(OID_PRIME256V1) {
             return Err(CertificateError::UnsupportedKey);
         }
-        ClientPublicKey::P256(
+        // SPEC §2.2, §2.4: only the uncompressed form (0x04 || x || y), so
+        // that one key has one SPKI and therefore one IdentityKey.
+        if key_bytes.len() != 65 || key_bytes[0] != 0x04 {
+            return Err(CertificateError::UnsupportedKey);
+        }
+        Ok(ClientPublicKey::P256(
             crate::sign::P256PublicKey::from_sec1_bytes(key_bytes)
                 .ok_or(CertificateError::UnsupportedKey)?,
-        )
+        ))
     } else {
-        return Err(CertificateError::UnsupportedKey);
-    };
+        Err(CertificateError::UnsupportedKey)
+    }
+}
+
+/// Reads the key, identity names and validity period. SPEC §2.2, §6.3.
+pub fn parse_client_cert(der: &[u8]) -> Result<ParsedClientCert, CertificateError> {
+    let (rest, cert) = X509Certificate::from_der(der).map_err(|_| CertificateError::BadDer)?;
+    if !rest.is_empty() {
+        return Err(CertificateError::BadDer);
+    }
+    let spki = cert.public_key();
+    let public_key = client_key_of_spki(spki)?;
 
     let mut names = Vec::new();
     for cn in cert.subject().iter_common_name() {
@@ -479,5 +511,140 @@ impl CertCache {
     /// True when empty.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ED25519_SPKI: &str = "302a300506032b6570032100";
+    const P256_SPKI_COMPRESSED: &str = "3039301306072a8648ce3d020106082a8648ce3d030107032200";
+    const P256_SPKI: &str = "3059301306072a8648ce3d020106082a8648ce3d030107034200";
+
+    fn spki(prefix: &str, key: &[u8]) -> Vec<u8> {
+        let mut v = hex::decode(prefix).expect("hex");
+        v.extend_from_slice(key);
+        v
+    }
+
+    fn p256_point() -> Vec<u8> {
+        let pkcs8 = crate::testkit::client_pkcs8(crate::testkit::KeyAlg::P256, "cert unit");
+        use p256::pkcs8::DecodePrivateKey as _;
+        let sk = p256::ecdsa::SigningKey::from_pkcs8_der(&pkcs8).expect("key");
+        sk.verifying_key().to_sec1_point(false).as_bytes().to_vec()
+    }
+
+    #[test]
+    fn accepts_ed25519_and_uncompressed_p256_keys() {
+        let ed = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key();
+        assert!(parse_client_spki(&spki(ED25519_SPKI, ed.as_bytes())).is_ok());
+        assert!(parse_client_spki(&spki(P256_SPKI, &p256_point())).is_ok());
+    }
+
+    #[test]
+    fn rejects_small_order_ed25519_keys() {
+        // The neutral point and a point of order 8.
+        let mut neutral = [0u8; 32];
+        neutral[0] = 1;
+        let order8 =
+            hex::decode("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a")
+                .expect("hex");
+        for key in [neutral.to_vec(), order8] {
+            assert_eq!(
+                parse_client_spki(&spki(ED25519_SPKI, &key)).err(),
+                Some(CertificateError::UnsupportedKey)
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_compressed_p256_keys() {
+        let point = p256_point();
+        let mut compressed = vec![0x02 | (point[64] & 1)];
+        compressed.extend_from_slice(&point[1..33]);
+        assert_eq!(
+            parse_client_spki(&spki(P256_SPKI_COMPRESSED, &compressed)).err(),
+            Some(CertificateError::UnsupportedKey)
+        );
+    }
+
+    /// DER TLV with a definite length.
+    fn tlv(tag: u8, value: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        match value.len() {
+            n if n < 0x80 => out.push(n as u8),
+            n if n < 0x100 => out.extend([0x81, n as u8]),
+            n => out.extend([0x82, (n >> 8) as u8, n as u8]),
+        }
+        out.extend_from_slice(value);
+        out
+    }
+
+    /// Header and value lengths of the DER element at the start of `der`.
+    fn header(der: &[u8]) -> (usize, usize) {
+        match der[1] {
+            n if n < 0x80 => (2, n as usize),
+            0x81 => (3, der[2] as usize),
+            _ => (4, (der[2] as usize) << 8 | der[3] as usize),
+        }
+    }
+
+    /// The elements inside the DER element `der`, each as its full TLV.
+    fn children(der: &[u8]) -> Vec<Vec<u8>> {
+        let (hdr, len) = header(der);
+        let mut out = Vec::new();
+        let mut rest = &der[hdr..hdr + len];
+        while !rest.is_empty() {
+            let (h, l) = header(rest);
+            out.push(rest[..h + l].to_vec());
+            rest = &rest[h + l..];
+        }
+        out
+    }
+
+    #[test]
+    fn trust_refuses_a_crl_without_next_update() {
+        // SPEC §6.1: a CRL without nextUpdate is a configuration error, never
+        // a CRL that is silently skipped or never expires.
+        let ca = crate::testkit::TestCa::new("spa test root").expect("ca");
+        let crl = ca
+            .crl(&[], crate::testkit::T_2026, crate::testkit::T_2036)
+            .expect("crl");
+        let [tbs, alg, sig] = &children(&crl)[..] else {
+            panic!("CertificateList has three parts")
+        };
+        // TBSCertList: version, signature, issuer, thisUpdate, nextUpdate, ...
+        let mut fields = children(tbs);
+        let rebuilt = tlv(
+            0x30,
+            &[tlv(0x30, &fields.concat()), alg.clone(), sig.clone()].concat(),
+        );
+        assert_eq!(rebuilt, crl, "the DER rebuild is exact");
+        assert_eq!(fields[4][0], 0x17, "nextUpdate is a UTCTime");
+        fields.remove(4);
+        let tbs = tlv(0x30, &fields.concat());
+        let without = tlv(0x30, &[tbs, alg.clone(), sig.clone()].concat());
+        let config = |crl: Vec<u8>| TrustConfig {
+            anchors: vec![ca.cert_der().to_vec()],
+            crls: vec![crl],
+            ..TrustConfig::default()
+        };
+        assert!(TrustStore::new(&config(crl.clone())).is_ok());
+        assert!(matches!(
+            TrustStore::new(&config(without)),
+            Err(TrustError::BadCrl { index: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_ed25519_keys_with_algorithm_parameters() {
+        // AlgorithmIdentifier { id-Ed25519, NULL }: a second SPKI for one key.
+        let ed = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key();
+        let der = spki("302c300706032b65700500032100", ed.as_bytes());
+        assert_eq!(
+            parse_client_spki(&der).err(),
+            Some(CertificateError::UnsupportedKey)
+        );
     }
 }

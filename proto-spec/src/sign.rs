@@ -223,3 +223,105 @@ impl GatewaySigner {
         self.key.sign(transcript).to_bytes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Independent anchors for the signing path: the RFC 8032 §7.1 Ed25519
+    //! vectors (TEST 1-3) and the RFC 6979 A.2.5 P-256/SHA-256 vectors,
+    //! typed in from the RFCs. The spa vectors (SPEC §10) are produced by
+    //! this code; these are not.
+
+    use super::*;
+
+    fn unhex(s: &str) -> Vec<u8> {
+        hex::decode(s).expect("hex")
+    }
+
+    fn seed(s: &str) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(unhex(s).try_into().expect("32 bytes"))
+    }
+
+    /// (secret key, public key, message, signature): RFC 8032 §7.1.
+    const RFC8032: [(&str, &str, &str, &str); 3] = [
+        (
+            "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+            "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+            "",
+            "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e06522490155\
+             5fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b",
+        ),
+        (
+            "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb",
+            "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c",
+            "72",
+            "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da\
+             085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00",
+        ),
+        (
+            "c5aa8df43f9f837bedb7442f31dcb7b166d38535076f094b85ce3a2e0b4458f7",
+            "fc51cd8e6218a1a38da47ed00230f0580816ed13ba3303ac5deb911548908025",
+            "af82",
+            "6291d657deec24024827e69c3abe01a30ce548a284743a445e3680d7db5ac3ac\
+             18ff9b538d16f290ae67f760984dc6594a7c15e9716ed28dc027beceea1ec40a",
+        ),
+    ];
+
+    #[test]
+    fn ed25519_signers_reproduce_rfc8032_test_vectors() {
+        for (sk, pk, msg, sig) in RFC8032 {
+            let client = Ed25519Signer::from_seed(&seed(sk), vec![]);
+            assert_eq!(hex::encode(client.public_key()), pk);
+            let got = client.sign(&unhex(msg)).expect("sign");
+            assert_eq!(hex::encode(got), sig, "client signer, message {msg:?}");
+            let gateway = GatewaySigner::from_seed(&seed(sk));
+            assert_eq!(hex::encode(gateway.public_key()), pk);
+            assert_eq!(hex::encode(gateway.sign(&unhex(msg))), sig);
+        }
+    }
+
+    #[test]
+    fn ed25519_verification_accepts_rfc8032_and_refuses_a_changed_byte() {
+        for (_, pk, msg, sig) in RFC8032 {
+            let key = ClientPublicKey::Ed25519(
+                ed25519_dalek::VerifyingKey::from_bytes(&unhex(pk).try_into().expect("32"))
+                    .expect("key"),
+            );
+            let mut sig: [u8; SIGNATURE_LEN] = unhex(sig).try_into().expect("64");
+            assert!(key.verify(&unhex(msg), &sig));
+            sig[0] ^= 0x01;
+            assert!(!key.verify(&unhex(msg), &sig));
+        }
+    }
+
+    #[test]
+    fn p256_signer_reproduces_rfc6979_a25_sha256_vectors() {
+        use p256::pkcs8::EncodePrivateKey as _;
+        // RFC 6979 A.2.5: private key x, then (message, r, s) with SHA-256.
+        let x = unhex("c9afa9d845ba75166b5c215767b1d6934e50c3db36e89b127b8a622b120f6721");
+        let der = p256::SecretKey::from_slice(&x)
+            .expect("scalar")
+            .to_pkcs8_der()
+            .expect("pkcs8");
+        let signer = P256Signer::from_pkcs8_der(der.as_bytes(), vec![]).expect("signer");
+        let key = ClientPublicKey::P256(
+            P256PublicKey::from_sec1_bytes(&signer.public_key_sec1()).expect("point"),
+        );
+        for (msg, r, s) in [
+            (
+                "sample",
+                "efd48b2aacb6a8fd1140dd9cd45e81d69d2c877b56aaf991c34d0ea84eaf3716",
+                "f7cb1c942d657c41d436c7a1b6e29f65f3e900dbb9aff4064dc4ab2f843acda8",
+            ),
+            (
+                "test",
+                "f1abb023518351cd71d881567b1ea663ed3efcf6c5132b354f28d3b0b7d38367",
+                "019f4113742a2b14bd25926b49c649155f267e60d3814b4c0cc84250e46f0083",
+            ),
+        ] {
+            let sig = signer.sign(msg.as_bytes()).expect("sign");
+            assert_eq!(hex::encode(&sig[..32]), r, "r for {msg:?}");
+            assert_eq!(hex::encode(&sig[32..]), s, "s for {msg:?}");
+            assert!(key.verify(msg.as_bytes(), &sig));
+        }
+    }
+}

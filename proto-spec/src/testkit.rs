@@ -103,6 +103,28 @@ pub fn client_pkcs8(alg: KeyAlg, label: &str) -> Zeroizing<Vec<u8>> {
     }
 }
 
+/// The algorithm a raw test key is declared with ([`TestCa::issue_raw_key`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawKeyAlg {
+    /// id-Ed25519, 32 bytes.
+    Ed25519,
+    /// id-ecPublicKey on secp256r1, a SEC 1 point.
+    P256,
+    /// id-ecPublicKey on secp384r1 (never a valid client key).
+    P384,
+}
+
+/// A subjectAltName entry of a test certificate.
+#[derive(Debug, Clone, Copy)]
+pub enum SubjectAltName<'a> {
+    /// rfc822Name.
+    Email(&'a str),
+    /// dNSName.
+    Dns(&'a str),
+    /// uniformResourceIdentifier.
+    Uri(&'a str),
+}
+
 /// What kind of certificate to issue.
 #[derive(Debug, Clone)]
 pub struct ClientCertSpec {
@@ -161,7 +183,18 @@ impl TestCa {
         not_before_ms: u64,
         not_after_ms: u64,
     ) -> Result<Self, TestkitError> {
-        let pkcs8 = client_pkcs8(KeyAlg::Ed25519, &format!("ca {name}"));
+        Self::with_key_label(name, &format!("ca {name}"), not_before_ms, not_after_ms)
+    }
+
+    /// A CA named `name` whose key comes from `key_label`: two CAs with one
+    /// name and different keys (SPEC §6.1 matches CRLs by name only).
+    pub fn with_key_label(
+        name: &str,
+        key_label: &str,
+        not_before_ms: u64,
+        not_after_ms: u64,
+    ) -> Result<Self, TestkitError> {
+        let pkcs8 = client_pkcs8(KeyAlg::Ed25519, key_label);
         let key = KeyPair::try_from(pkcs8.as_slice()).map_err(err)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
@@ -237,22 +270,40 @@ impl TestCa {
     /// (an algorithm spa does not accept for clients). There is no private
     /// key: the certificate exists to test the `unsupported_key` refusal.
     pub fn issue_p384_placeholder(&self, cn: &str, serial: u64) -> Result<Vec<u8>, TestkitError> {
-        struct P384Point(Vec<u8>);
-        impl rcgen::PublicKeyData for P384Point {
-            fn der_bytes(&self) -> &[u8] {
-                &self.0
-            }
-            fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
-                &rcgen::PKCS_ECDSA_P384_SHA384
-            }
-        }
-        // An uncompressed SEC1 point: 0x04 || x || y (48 bytes each). The
+        // Any 97 bytes do for an uncompressed P-384 point here: the subject
         // bytes are never used as a key: the curve OID is refused first.
         let mut point = vec![0x04];
         point.extend_from_slice(&seed("p384 x"));
         point.extend_from_slice(&seed("p384 x")[..16]);
         point.extend_from_slice(&seed("p384 y"));
         point.extend_from_slice(&seed("p384 y")[..16]);
+        self.issue_raw_key(cn, serial, RawKeyAlg::P384, point)
+    }
+
+    /// Issues a client-auth certificate for the raw subject key `key`
+    /// (the BIT STRING content of its SPKI), with no private key: for
+    /// certificates whose key a receiver must refuse (SPEC §2.2).
+    pub fn issue_raw_key(
+        &self,
+        cn: &str,
+        serial: u64,
+        alg: RawKeyAlg,
+        key: Vec<u8>,
+    ) -> Result<Vec<u8>, TestkitError> {
+        struct RawKey(Vec<u8>, &'static rcgen::SignatureAlgorithm);
+        impl rcgen::PublicKeyData for RawKey {
+            fn der_bytes(&self) -> &[u8] {
+                &self.0
+            }
+            fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+                self.1
+            }
+        }
+        let alg = match alg {
+            RawKeyAlg::Ed25519 => &rcgen::PKCS_ED25519,
+            RawKeyAlg::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            RawKeyAlg::P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        };
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, cn);
@@ -262,9 +313,46 @@ impl TestCa {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_identifier_method = KeyIdMethod::Sha256;
         let cert = params
-            .signed_by(&P384Point(point), &self.issuer())
+            .signed_by(&RawKey(key, alg), &self.issuer())
             .map_err(err)?;
         Ok(cert.der().to_vec())
+    }
+
+    /// Like [`TestCa::issue`], with the subjectAltName entries `sans` in
+    /// this order (SPEC §6.3 keeps SAN order) instead of the one e-mail.
+    pub fn issue_with_sans(
+        &self,
+        spec: &ClientCertSpec,
+        sans: &[SubjectAltName<'_>],
+    ) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), TestkitError> {
+        let pkcs8 = client_pkcs8(spec.alg, &spec.key_label);
+        let subject_key = KeyPair::try_from(pkcs8.as_slice()).map_err(err)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, spec.cn.as_str());
+        params.subject_alt_names = sans
+            .iter()
+            .map(|s| {
+                Ok(match *s {
+                    SubjectAltName::Email(v) => SanType::Rfc822Name(v.try_into().map_err(err)?),
+                    SubjectAltName::Dns(v) => SanType::DnsName(v.try_into().map_err(err)?),
+                    SubjectAltName::Uri(v) => SanType::URI(v.try_into().map_err(err)?),
+                })
+            })
+            .collect::<Result<_, TestkitError>>()?;
+        params.serial_number = Some(SerialNumber::from_slice(&spec.serial.to_be_bytes()));
+        params.not_before = ms_to_time(spec.not_before_ms);
+        params.not_after = ms_to_time(spec.not_after_ms);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.key_identifier_method = KeyIdMethod::Sha256;
+        let cert = params
+            .signed_by(&subject_key, &self.issuer())
+            .map_err(err)?;
+        Ok((cert.der().to_vec(), pkcs8))
     }
 
     /// Issues a certificate and wraps it with its key in a software signer.

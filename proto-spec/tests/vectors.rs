@@ -22,7 +22,9 @@ use proto_spec::sign::{
     Ed25519Signer, GatewaySigner, KNOCK_SIGNATURE_CONTEXT, ORDER_SIGNATURE_CONTEXT, P256Signer,
     Signer, transcript,
 };
-use proto_spec::testkit::{self, ClientCertSpec, KeyAlg, T_2026, TestCa, VECTOR_NOW};
+use proto_spec::testkit::{
+    self, ClientCertSpec, KeyAlg, RawKeyAlg, SubjectAltName, T_2026, TestCa, VECTOR_NOW,
+};
 use proto_spec::verify::{Gateway, KnockVerifier, OrderAction, OrderVerifier};
 use proto_spec::wire::{DatagramKind, MAC_LEN};
 use proto_spec::{Refusal, hpke_suite};
@@ -78,6 +80,27 @@ impl Client {
             ),
             KeyAlg::P256 => {
                 Box::new(P256Signer::from_pkcs8_der(&self.pkcs8, self.cert.clone()).expect("key"))
+            }
+        }
+    }
+
+    /// The bare private key: the RFC 8032 seed (Ed25519) or the 32-byte
+    /// scalar (P-256), for libraries that refuse RFC 5958 v2 PKCS#8.
+    fn raw_private_key(&self) -> Vec<u8> {
+        match self.alg {
+            KeyAlg::Ed25519 => {
+                use ed25519_dalek::pkcs8::DecodePrivateKey as _;
+                ed25519_dalek::SigningKey::from_pkcs8_der(&self.pkcs8)
+                    .expect("ed25519 pkcs8")
+                    .to_bytes()
+                    .to_vec()
+            }
+            KeyAlg::P256 => {
+                use p256::pkcs8::DecodePrivateKey as _;
+                p256::SecretKey::from_pkcs8_der(&self.pkcs8)
+                    .expect("p256 pkcs8")
+                    .to_bytes()
+                    .to_vec()
             }
         }
     }
@@ -217,6 +240,8 @@ struct Verify {
     crls: Vec<Vec<u8>>,
     policy: Value,
     floors: Vec<(IdentityKey, u64)>,
+    /// The global floor `G` (SPEC §7.2), if the store has one.
+    global_floor: Option<u64>,
 }
 
 impl Verify {
@@ -227,6 +252,7 @@ impl Verify {
             crls: vec![],
             policy: default_policy_json(),
             floors: vec![],
+            global_floor: None,
         }
     }
 }
@@ -241,6 +267,7 @@ fn verify_json(pki: &Pki, v: &Verify, verifier: &ReceiverSecretKey) -> Value {
         "policy": v.policy,
         "max_age_ms": 60000,
         "max_future_skew_ms": 10000,
+        "global_floor_ms": v.global_floor,
         "replay_floors": v.floors.iter().map(|(k, t)| json!({"identity_key": h(&k.0), "timestamp_ms": t})).collect::<Vec<_>>(),
     })
 }
@@ -277,6 +304,7 @@ fn knock_vector(pki: &Pki, s: &KnockSpec<'_>, v: &Verify) -> Value {
         "receiver_public_key": h(receiver.public_key().as_bytes()),
         "client_key_algorithm": s.client.alg_name(),
         "client_private_key_pkcs8": h(&s.client.pkcs8),
+        "client_private_key_raw": h(&s.client.raw_private_key()),
         "client_certificate": h(&s.client.cert),
         "msg_type": msg_type_name(s.msg_type),
         "timestamp_ms": s.timestamp_ms,
@@ -553,6 +581,71 @@ fn generate_knocks(pki: &Pki) -> Value {
         };
         let vv = Verify {
             floors: vec![(alice.identity(), TS)],
+            ..v()
+        };
+        push_ok(s, vv, CLIENT4, 30);
+    }
+    {
+        // SPEC §6.1 rule 6: only the first configured CRL of an issuer
+        // counts; a later one listing alice's serial is not consulted.
+        let s = KnockSpec::new(
+            "open_first_matching_crl_decides",
+            "Two CRLs of the CA: the first revokes nothing, the second revokes serial 1001 (alice). Only the first CRL whose issuer matches is consulted: accepted (SPEC §6.1). Configure one CRL per CA.",
+            &alice,
+        );
+        let empty = pki.ca.crl(&[], T_2026, NOW + 7 * 86_400_000).expect("crl");
+        let revoking = pki
+            .ca
+            .crl(&[1001], T_2026, NOW + 7 * 86_400_000)
+            .expect("crl");
+        let vv = Verify {
+            crls: vec![empty, revoking],
+            ..v()
+        };
+        push_ok(s, vv, CLIENT4, 30);
+    }
+    {
+        let s = KnockSpec::new(
+            "open_above_global_floor",
+            "The global floor G is TS-1 and the identity has no floor: TS is above G, accepted.",
+            &alice,
+        );
+        let vv = Verify {
+            global_floor: Some(TS - 1),
+            ..v()
+        };
+        push_ok(s, vv, CLIENT4, 30);
+    }
+    {
+        let (cert, pkcs8) = pki
+            .ca
+            .issue_with_sans(
+                &ClientCertSpec::new("dave", KeyAlg::Ed25519, 1005),
+                &[
+                    SubjectAltName::Dns("b.example.org"),
+                    SubjectAltName::Email("dave@example.org"),
+                    SubjectAltName::Uri("https://example.org/dave"),
+                    SubjectAltName::Dns("a.example.org"),
+                ],
+            )
+            .expect("dave");
+        let dave = Client {
+            alg: KeyAlg::Ed25519,
+            cert,
+            pkcs8,
+        };
+        let s = KnockSpec::new(
+            "open_names_in_san_order",
+            "Identity names are the subject CNs, then the subjectAltName entries in the certificate's order, not grouped by type (SPEC §6.3); the rule names the last one.",
+            &dave,
+        );
+        let vv = Verify {
+            policy: json!({
+                "rules": [{"identity": "dns:a.example.org", "services": ["tunnel"]}],
+                "max_lifetime_s": 3600,
+                "allow_source_mode": false,
+                "require_source_match": true
+            }),
             ..v()
         };
         push_ok(s, vv, CLIENT4, 30);
@@ -883,6 +976,21 @@ fn generate_knocks(pki: &Pki) -> Value {
         ),
         Refusal::Replayed,
     );
+    push_refuse(
+        knock_vector(
+            pki,
+            &KnockSpec::new(
+                "replayed_global_floor",
+                "No floor for the identity, but the global floor G equals the knock's timestamp (SPEC §7.2: ts > G is required).",
+                &alice,
+            ),
+            &Verify {
+                global_floor: Some(TS),
+                ..v()
+            },
+        ),
+        Refusal::Replayed,
+    );
 
     let c = |r| Refusal::Certificate(r);
     use proto_spec::CertificateError as C;
@@ -1027,6 +1135,99 @@ fn generate_knocks(pki: &Pki) -> Value {
         c(C::CrlExpired),
     );
 
+    // SPEC §2.2: one encoding of a P-256 key, so one IdentityKey per key.
+    let compressed = {
+        let parsed = parse_client_cert(&alice_p.cert).expect("cert");
+        let proto_spec::sign::ClientPublicKey::P256(pk) = parsed.public_key else {
+            panic!("alice_p is P-256")
+        };
+        let point = pk.as_sec1_bytes();
+        let mut c = vec![0x02 | (point[64] & 1)];
+        c.extend_from_slice(&point[1..33]);
+        c
+    };
+    let alice_compressed = Client {
+        cert: pki
+            .ca
+            .issue_raw_key("alice", 1014, RawKeyAlg::P256, compressed)
+            .expect("compressed"),
+        ..alice_p.clone()
+    };
+    push_refuse(
+        knock_vector(
+            pki,
+            &KnockSpec::new(
+                "certificate_compressed_p256_key",
+                "alice's P-256 key as a compressed SEC 1 point (0x02/0x03 || x): only the uncompressed form is accepted, so that one key has one IdentityKey (SPEC §2.2, §2.4). Signed with alice's P-256 key.",
+                &alice_compressed,
+            ),
+            &v(),
+        ),
+        c(C::UnsupportedKey),
+    );
+    let mut identity_point = [0u8; 32];
+    identity_point[0] = 0x01;
+    let small_order = Client {
+        cert: pki
+            .ca
+            .issue_raw_key("alice", 1015, RawKeyAlg::Ed25519, identity_point.to_vec())
+            .expect("small order"),
+        ..alice.clone()
+    };
+    push_refuse(
+        knock_vector(
+            pki,
+            &KnockSpec::new(
+                "certificate_small_order_ed25519_key",
+                "An Ed25519 key of small order (the neutral point, 0100..00): no signature verifies with it under SPEC §4.4, so it is refused as a key (SPEC §2.2). Signed with alice's Ed25519 key.",
+                &small_order,
+            ),
+            &v(),
+        ),
+        c(C::UnsupportedKey),
+    );
+    let mut forged_crl = pki.ca.crl(&[], T_2026, NOW + 7 * 86_400_000).expect("crl");
+    let last = forged_crl.len() - 1;
+    forged_crl[last] ^= 0x01;
+    push_refuse(
+        knock_vector(
+            pki,
+            &KnockSpec::new(
+                "certificate_crl_bad_signature",
+                "The CA's CRL (revoking nothing) has a bad signature: certificate(other), fail closed (SPEC §6.1).",
+                &alice,
+            ),
+            &Verify {
+                crls: vec![forged_crl],
+                ..v()
+            },
+        ),
+        c(C::Other),
+    );
+
+    // SPEC §6.1: a CRL is found by its issuer name alone (not by the
+    // Authority Key Identifier), and only the first one found counts.
+    let namesake = TestCa::with_key_label("spa test root", "ca namesake", T_2026, testkit::T_2036)
+        .expect("namesake");
+    let namesake_crl = namesake
+        .crl(&[], T_2026, NOW + 7 * 86_400_000)
+        .expect("crl");
+    push_refuse(
+        knock_vector(
+            pki,
+            &KnockSpec::new(
+                "certificate_crl_same_name_other_key",
+                "The only CRL names the CA as issuer but is signed by another key (its Authority Key Identifier differs): it is the CRL for alice's issuer, by name, and its signature fails: certificate(other) (SPEC §6.1).",
+                &alice,
+            ),
+            &Verify {
+                crls: vec![namesake_crl],
+                ..v()
+            },
+        ),
+        c(C::Other),
+    );
+
     push_refuse(
         knock_vector(
             pki,
@@ -1116,7 +1317,6 @@ fn order_vector(pki: &Pki, s: &OrderSpec<'_>, v: &Verify) -> Value {
         "signing_public_key": h(&trusted.public_key()),
         "receiver_public_key": h(pki.green.public_key().as_bytes()),
     }]);
-    verify["client_max_age_ms"] = json!(60000);
     json!({
         "name": s.name,
         "kind": "order",
@@ -1406,7 +1606,6 @@ fn generate_orders(pki: &Pki) -> Value {
         let d = seal_plaintext(DatagramKind::Order, &pki.red.public_key(), &pt, ikm).expect("seal");
         let mut verify = verify_json(pki, &v(), &pki.red);
         verify["gateways"] = json!([{ "signing_public_key": h(&sk.verifying_key().to_bytes()), "receiver_public_key": h(pki.green.public_key().as_bytes()) }]);
-        verify["client_max_age_ms"] = json!(60000);
         push_refuse(
             json!({
                 "name": name,
@@ -1549,7 +1748,10 @@ fn limits_from(v: &Value, age_field: &str) -> TimeLimits {
 }
 
 fn replay_from(v: &Value) -> MemoryReplayState {
-    let mut r = MemoryReplayState::default();
+    let mut r = match v["global_floor_ms"].as_u64() {
+        Some(g) => MemoryReplayState::with_global_floor(g),
+        None => MemoryReplayState::default(),
+    };
     for f in v["replay_floors"].as_array().expect("floors") {
         r.commit(
             &IdentityKey(unhex32(&f["identity_key"])),
@@ -1697,7 +1899,7 @@ fn check_vector(vector: &Value) {
             trust_from(v),
             policy_from(&v["policy"]),
             limits_from(v, "max_age_ms"),
-            limits_from(v, "client_max_age_ms"),
+            limits_from(v, "max_age_ms"),
         )
         .expect("red");
         ver.verify(&datagram, source, now, &mut replay).map(|o| {

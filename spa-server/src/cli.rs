@@ -144,7 +144,9 @@ pub struct IssueArgs {
     /// after its signature is checked.
     #[arg(long, value_name = "FILE")]
     pub csr: Option<PathBuf>,
-    /// A public key (PEM "PUBLIC KEY" or DER SubjectPublicKeyInfo).
+    /// A public key (PEM "PUBLIC KEY" or DER SubjectPublicKeyInfo). A client
+    /// key must be one green accepts (SPEC §2.2): Ed25519 not of small
+    /// order, or P-256 as an uncompressed point.
     #[arg(long, value_name = "FILE")]
     pub public_key: Option<PathBuf>,
     /// The subject common name (policies match it as cn:NAME).

@@ -680,6 +680,16 @@ fn subject_public_key(key: &SubjectKey, usage: Usage) -> Result<SubjectPublicKey
             curve.map(|c| format!(" on curve {c}")).unwrap_or_default()
         )));
     }
+    // SPEC §2.2: the key itself must be one a receiver accepts (an
+    // uncompressed P-256 point, an Ed25519 point not of small order), or
+    // every knock signed with it would be refused.
+    if usage == Usage::Client && proto_spec::cert::parse_client_spki(&spki_der).is_err() {
+        return Err(unsupported(
+            "a client key must be an Ed25519 point not of small order or an uncompressed \
+             P-256 point on the curve (SPEC §2.2)"
+                .to_owned(),
+        ));
+    }
     SubjectPublicKeyInfo::from_der(&spki_der)
         .map_err(|e| unsupported(format!("unsupported public key: {e}")))
 }

@@ -262,6 +262,57 @@ fn subject_keys_are_checked() {
     ));
 }
 
+/// A bare public key `spki_prefix || key` for client use.
+fn public_key_request(spki: Vec<u8>) -> IssueRequest {
+    let ed = client_key(&rcgen::PKCS_ED25519);
+    IssueRequest {
+        key: SubjectKey::PublicKey {
+            path: "k.pub".into(),
+            der: spki,
+        },
+        ..csr_request(&ed, "mallory")
+    }
+}
+
+#[test]
+fn refuses_small_order_ed25519_and_compressed_p256_client_keys() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ca = new_ca(tmp.path(), CaAlgorithm::Ed25519, 365, t0());
+    // SPEC §2.2: green would refuse every knock of such a key, so the CA
+    // refuses to certify it. The neutral point (0100..00) and a point of
+    // order 8 (c7176a70..., RFC 8032 / ed25519-dalek's torsion list).
+    let ed_prefix = hex::decode("302a300506032b6570032100").expect("hex");
+    let mut neutral = [0u8; 32];
+    neutral[0] = 1;
+    let order8 = hex::decode("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a")
+        .expect("hex");
+    for key in [neutral.to_vec(), order8] {
+        let e = ca
+            .issue(&public_key_request([ed_prefix.clone(), key].concat()), t0())
+            .expect_err("small-order key");
+        assert!(matches!(e, PkiError::UnsupportedSubjectKey { .. }), "{e}");
+    }
+    // A P-256 key as a compressed point (0x02/0x03 || x): refused, so that
+    // one key has one IdentityKey (SPEC §2.4).
+    let p256 = client_key(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let raw = p256.public_key_raw();
+    assert_eq!(raw.len(), 65);
+    let mut compressed = vec![0x02 | (raw[64] & 1)];
+    compressed.extend_from_slice(&raw[1..33]);
+    let p256_prefix =
+        hex::decode("3039301306072a8648ce3d020106082a8648ce3d030107032200").expect("hex");
+    let e = ca
+        .issue(
+            &public_key_request([p256_prefix, compressed].concat()),
+            t0(),
+        )
+        .expect_err("compressed P-256 key");
+    assert!(matches!(e, PkiError::UnsupportedSubjectKey { .. }), "{e}");
+    // The same key uncompressed is certified.
+    ca.issue(&public_key_request(p256.subject_public_key_info()), t0())
+        .expect("uncompressed P-256 key");
+}
+
 #[test]
 fn corrupt_ca_files_are_named_with_their_line() {
     let tmp = tempfile::tempdir().expect("tempdir");
