@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand};
 use proto_spec::verify::{Gateway, OrderVerifier};
 use spa_keys::{KeyFileError, encode_public_key, read_receiver_key};
-use spa_server::cli::{ConfigArg, ControlArgs, PubkeyArgs};
+use spa_server::cli::{CheckArgs, ConfigArg, ControlArgs, PubkeyArgs};
 use spa_server::config::{Config, Role};
 use spa_server::daemon::{NoHooks, TrustWatch, trust_files};
 use spa_server::green::{self, StartError};
@@ -44,9 +44,11 @@ pub enum Command {
     /// Run red (as root; it drops to `daemon.user` once set up).
     #[command(mut_arg("config", red_config))]
     Run(ConfigArg),
-    /// Check a configuration: every problem, with its key, one per line.
+    /// Check a configuration as `run` would start with it: every problem,
+    /// with its key, one per line (exit 1), then warnings (a CRL close to
+    /// or past its nextUpdate) and notes (a directory `run` creates).
     #[command(mut_arg("config", red_config))]
-    CheckConfig(ConfigArg),
+    CheckConfig(CheckArgs),
     /// Show active openings (client identity, green's address, service,
     /// expiry) and the counters of every decision, from the running daemon.
     #[command(mut_arg("config", red_config))]
@@ -175,7 +177,8 @@ mod tests {
             &["red-relay", "revoke-session", "00"],
         ] {
             let config = match Cli::try_parse_from(args).expect("parses").command {
-                Command::Run(a) | Command::CheckConfig(a) => a.config,
+                Command::Run(a) => a.config,
+                Command::CheckConfig(a) => a.config,
                 Command::Status(c) | Command::RevokeSession { control: c, .. } => c.config,
                 Command::Keygen(_) | Command::Pubkey(_) => unreachable!(),
             };

@@ -24,7 +24,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(a) => red_relay::run(&a.config)?,
         Command::CheckConfig(a) => {
-            return Ok(spa_server::admin::check_config(&a.config, Role::Red));
+            return Ok(spa_server::admin::check_config(&a, Role::Red));
         }
         Command::Status(c) => return spa_server::admin::status(&c),
         Command::RevokeSession { session, control } => {

@@ -2,41 +2,62 @@
 //! daemon: `check-config`, `status`, `revoke-session` (shared by
 //! spa-server and red-relay).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use serde_json::{Value, json};
 
-use crate::cli::ControlArgs;
+use time::OffsetDateTime;
+
+use crate::cli::{CheckArgs, ControlArgs};
 use crate::config::{self, Role};
 use crate::nft::ForwardPolicy;
+use crate::preflight::{self, Findings};
 
-/// `check-config`: prints every problem as `key: problem`; exit 0 when
-/// there is none, 1 otherwise.
-pub fn check_config(path: &Path, role: Role) -> ExitCode {
+/// `check-config`: prints every problem as `key: problem` (exit 1), then
+/// warnings and notes (exit 0 when there is no problem): the values as
+/// [`config::Config::check`] judges them (by `run`'s own constructors),
+/// plus what `run` will find at its start ([`crate::preflight`]).
+pub fn check_config(a: &CheckArgs, role: Role) -> ExitCode {
+    let path = &a.config;
     let ssh = std::env::var("SSH_CONNECTION").ok();
-    let (problems, forward) = match config::load(path) {
-        Ok(cfg) => (
-            cfg.check(role, ssh.as_deref()),
-            cfg.firewall.forward.parse().unwrap_or_default(),
-        ),
-        Err(p) => (p, ForwardPolicy::default()),
-    };
-    if problems.is_empty() {
-        println!("{}: OK", path.display());
-        // A warning, not a problem: the default keeps routing open (SPEC
-        // §9, "A gateway that routes").
-        if let Some(w) = crate::nft::open_forwarding_warning(forward, crate::nft::kernel_forwards())
-        {
-            eprintln!("warning: firewall.forward: {w}");
+    let mut f = Findings::default();
+    let mut forward = ForwardPolicy::default();
+    match config::load(path) {
+        Ok(cfg) => {
+            f.problems = cfg.check(role, ssh.as_deref());
+            forward = cfg.firewall.forward.parse().unwrap_or_default();
+            preflight::state_dir(&cfg, &mut f);
+            preflight::crl_expiry(&cfg, OffsetDateTime::now_utc(), &mut f);
         }
-        ExitCode::SUCCESS
-    } else {
-        for p in &problems {
-            eprintln!("{p}");
-        }
-        ExitCode::FAILURE
+        Err(p) => f.problems = p,
     }
+    // The unit's ExecStartPre: a lapsed CRL must not keep the daemon (and
+    // its closed firewall) down.
+    if a.at_start {
+        f.warnings.append(&mut f.lapsed_crls);
+    } else {
+        f.problems.append(&mut f.lapsed_crls);
+    }
+    for p in &f.problems {
+        eprintln!("{p}");
+    }
+    for w in &f.warnings {
+        eprintln!("warning: {w}");
+    }
+    for n in &f.notes {
+        eprintln!("note: {n}");
+    }
+    if !f.problems.is_empty() {
+        return ExitCode::FAILURE;
+    }
+    println!("{}: OK", path.display());
+    // A warning, not a problem: the default keeps routing open (SPEC §9,
+    // "A gateway that routes").
+    if let Some(w) = crate::nft::open_forwarding_warning(forward, crate::nft::kernel_forwards()) {
+        eprintln!("warning: firewall.forward: {w}");
+    }
+    ExitCode::SUCCESS
 }
 
 fn socket_path(c: &ControlArgs) -> anyhow::Result<PathBuf> {

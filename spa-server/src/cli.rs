@@ -23,8 +23,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway daemon (as root; it drops to `daemon.user` once set up).
     Run(ConfigArg),
-    /// Check a configuration: every problem, with its key, one per line.
-    CheckConfig(ConfigArg),
+    /// Check a configuration as `run` would start with it: every problem,
+    /// with its key, one per line (exit 1), then warnings (a CRL close to
+    /// or past its nextUpdate) and notes (a directory `run` creates).
+    CheckConfig(CheckArgs),
     /// Show active openings (identity, address, service, expiry) and the
     /// counters of every decision, from the running daemon.
     Status(ControlArgs),
@@ -273,6 +275,25 @@ pub struct ConfigArg {
         default_value = "/etc/spa/spa-server.toml"
     )]
     pub config: PathBuf,
+}
+
+/// `check-config`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The configuration file.
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        default_value = "/etc/spa/spa-server.toml"
+    )]
+    pub config: PathBuf,
+    /// As the systemd unit's ExecStartPre: a lapsed CRL is a warning, not
+    /// a problem, so that the daemon still starts and keeps its firewall
+    /// closed (refusing the CA's clients) instead of leaving the host
+    /// without its table until a new CRL is published.
+    #[arg(long)]
+    pub at_start: bool,
 }
 
 /// How to reach a running daemon.

@@ -159,6 +159,12 @@ pub fn setup(cfg: Config) -> Result<Setup, StartError> {
     // SPEC §7.2: after lost state nothing sealed before the start may be
     // accepted (G = now). SPEC §9 notes the residual window: a knock with a
     // timestamp ahead of our clock, accepted just before the state was lost.
+    // check-config says so (crate::preflight::state_dir).
+    if crate::preflight::ensure_state_dir(&cfg.daemon.replay_db)
+        .map_err(|e| step("replay database directory")(e.to_string()))?
+    {
+        info!(db = %cfg.daemon.replay_db.display(), "created the replay store's directory");
+    }
     let (db, report) = ReplayDb::open(&cfg.daemon.replay_db, now)
         .map_err(|e| step("replay database")(e.to_string()))?;
     if report.state.lost_state() {

@@ -30,6 +30,7 @@ pub mod logging;
 pub mod nft;
 pub mod pki;
 pub mod pki_cmd;
+pub mod preflight;
 pub mod privdrop;
 pub mod relay;
 pub mod revocation;

@@ -31,7 +31,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Pubkey(a) => println!("{}", pubkey(&a.key)?.1),
         Command::Run(a) => spa_server::green::run(&a.config)?,
         Command::CheckConfig(a) => {
-            return Ok(spa_server::admin::check_config(&a.config, Role::Green));
+            return Ok(spa_server::admin::check_config(&a, Role::Green));
         }
         Command::Status(c) => return spa_server::admin::status(&c),
         Command::RevokeSession { session, control } => {

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use spa_server::config::{Config, Role, parse};
 use spa_server::green;
+use spa_server::preflight;
 
 fn config(daemon_extra: &str, rest: &str) -> Config {
     let text = format!(
@@ -115,4 +116,95 @@ fn check_config_requires_daemon_user() {
             "{user}: {found:?}"
         );
     }
+}
+
+/// A configuration whose only trust file is a CRL signed with `days` of
+/// validity at `now`, in `dir`.
+fn with_crl(dir: &Path, now: time::OffsetDateTime, days: u32, expired_crl: &str) -> Config {
+    use spa_server::pki::{self, CaAlgorithm, InitOptions};
+    let opts = InitOptions {
+        name: "Test CA".into(),
+        algorithm: CaAlgorithm::Ed25519,
+        days: 3650,
+    };
+    let ca = pki::init(&dir.join("ca"), &opts, now - time::Duration::days(60)).unwrap();
+    let crl = ca.crl(days, now).unwrap();
+    let path = dir.join("crl.pem");
+    std::fs::write(&path, spa_keys::pem_encode("X509 CRL", &crl.der)).unwrap();
+    let mut cfg = config("user = \"nobody\"", "");
+    cfg.trust.crls = vec![path];
+    cfg.trust.expired_crl = expired_crl.to_owned();
+    cfg
+}
+
+fn findings(cfg: &Config) -> preflight::Findings {
+    let mut f = preflight::Findings::default();
+    preflight::state_dir(cfg, &mut f);
+    preflight::crl_expiry(cfg, time::OffsetDateTime::now_utc(), &mut f);
+    f
+}
+
+#[test]
+fn check_config_refuses_a_lapsed_crl_and_warns_within_a_week() {
+    let now = time::OffsetDateTime::now_utc();
+    let dir = tempfile::tempdir().unwrap();
+    // Lapsed yesterday: every client would be refused.
+    let f = findings(&with_crl(
+        dir.path(),
+        now - time::Duration::days(31),
+        30,
+        "refuse",
+    ));
+    assert_eq!(f.lapsed_crls.len(), 1, "{f:?}");
+    assert!(f.lapsed_crls[0].problem.contains("pki crl"), "{f:?}");
+    assert_eq!(f.lapsed_crls[0].key, "trust.crls[0]");
+    assert!(f.warnings.is_empty(), "{f:?}");
+    // The same CRL under expired_crl = "ignore" is a warning only.
+    let dir = tempfile::tempdir().unwrap();
+    let f = findings(&with_crl(
+        dir.path(),
+        now - time::Duration::days(31),
+        30,
+        "ignore",
+    ));
+    assert!(f.lapsed_crls.is_empty(), "{f:?}");
+    assert_eq!(f.warnings.len(), 1, "{f:?}");
+    // Three days left: a warning.
+    let dir = tempfile::tempdir().unwrap();
+    let f = findings(&with_crl(dir.path(), now, 3, "refuse"));
+    assert!(f.lapsed_crls.is_empty(), "{f:?}");
+    assert_eq!(f.warnings.len(), 1, "{f:?}");
+    assert!(f.warnings[0].problem.contains("nextUpdate"), "{f:?}");
+    // Thirty days left: nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let f = findings(&with_crl(dir.path(), now, 30, "refuse"));
+    assert!(f.lapsed_crls.is_empty() && f.warnings.is_empty(), "{f:?}");
+}
+
+#[test]
+fn check_config_says_run_creates_a_missing_replay_directory_and_refuses_a_file_in_the_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_db = |db: &Path| {
+        let mut cfg = config("user = \"nobody\"", "");
+        cfg.daemon.replay_db = db.to_path_buf();
+        cfg
+    };
+    // Missing: run creates it (a note, not a problem), as the same
+    // function run calls shows.
+    let db = dir.path().join("state/spa/replay.redb");
+    let f = findings(&with_db(&db));
+    assert!(f.problems.is_empty(), "{f:?}");
+    assert_eq!(f.notes.len(), 1, "{f:?}");
+    assert!(f.notes[0].problem.contains("run creates it"), "{f:?}");
+    assert!(preflight::ensure_state_dir(&db).unwrap());
+    assert!(findings(&with_db(&db)).notes.is_empty());
+    // A file where the directory should be: run could not create it.
+    std::fs::write(dir.path().join("file"), "x").unwrap();
+    let f = findings(&with_db(&dir.path().join("file/spa/replay.redb")));
+    assert_eq!(f.problems.len(), 1, "{f:?}");
+    assert_eq!(f.problems[0].key, "daemon.replay_db");
+    assert!(preflight::ensure_state_dir(&dir.path().join("file/spa/replay.redb")).is_err());
+    // The store's path naming a directory.
+    let f = findings(&with_db(dir.path()));
+    assert_eq!(f.problems.len(), 1, "{f:?}");
 }
