@@ -67,6 +67,52 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Print the one-line public key of red's existing key file.
     Pubkey(PubkeyArgs),
+    /// First run: lay out /etc/spa for red (copies of the CA certificate
+    /// and CRL, red's key, a configuration with green as its gateway that
+    /// passes check-config) and print the next steps, green's [relay]
+    /// section among them. Refuses to replace existing files unless --force.
+    #[command(mut_arg("knock_port", |a| a.default_value("62202")))]
+    Init(InitArgs),
+    /// Print shell completions.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
+}
+
+/// `red-relay init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// What both daemons' init asks.
+    #[command(flatten)]
+    pub common: spa_server::cli::DaemonInitArgs,
+    /// The CA certificate (green's /etc/spa/ca.pem).
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: PathBuf,
+    /// The CA's CRL (green's /etc/spa/crl.pem).
+    #[arg(long, value_name = "FILE")]
+    pub crl: Option<PathBuf>,
+    /// Green's order-signing public key (`spa-server pubkey --key
+    /// /etc/spa/green-signing.key`; `spa-server init` prints it).
+    #[arg(long, value_name = "BASE64")]
+    pub green_signing_key: String,
+    /// Green's receiver public key (`spa-server pubkey --key
+    /// /etc/spa/green.key`); repeatable, current first.
+    #[arg(long, value_name = "BASE64", required = true)]
+    pub green_receiver_key: Vec<String>,
+}
+
+/// `red-relay init`.
+pub fn init(a: &InitArgs) -> Result<spa_server::init::Report, spa_server::init::InitError> {
+    spa_server::init::red(&spa_server::init::RedOptions {
+        common: a.common.common(),
+        ca_cert: a.ca_cert.clone(),
+        crl: a.crl.clone(),
+        green_signing_key: a.green_signing_key.clone(),
+        green_receiver_keys: a.green_receiver_key.clone(),
+    })
 }
 
 /// spa-server's `--config` (in [`ConfigArg`] and [`ControlArgs`]), with
@@ -180,7 +226,7 @@ mod tests {
                 Command::Run(a) => a.config,
                 Command::CheckConfig(a) => a.config,
                 Command::Status(c) | Command::RevokeSession { control: c, .. } => c.config,
-                Command::Keygen(_) | Command::Pubkey(_) => unreachable!(),
+                _ => unreachable!(),
             };
             assert_eq!(config, Path::new(DEFAULT_CONFIG), "{args:?}");
         }

@@ -4,9 +4,10 @@
 //! (and in spa-server's, which it shares).
 #![forbid(unsafe_code)]
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, Parser as _};
 use red_relay::{Cli, Command};
 use spa_server::config::Role;
 
@@ -39,6 +40,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("{line}");
         }
         Command::Pubkey(a) => println!("{}", red_relay::pubkey(&a.key)?),
+        Command::Init(a) => spa_server::pki_cmd::print_init(&red_relay::init(&a)?),
+        Command::Man => {
+            std::io::stdout().write_all(&spa_server::cli::man_page(Cli::command())?)?;
+        }
+        Command::Completions { shell } => {
+            std::io::stdout().write_all(&spa_server::cli::completions(Cli::command(), shell))?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

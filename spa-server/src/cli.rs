@@ -21,6 +21,11 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// First run: lay out /etc/spa (the CA in a 0700 directory, its public
+    /// ca.pem and a first crl.pem, green's keys, a configuration that
+    /// passes check-config) and print the next steps. Refuses to replace
+    /// existing files unless --force (an existing CA is always kept).
+    Init(InitGreenArgs),
     /// Run the gateway daemon (as root; it drops to `daemon.user` once set up).
     Run(ConfigArg),
     /// Check a configuration as `run` would start with it: every problem,
@@ -50,6 +55,98 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Print the one-line public key of an existing key file.
     Pubkey(PubkeyArgs),
+    /// Print shell completions.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
+}
+
+/// What `init` asks of both daemons.
+#[derive(Debug, Args)]
+pub struct DaemonInitArgs {
+    /// The configuration directory.
+    #[arg(long, value_name = "DIR", default_value = "/etc/spa")]
+    pub dir: PathBuf,
+    /// Where the replay store goes (run creates it; the unit's
+    /// StateDirectory= too).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/spa")]
+    pub state_dir: PathBuf,
+    /// Where the control socket goes (the unit's RuntimeDirectory=).
+    #[arg(long, value_name = "DIR", default_value = "/run/spa")]
+    pub run_dir: PathBuf,
+    /// daemon.user: the unprivileged user the daemon drops to (must exist;
+    /// the packages create `spa`).
+    #[arg(long, default_value = "spa")]
+    pub user: String,
+    /// The UDP port knocks (or orders) arrive on.
+    #[arg(long, default_value_t = 62201)]
+    pub knock_port: u16,
+    /// An address or CIDR always let in and never blocked (your admin
+    /// network); repeatable. Default: the SSH client's address when run
+    /// over SSH, so that the blackhole does not cut this session.
+    #[arg(long, value_name = "CIDR")]
+    pub management: Vec<String>,
+    /// A service a knock can open, NAME=tcp/PORT or NAME=udp/PORT;
+    /// repeatable.
+    #[arg(long, value_name = "NAME=PROTO/PORT", default_value = "ssh=tcp/22")]
+    pub service: Vec<String>,
+    /// An identity granted every service (email:ADDR, cn:NAME, dns:NAME,
+    /// uri:URI); repeatable. Default: every certificate of the CA.
+    #[arg(long, value_name = "IDENTITY")]
+    pub allow: Vec<String>,
+    /// Replace existing files (an existing CA is kept, never replaced).
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl DaemonInitArgs {
+    /// The library's options.
+    pub fn common(&self) -> crate::init::Common {
+        crate::init::Common {
+            dir: self.dir.clone(),
+            state_dir: self.state_dir.clone(),
+            run_dir: self.run_dir.clone(),
+            user: self.user.clone(),
+            knock_port: self.knock_port,
+            management: self.management.clone(),
+            ssh_connection: std::env::var("SSH_CONNECTION").ok(),
+            services: self.service.clone(),
+            allow: self.allow.clone(),
+            force: self.force,
+        }
+    }
+}
+
+/// `spa-server init`.
+#[derive(Debug, Args)]
+pub struct InitGreenArgs {
+    /// What both daemons' init asks.
+    #[command(flatten)]
+    pub common: DaemonInitArgs,
+    /// The CA's common name.
+    #[arg(long, default_value = "spa CA")]
+    pub ca_name: String,
+    /// The CA key's algorithm.
+    #[arg(long, value_enum, default_value_t = AlgorithmArg::Ed25519)]
+    pub algorithm: AlgorithmArg,
+}
+
+/// Renders `cmd`'s man page (roff).
+pub fn man_page(cmd: clap::Command) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    clap_mangen::Man::new(cmd).render(&mut out)?;
+    Ok(out)
+}
+
+/// Renders `cmd`'s completions for `shell`.
+pub fn completions(mut cmd: clap::Command, shell: clap_complete::Shell) -> Vec<u8> {
+    let name = cmd.get_name().to_owned();
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut cmd, name, &mut out);
+    out
 }
 
 /// `spa-server keygen`.

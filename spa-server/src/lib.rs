@@ -24,6 +24,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod gate;
 pub mod green;
+pub mod init;
 pub mod ips;
 pub mod keygen;
 pub mod logging;

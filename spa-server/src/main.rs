@@ -3,14 +3,15 @@
 //! and key commands. This file only dispatches: the work is in the library.
 #![forbid(unsafe_code)]
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::Parser as _;
+use clap::{CommandFactory as _, Parser as _};
 use spa_server::cli::{Cli, Command};
 use spa_server::config::Role;
 use spa_server::keygen::pubkey;
-use spa_server::pki_cmd::{keygen_command, pki_command};
+use spa_server::pki_cmd::{init_command, keygen_command, pki_command};
 use time::OffsetDateTime;
 
 fn main() -> ExitCode {
@@ -38,6 +39,13 @@ fn run(command: Command) -> Result<ExitCode> {
             return spa_server::admin::revoke_session(&control, &session);
         }
         Command::Pki { command } => return pki_command(command, now),
+        Command::Init(a) => init_command(&a, now)?,
+        Command::Man => {
+            std::io::stdout().write_all(&spa_server::cli::man_page(Cli::command())?)?;
+        }
+        Command::Completions { shell } => {
+            std::io::stdout().write_all(&spa_server::cli::completions(Cli::command(), shell))?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

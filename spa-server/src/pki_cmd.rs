@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::cli::{AlgorithmArg, IssueArgs, KeygenArgs, PkiCommand, VerifyArgs};
+use crate::cli::{AlgorithmArg, InitGreenArgs, IssueArgs, KeygenArgs, PkiCommand, VerifyArgs};
 use crate::keygen::{KeyKind, keygen};
 use crate::pki::{
     self, Ca, CaAlgorithm, InitOptions, IssueRequest, SubjectKey, TrustFiles, Usage, rfc3339,
@@ -32,6 +32,32 @@ pub fn keygen_command(a: &KeygenArgs) -> Result<()> {
     );
     println!("{line}");
     Ok(())
+}
+
+/// `spa-server init`.
+pub fn init_command(a: &InitGreenArgs, now: OffsetDateTime) -> Result<()> {
+    let report = crate::init::green(
+        &crate::init::GreenOptions {
+            common: a.common.common(),
+            ca_name: a.ca_name.clone(),
+            algorithm: match a.algorithm {
+                AlgorithmArg::Ed25519 => CaAlgorithm::Ed25519,
+                AlgorithmArg::P256 => CaAlgorithm::P256,
+            },
+        },
+        now,
+    )?;
+    print_init(&report);
+    Ok(())
+}
+
+/// What `spa-server init` and `red-relay init` print.
+pub fn print_init(r: &crate::init::Report) {
+    println!("wrote:");
+    for f in &r.files {
+        println!("  {f}");
+    }
+    println!("{}", r.next);
 }
 
 /// `spa-server pki …`.
