@@ -79,7 +79,7 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
     /// Print the man page (roff).
-    Man,
+    Man(spa_server::cli::ManArgs),
 }
 
 /// `red-relay init`.

@@ -41,9 +41,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Pubkey(a) => println!("{}", red_relay::pubkey(&a.key)?),
         Command::Init(a) => spa_server::pki_cmd::print_init(&red_relay::init(&a)?),
-        Command::Man => {
-            std::io::stdout().write_all(&spa_server::cli::man_page(Cli::command())?)?;
-        }
+        Command::Man(a) => spa_server::cli::man(Cli::command(), &a)?,
         Command::Completions { shell } => {
             std::io::stdout().write_all(&spa_server::cli::completions(Cli::command(), shell))?;
         }

@@ -61,7 +61,16 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
     /// Print the man page (roff).
-    Man,
+    Man(ManArgs),
+}
+
+/// `man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write every page (this command's and one per subcommand, NAME.1 and
+    /// NAME-SUBCOMMAND.1) into DIR instead of printing this command's.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }
 
 /// What `init` asks of both daemons.
@@ -134,11 +143,18 @@ pub struct InitGreenArgs {
     pub algorithm: AlgorithmArg,
 }
 
-/// Renders `cmd`'s man page (roff).
-pub fn man_page(cmd: clap::Command) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    clap_mangen::Man::new(cmd).render(&mut out)?;
-    Ok(out)
+/// `man`: `cmd`'s page on standard output, or with `--out-dir` every page
+/// of `cmd` and its subcommands (which the main page names) as files.
+pub fn man(cmd: clap::Command, a: &ManArgs) -> std::io::Result<()> {
+    use std::io::Write as _;
+    match &a.out_dir {
+        Some(dir) => clap_mangen::generate_to(cmd, dir),
+        None => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut out)?;
+            std::io::stdout().write_all(&out)
+        }
+    }
 }
 
 /// Renders `cmd`'s completions for `shell`.

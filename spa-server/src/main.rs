@@ -40,9 +40,7 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Pki { command } => return pki_command(command, now),
         Command::Init(a) => init_command(&a, now)?,
-        Command::Man => {
-            std::io::stdout().write_all(&spa_server::cli::man_page(Cli::command())?)?;
-        }
+        Command::Man(a) => spa_server::cli::man(Cli::command(), &a)?,
         Command::Completions { shell } => {
             std::io::stdout().write_all(&spa_server::cli::completions(Cli::command(), shell))?;
         }
