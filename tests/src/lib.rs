@@ -771,15 +771,26 @@ impl Daemon {
         socket: &Path,
         log: &Path,
     ) -> Self {
-        let child = ns.spawn(
+        Self::start_argv(
+            ns,
             &[
                 program.to_str().expect("utf-8"),
                 "run",
                 "--config",
                 config.to_str().expect("utf-8"),
             ],
+            socket,
             log,
-        );
+        )
+    }
+
+    /// Starts the command line `argv` (a daemon's `run`, e.g. as a systemd
+    /// unit's `ExecStart=` says) inside `ns` and waits for its "ready"
+    /// line; panics with the log if it exits or stays silent. `argv[0]`
+    /// also answers `status`.
+    pub fn start_argv(ns: &Netns, argv: &[&str], socket: &Path, log: &Path) -> Self {
+        let program = Path::new(argv[0]);
+        let child = ns.spawn(argv, log);
         let mut g = Self {
             program: program.to_path_buf(),
             child: Some(child),
