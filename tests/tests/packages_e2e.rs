@@ -12,11 +12,13 @@
 //! scripts see no running systemd (and the sockets and network namespaces
 //! stay in there). Then, with the installed
 //! files only: `systemd-analyze verify` of the units (when the tool is
-//! there), `spa-server init`, `check-config`, green and red started exactly
-//! as their units' `ExecStartPre=`/`ExecStart=` say (systemd is not PID 1
-//! on CI) inside network namespaces, a client certificate issued with the
-//! installed `pki issue`, a knock with the installed `spa-client`, and the
-//! service opens (nft element, echo). Afterwards the host's dpkg database,
+//! there), `spa-server init`, `red-relay init` from green's outputs, green's
+//! `[relay]` as red's init prints it, `check-config` of both, green and red
+//! started exactly as their units' `ExecStartPre=`/`ExecStart=` say
+//! (systemd is not PID 1 on CI) inside network namespaces, a client
+//! certificate issued with the installed `pki issue`, knocks with the
+//! installed `spa-client`: green's service opens (nft element, echo) and
+//! red opens its relayed service for green. Afterwards the host's dpkg database,
 //! users and the installed paths are as before.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -28,12 +30,14 @@ use std::time::{Duration, Instant};
 
 use tests::{
     Daemon, Netns, TcpService, TempDir, allow4, cannot_run, echo, link4, require_tools, run_ok,
-    unique_tag,
+    unique_tag, wait_until,
 };
 
 const PACKAGES: [&str; 3] = ["spa-server", "red-relay", "spa-client"];
 const GREEN: Ipv4Addr = Ipv4Addr::new(10, 200, 61, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 200, 61, 2);
+const GREEN_R: Ipv4Addr = Ipv4Addr::new(10, 200, 62, 1);
+const RED: Ipv4Addr = Ipv4Addr::new(10, 200, 62, 2);
 const SERVICE_PORT: u16 = 7000;
 const KNOCK_PORT: u16 = 62201;
 
@@ -268,6 +272,67 @@ fn in_clean_root(dir: &Path, debs: &[PathBuf]) {
             .env_remove("SSH_CONNECTION"),
     );
     eprintln!("spa-server init:\n{}", text(&out));
+    // Red, from green's outputs (init prints them), in the same /etc/spa
+    // (the same ca.pem and crl.pem are not in the way); then green's
+    // [relay] section as red's init prints it.
+    let red = Netns::new("pkg-r", &tag);
+    link4(
+        &green,
+        &format!("pgr{tag}"),
+        GREEN_R,
+        &red,
+        &format!("pr{tag}"),
+        RED,
+    );
+    let key = |k: &str| {
+        String::from_utf8_lossy(
+            &run_ok(Command::new("/usr/bin/spa-server").args(["pubkey", "--key", k])).stdout,
+        )
+        .trim()
+        .to_owned()
+    };
+    let green_pub = key("/etc/spa/green.key");
+    let signing = key("/etc/spa/green-signing.key");
+    let out = run_ok(
+        Command::new("/usr/bin/red-relay")
+            .args([
+                "init",
+                "--ca-cert",
+                "/etc/spa/ca.pem",
+                "--crl",
+                "/etc/spa/crl.pem",
+                "--green-signing-key",
+                &signing,
+                "--green-receiver-key",
+                &green_pub,
+                "--service",
+                "web=tcp/80",
+            ])
+            .env_remove("SSH_CONNECTION"),
+    );
+    let red_init = text(&out);
+    eprintln!("red-relay init:\n{red_init}");
+    let red_key = red_init
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("red_key = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("red-relay init prints red_key:\n{red_init}"))
+        .to_owned();
+    let config = "/etc/spa/spa-server.toml";
+    let mut cfg = std::fs::read_to_string(config).unwrap();
+    cfg.push_str(&format!(
+        "\n[relay]\nred = \"{RED}:62202\"\nred_key = \"{red_key}\"\n\
+         signing_key = \"/etc/spa/green-signing.key\"\nsource = \"{GREEN_R}\"\n\
+         services = [{{ name = \"web\", port = 80 }}]\n\n\
+         [[rules]]\nidentity = \"*\"\nservices = [\"web\"]\n"
+    ));
+    std::fs::write(config, cfg).unwrap();
+    let out = run_ok(Command::new("/usr/bin/red-relay").arg("check-config"));
+    assert!(
+        text(&out).contains("/etc/spa/red-relay.toml: OK"),
+        "{}",
+        text(&out)
+    );
     let out = run_ok(Command::new("/usr/bin/spa-server").arg("check-config"));
     assert!(
         text(&out).contains("/etc/spa/spa-server.toml: OK"),
@@ -275,7 +340,20 @@ fn in_clean_root(dir: &Path, debs: &[PathBuf]) {
         text(&out)
     );
 
-    // 4. Green as its unit starts it.
+    // 4. Red and green as their units start them.
+    let pre = unit_lines(&red_unit, "ExecStartPre");
+    let start = unit_lines(&red_unit, "ExecStart");
+    assert_eq!((pre.len(), start.len()), (1, 1), "{red_unit}");
+    let pre: Vec<&str> = pre[0].iter().map(String::as_str).collect();
+    let out = red.out(&pre);
+    assert!(out.status.success(), "{pre:?}:\n{}", text(&out));
+    let argv: Vec<&str> = start[0].iter().map(String::as_str).collect();
+    let red_d = Daemon::start_argv(
+        &red,
+        &argv,
+        Path::new("/run/spa/red-relay.sock"),
+        &dir.join("red.log"),
+    );
     let pre = unit_lines(&green_unit, "ExecStartPre");
     let start = unit_lines(&green_unit, "ExecStart");
     assert_eq!((pre.len(), start.len()), (1, 1), "{green_unit}");
@@ -331,16 +409,6 @@ fn in_clean_root(dir: &Path, debs: &[PathBuf]) {
         "--out",
         &p("alice.crt"),
     ]));
-    let green_pub = String::from_utf8_lossy(
-        &run_ok(Command::new("/usr/bin/spa-server").args([
-            "pubkey",
-            "--key",
-            "/etc/spa/green.key",
-        ]))
-        .stdout,
-    )
-    .trim()
-    .to_owned();
     std::fs::write(
         dir.join("client.toml"),
         format!(
@@ -384,48 +452,32 @@ fn in_clean_root(dir: &Path, debs: &[PathBuf]) {
     echo(&mut s, b"installed").expect("echo");
     drop(s);
 
-    // 6. Red, from green's outputs, as its unit starts it.
-    let signing = String::from_utf8_lossy(
-        &run_ok(Command::new("/usr/bin/spa-server").args([
-            "pubkey",
-            "--key",
-            "/etc/spa/green-signing.key",
-        ]))
-        .stdout,
-    )
-    .trim()
-    .to_owned();
-    let red = Netns::new("pkg-r", &tag);
-    run_ok(
-        Command::new("/usr/bin/red-relay")
-            .args([
-                "init",
-                "--ca-cert",
-                "/etc/spa/ca.pem",
-                "--crl",
-                "/etc/spa/crl.pem",
-                "--green-signing-key",
-                &signing,
-                "--green-receiver-key",
-                &green_pub,
-                "--service",
-                "web=tcp/80",
-            ])
-            .env_remove("SSH_CONNECTION"),
+    // 6. A relayed service: red opens web for green's address.
+    let out = client
+        .cmd("/usr/bin/spa-client")
+        .args(["--config", &p("client.toml"), "send", "request", "web"])
+        .env("HOME", dir)
+        .env("XDG_STATE_HOME", dir.join("state"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "spa-client send request web:\n{}\ngreen log:\n{}",
+        text(&out),
+        green_d.log_text()
     );
-    let pre = unit_lines(&red_unit, "ExecStartPre");
-    let start = unit_lines(&red_unit, "ExecStart");
-    let pre: Vec<&str> = pre[0].iter().map(String::as_str).collect();
-    let out = red.out(&pre);
-    assert!(out.status.success(), "{pre:?}:\n{}", text(&out));
-    let argv: Vec<&str> = start[0].iter().map(String::as_str).collect();
-    let red_d = Daemon::start_argv(
-        &red,
-        &argv,
-        Path::new("/run/spa/red-relay.sock"),
-        &dir.join("red.log"),
+    let opened = wait_until(Duration::from_secs(5), || {
+        allow4(&red)
+            .iter()
+            .any(|e| e.contains(&GREEN_R.to_string()) && e.contains(" 80"))
+    });
+    assert!(
+        opened,
+        "red opened web for green: {:?}\nred log:\n{}\ngreen log:\n{}",
+        allow4(&red),
+        red_d.log_text(),
+        green_d.log_text()
     );
-    assert_eq!(red_d.status()["sessions"].as_array().map_or(0, Vec::len), 0);
-    drop(red_d);
     drop(green_d);
+    drop(red_d);
 }
