@@ -18,7 +18,7 @@
 //! 0. crypto floor in-process (one X25519 + one Ed25519 `verify_strict` of
 //!    600 bytes), plus `KnockVerifier::verify` in-process with a memory and
 //!    with the redb replay store (where the time of a knock goes);
-//! 1. bare receive loop under flood: `spa_server::capture::Capture` with the
+//! 1. bare receive loop under flood: `spa_capture::Capture` with the
 //!    daemon's settings in green's namespace, counting events, while one
 //!    sender thread blasts random 600-byte datagrams (`sendmmsg`) for 5 s;
 //! 2. the daemon (fresh replay store): idle resident size;
@@ -75,7 +75,7 @@ use proto_spec::seal::{KnockRequest, seal_knock};
 use proto_spec::sign::Signer;
 use proto_spec::testkit::{self, ClientCertSpec, KeyAlg, TestCa};
 use serde_json::{Value, json};
-use spa_server::capture::{Capture, CaptureConfig, CaptureMode, Event};
+use spa_capture::{Capture, CaptureConfig, CaptureMode, Event};
 use spa_server::store::ReplayDb;
 
 const PORT: u16 = 62201;
@@ -1023,7 +1023,7 @@ fn daemon_flood(
     let valid_accepted = sum_prefix(&d, "accepted.");
     let valid_holes = if count_holes {
         let g = bed.g.clone();
-        let set = in_ns(&g, || spa_server::nft::list("spa").expect("list sets"))
+        let set = in_ns(&g, || spa_nft::list("spa").expect("list sets"))
             .join()
             .unwrap();
         set.allow

@@ -12,7 +12,6 @@ use proto_spec::replay::TimeLimits;
 use proto_spec::verify::KnockVerifier;
 use tracing::{info, warn};
 
-use crate::capture::{Capture, CaptureConfig, CaptureMode};
 use crate::config::{self, Config, Role, ServiceProto};
 use crate::ctl::ControlSocket;
 use crate::daemon::{Daemon, Flags, Hooks, Parts, TrustWatch, now_ms, trust_files};
@@ -21,9 +20,10 @@ use crate::ips::{
     FailureWeights, IpsError, Lockout, LockoutConfig, OffenseConfig, Offenses, RateLimitConfig,
     RateLimiter, ScanConfig, ScanDetector, SourceAggregation, Transport,
 };
-use crate::nft::{FirewallConfig, Forward, Mode, NftSets, Ruleset, TableName};
 use crate::sessions::SharedSessions;
 use crate::store::ReplayDb;
+use spa_capture::{Capture, CaptureConfig, CaptureMode};
+use spa_nft::{FirewallConfig, Forward, Mode, NftSets, Ruleset, TableName};
 
 /// Why the daemon could not start. One line each.
 #[derive(Debug, thiserror::Error)]
@@ -171,7 +171,7 @@ pub fn setup(cfg: Config) -> Result<Setup, StartError> {
     Ruleset::install(&fwc).map_err(|e| step("installing the nftables table")(e.to_string()))?;
     // SPEC §9, "A gateway that routes".
     if let Some(w) =
-        crate::nft::open_forwarding_warning(fwc.forward.policy, crate::nft::kernel_forwards())
+        spa_nft::open_forwarding_warning(fwc.forward.policy, spa_nft::kernel_forwards())
     {
         warn!("{w}");
     }

@@ -1,8 +1,8 @@
 //! `spa-server`: green, the gateway, as a library that red-relay shares.
 //!
-//! - The daemon: [`config`], [`capture`] (passive AF_PACKET or UDP),
+//! - The daemon: [`config`], [`spa_capture`] (passive AF_PACKET or UDP),
 //!   [`gate`] (what is verified), [`daemon`] (the receive-verify-open loop),
-//!   [`nft`] (the kernel firewall), [`store`] (durable replay floors),
+//!   [`spa_nft`] (the kernel firewall), [`store`] (durable replay floors),
 //!   [`ips`] (rate limits, blocks, scans), [`blocked`] (blocks for the
 //!   early drop), [`ctl`] (control socket),
 //!   [`privdrop`] (and [`access`], what the dropped user can still
@@ -16,7 +16,6 @@
 pub mod access;
 pub mod admin;
 pub mod blocked;
-pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod counters;
@@ -27,7 +26,6 @@ pub mod green;
 pub mod ips;
 pub mod keygen;
 pub mod logging;
-pub mod nft;
 pub mod pki;
 pub mod pki_cmd;
 pub mod privdrop;

@@ -3,7 +3,7 @@ use std::net::Ipv4Addr;
 use proptest::prelude::*;
 
 use super::*;
-use crate::nft::SetOp;
+use spa_nft::SetOp;
 
 const ALICE: IdentityKey = IdentityKey([0xa1; 32]);
 const CAROL: IdentityKey = IdentityKey([0xca; 32]);
