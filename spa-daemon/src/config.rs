@@ -862,7 +862,7 @@ impl Config {
             );
         }
         // What run's constructors reject, by the same code.
-        if let Err(x) = crate::green::ips_state(self) {
+        if let Err(x) = crate::start::ips_state(self) {
             bad(x.key, x.problem);
         }
         for (key, w) in [

@@ -28,11 +28,11 @@ use crate::gate::{Decision, Gate};
 use crate::ips::{
     BlockDecision, FailureKind, Lockout, Offenses, RateLimiter, ScanDetector, Transport,
 };
-use crate::pki::{TrustFiles, load_trust};
 pub use crate::sessions::{Opening, Session};
 use crate::sessions::{SessionTable, SharedSessions};
 use crate::store::ReplayDb;
 use spa_capture::{Capture, Event};
+use spa_keys::trust::{TrustFileError, TrustFiles, load_trust};
 use spa_nft::{NftError, NftSets};
 
 /// Milliseconds since the Unix epoch.
@@ -183,7 +183,7 @@ impl TrustWatch {
     }
 
     /// Loads the files (errors name the file).
-    pub fn load(&self) -> Result<TrustStore, crate::pki::PkiError> {
+    pub fn load(&self) -> Result<TrustStore, TrustFileError> {
         load_trust(&self.files)
     }
 }

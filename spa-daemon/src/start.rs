@@ -1,6 +1,8 @@
-//! Assembling the green daemon from its configuration: load and check,
-//! open everything that needs privileges, drop them, run, clean up.
-//! red-relay assembles its daemon with the same pieces ([`setup`]).
+//! Starting a daemon from its configuration: load and check, open
+//! everything that needs privileges, drop them, run, clean up. Green
+//! (`spa-server`) and red (`red-relay`) each assemble their daemon from
+//! these pieces ([`setup`], [`run_daemon`]) around their own gate and
+//! hooks.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -9,7 +11,6 @@ use std::time::Duration;
 
 use proto_spec::policy::{IdentityPattern, Policy, Rule, ServiceSet};
 use proto_spec::replay::TimeLimits;
-use proto_spec::verify::KnockVerifier;
 use tracing::{info, warn};
 
 use crate::config::{self, Config, Role, ServiceProto};
@@ -41,7 +42,9 @@ pub enum StartError {
     },
 }
 
-fn step(step: &'static str) -> impl Fn(String) -> StartError {
+/// A [`StartError::Step`] maker for `map_err`: the step's name, then the
+/// cause.
+pub fn step(step: &'static str) -> impl Fn(String) -> StartError {
     move |cause| StartError::Step { step, cause }
 }
 
@@ -395,36 +398,4 @@ pub fn run_daemon<G: Gate, H: Hooks>(s: Setup, gate: G, hooks: H) -> Result<(), 
     }
     info!("stopped");
     result
-}
-
-/// `spa-server run`.
-pub fn run(config_path: &Path) -> Result<(), StartError> {
-    let cfg = load_config(config_path, Role::Green)?;
-    crate::logging::init(&cfg.daemon.log_format);
-    let mut keys = Vec::new();
-    for k in &cfg.daemon.keys {
-        keys.push(spa_keys::read_receiver_key(k).map_err(|e| step("receiver key")(e.to_string()))?);
-    }
-    let store = TrustWatch::new(trust_files(&cfg))
-        .load()
-        .map_err(|e| step("trust")(e.to_string()))?;
-    let verifier = KnockVerifier::new(keys, store, policy(&cfg), limits(&cfg));
-    let mut relay =
-        crate::relay::Relay::from_config(&cfg).map_err(|e| step("relay")(e.to_string()))?;
-    // Before privileges are dropped: the server key and the listener; its
-    // threads start after the drop, so none of them keeps root's privileges.
-    // One session table for the daemon loop and the tunnel (SPEC §8.1.1).
-    let sessions = SharedSessions::default();
-    let tunnel = crate::tunnel::bind(&cfg, &sessions).map_err(|e| step("tunnel")(e.to_string()))?;
-    let mut s = setup(cfg)?;
-    s.sessions = sessions;
-    let tunnel = tunnel
-        .map(crate::tunnel::Bound::serve)
-        .transpose()
-        .map_err(|e| step("tunnel")(e.to_string()))?;
-    if let Some(r) = relay.as_mut() {
-        // SPEC §7.5: order timestamps durable in the replay store.
-        r.use_store(&s.db);
-    }
-    run_daemon(s, verifier, (relay, tunnel))
 }

@@ -30,8 +30,8 @@ fn owners_reset_the_kernel_timeout_up_and_down_without_a_gap() {
     in_netns(
         "owners_reset_the_kernel_timeout_up_and_down_without_a_gap",
         || {
-            use spa_server::gate::Decision;
-            use spa_server::sessions::SessionTable;
+            use spa_daemon::gate::Decision;
+            use spa_daemon::sessions::SessionTable;
             use std::collections::HashMap;
             use std::sync::Arc;
             use std::sync::atomic::{AtomicBool, Ordering};

@@ -76,7 +76,7 @@ use proto_spec::sign::Signer;
 use proto_spec::testkit::{self, ClientCertSpec, KeyAlg, TestCa};
 use serde_json::{Value, json};
 use spa_capture::{Capture, CaptureConfig, CaptureMode, Event};
-use spa_server::store::ReplayDb;
+use spa_daemon::store::ReplayDb;
 
 const PORT: u16 = 62201;
 const GREEN: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
@@ -606,7 +606,7 @@ fn start_daemon(bed: &Bed, f: &Files, cfg: &Path, log: &Path) -> Proc {
 }
 
 fn status(f: &Files) -> Value {
-    let r = spa_server::ctl::request(&f.p("control.sock"), &json!({"cmd": "status"}))
+    let r = spa_daemon::ctl::request(&f.p("control.sock"), &json!({"cmd": "status"}))
         .expect("status request");
     assert_eq!(r["ok"], true, "{r}");
     r["status"].clone()
@@ -1405,7 +1405,7 @@ fn inprocess_verify(ca: &TestCa, f: &Files, rpk: &ReceiverPublicKey) -> Inproc {
     use proto_spec::cert::{TrustConfig, TrustStore};
     use proto_spec::replay::MemoryReplayState;
     use proto_spec::verify::KnockVerifier;
-    let cfg = spa_server::config::load(&f.p("daemon.toml")).unwrap();
+    let cfg = spa_daemon::config::load(&f.p("daemon.toml")).unwrap();
     let mk = || {
         KnockVerifier::new(
             vec![testkit::receiver_key("green daemon bench")],
@@ -1414,8 +1414,8 @@ fn inprocess_verify(ca: &TestCa, f: &Files, rpk: &ReceiverPublicKey) -> Inproc {
                 ..TrustConfig::default()
             })
             .unwrap(),
-            spa_server::green::policy(&cfg),
-            spa_server::green::limits(&cfg),
+            spa_daemon::start::policy(&cfg),
+            spa_daemon::start::limits(&cfg),
         )
     };
     let id = Identity::new(ca, "inproc", 90);
