@@ -4,12 +4,11 @@
 //! (and in spa-server's, which it shares).
 #![forbid(unsafe_code)]
 
-use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::{CommandFactory as _, Parser as _};
 use red_relay::{Cli, Command};
-use spa_server::config::Role;
+use spa_daemon::config::Role;
 
 fn main() -> ExitCode {
     match run(Cli::parse().command) {
@@ -25,11 +24,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(a) => red_relay::run(&a.config)?,
         Command::CheckConfig(a) => {
-            return Ok(spa_server::admin::check_config(&a, Role::Red));
+            return Ok(spa_daemon::admin::check_config(&a, Role::Red));
         }
-        Command::Status(c) => return spa_server::admin::status(&c),
+        Command::Status(c) => return spa_daemon::admin::status(&c),
         Command::RevokeSession { session, control } => {
-            return spa_server::admin::revoke_session(&control, &session);
+            return spa_daemon::admin::revoke_session(&control, &session);
         }
         Command::Keygen(a) => {
             let line = red_relay::keygen(&a.out, a.force)?;
@@ -40,11 +39,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("{line}");
         }
         Command::Pubkey(a) => println!("{}", red_relay::pubkey(&a.key)?),
-        Command::Init(a) => spa_server::pki_cmd::print_init(&red_relay::init(&a)?),
-        Command::Man(a) => spa_server::cli::man(Cli::command(), &a)?,
-        Command::Completions { shell } => {
-            std::io::stdout().write_all(&spa_server::cli::completions(Cli::command(), shell))?;
-        }
+        Command::Init(a) => spa_daemon::init::print(&red_relay::init(&a)?),
+        Command::Man(a) => spa_daemon::cli::man(Cli::command(), &a)?,
+        Command::Completions { shell } => spa_daemon::cli::completions(Cli::command(), shell)?,
     }
     Ok(ExitCode::SUCCESS)
 }

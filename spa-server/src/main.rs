@@ -3,14 +3,13 @@
 //! and key commands. This file only dispatches: the work is in the library.
 #![forbid(unsafe_code)]
 
-use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{CommandFactory as _, Parser as _};
+use spa_daemon::config::Role;
+use spa_daemon::keygen::pubkey;
 use spa_server::cli::{Cli, Command};
-use spa_server::config::Role;
-use spa_server::keygen::pubkey;
 use spa_server::pki_cmd::{init_command, keygen_command, pki_command};
 use time::OffsetDateTime;
 
@@ -32,18 +31,16 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Pubkey(a) => println!("{}", pubkey(&a.key)?.1),
         Command::Run(a) => spa_server::green::run(&a.config)?,
         Command::CheckConfig(a) => {
-            return Ok(spa_server::admin::check_config(&a, Role::Green));
+            return Ok(spa_daemon::admin::check_config(&a, Role::Green));
         }
-        Command::Status(c) => return spa_server::admin::status(&c),
+        Command::Status(c) => return spa_daemon::admin::status(&c),
         Command::RevokeSession { session, control } => {
-            return spa_server::admin::revoke_session(&control, &session);
+            return spa_daemon::admin::revoke_session(&control, &session);
         }
         Command::Pki { command } => return pki_command(command, now),
         Command::Init(a) => init_command(&a, now)?,
-        Command::Man(a) => spa_server::cli::man(Cli::command(), &a)?,
-        Command::Completions { shell } => {
-            std::io::stdout().write_all(&spa_server::cli::completions(Cli::command(), shell))?;
-        }
+        Command::Man(a) => spa_daemon::cli::man(Cli::command(), &a)?,
+        Command::Completions { shell } => spa_daemon::cli::completions(Cli::command(), shell)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -8,10 +8,11 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::Command;
 
-use spa_server::config::{Role, load};
-use spa_server::init::{self, Common, GreenOptions, InitError, RedOptions};
+use spa_daemon::config::{Role, load};
+use spa_daemon::init::{Common, InitError, RedOptions};
+use spa_daemon::preflight::{self, Findings};
+use spa_server::init::{self, GreenInitError, GreenOptions};
 use spa_server::pki::CaAlgorithm;
-use spa_server::preflight::{self, Findings};
 
 /// A directory the daemon user (`nobody`) can search, as /etc is.
 fn open_tempdir() -> tempfile::TempDir {
@@ -101,7 +102,9 @@ fn init_refuses_to_replace_files_and_force_keeps_the_ca() {
     let key = std::fs::read(etc.join("green.key")).unwrap();
     let ca = std::fs::read(etc.join("ca/ca.key")).unwrap();
     match init::green(&o, now) {
-        Err(InitError::Exists(files)) => assert!(files.contains(&etc.join("green.key"))),
+        Err(GreenInitError::Init(InitError::Exists(files))) => {
+            assert!(files.contains(&etc.join("green.key")))
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(std::fs::read(etc.join("green.key")).unwrap(), key);
@@ -117,7 +120,10 @@ fn init_refuses_to_replace_files_and_force_keeps_the_ca() {
     let root = open_tempdir();
     let mut o = green_options(root.path());
     o.common.user = "no-such-user-spa-init".into();
-    assert!(matches!(init::green(&o, now), Err(InitError::NoUser(_))));
+    assert!(matches!(
+        init::green(&o, now),
+        Err(GreenInitError::Init(InitError::NoUser(_)))
+    ));
     assert!(!root.path().join("etc").exists());
 }
 
@@ -127,7 +133,7 @@ fn red_init_with_greens_outputs_passes_check_config() {
     let now = time::OffsetDateTime::now_utc();
     init::green(&green_options(root.path()), now).unwrap();
     let etc = root.path().join("etc/spa");
-    let key_line = |k: &str| spa_server::keygen::pubkey(&etc.join(k)).unwrap().1;
+    let key_line = |k: &str| spa_daemon::keygen::pubkey(&etc.join(k)).unwrap().1;
     let mut o = RedOptions {
         // Red on green's host: the same directory, the same copies.
         common: common(root.path(), "etc/spa", 62202),
@@ -136,17 +142,17 @@ fn red_init_with_greens_outputs_passes_check_config() {
         green_signing_key: key_line("green-signing.key"),
         green_receiver_keys: vec![key_line("green.key")],
     };
-    let r = init::red(&o).unwrap();
+    let r = spa_daemon::init::red(&o).unwrap();
     assert_eq!(r.config, etc.join("red-relay.toml"));
     let f = check(&r.config, Role::Red);
     assert!(f.problems.is_empty() && f.lapsed_crls.is_empty(), "{f:?}");
     assert_eq!(mode(&etc.join("red.key")), 0o600);
-    let red_key = spa_server::keygen::pubkey(&etc.join("red.key")).unwrap().1;
+    let red_key = spa_daemon::keygen::pubkey(&etc.join("red.key")).unwrap().1;
     assert!(r.next.contains(&red_key), "{}", r.next);
     // Green's key in the wrong slot is refused before anything is written.
     o.common.dir = root.path().join("etc/red");
     o.green_signing_key = "not base64".into();
-    assert!(init::red(&o).is_err());
+    assert!(spa_daemon::init::red(&o).is_err());
     assert!(!root.path().join("etc/red").exists());
 }
 
