@@ -73,7 +73,7 @@ pub enum Command {
     Pubkey(PubkeyArgs),
     /// First run: lay out /etc/spa for red (copies of the CA certificate
     /// and CRL, red's key, a configuration with green as its gateway that
-    /// passes check-config) and print the next steps, green's [relay]
+    /// passes check-config) and print the next steps, green's `[relay]`
     /// section among them. Refuses to replace existing files unless --force.
     #[command(mut_arg("knock_port", |a| a.default_value("62202")))]
     Init(InitArgs),

@@ -2,7 +2,7 @@
 //! lay out `/etc/spa` (or another directory) so that `check-config` passes
 //! as written and the systemd unit starts. This module holds what both
 //! write (the options, the checks that come before any write, the common
-//! configuration sections, [`print`]) and red's [`red`]: copies of the CA
+//! configuration sections, [`print()`]) and red's [`red`]: copies of the CA
 //! certificate (and CRL) it is given, red's receiver key ([`crate::keygen`],
 //! 0600) and `red-relay.toml` with green's public keys as its
 //! `[[gateways]]` entry. Green's (the CA, green's keys) is
