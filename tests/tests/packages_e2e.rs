@@ -123,11 +123,36 @@ fn installed_packages_init_check_config_start_and_open_a_service_for_a_knock() {
 
     // 1. The packages.
     let t0 = Instant::now();
-    let out = Command::new("bash")
-        .arg(workspace().join("dist/build-debs.sh"))
+    // Not the environment cargo gave this test (CARGO_PKG_*, …), as
+    // tests::bin builds: a build script that watches a variable would
+    // rebuild everything on the next plain build.
+    let mut c = Command::new("bash");
+    c.arg(workspace().join("dist/build-debs.sh"))
         .current_dir(workspace())
-        .output()
-        .expect("build-debs.sh");
+        .env_clear();
+    for (k, v) in std::env::vars_os() {
+        let keep = k.to_str().is_some_and(|k| {
+            matches!(
+                k,
+                "PATH"
+                    | "HOME"
+                    | "USER"
+                    | "TERM"
+                    | "LANG"
+                    | "CARGO_HOME"
+                    | "RUSTUP_HOME"
+                    | "RUSTUP_TOOLCHAIN"
+                    | "RUSTFLAGS"
+                    | "CARGO_TARGET_DIR"
+                    | "CARGO_INCREMENTAL"
+            ) || k.starts_with("CARGO_BUILD_")
+                || k.starts_with("CARGO_PROFILE_")
+        });
+        if keep {
+            c.env(k, v);
+        }
+    }
+    let out = c.output().expect("build-debs.sh");
     assert!(out.status.success(), "build-debs.sh:\n{}", text(&out));
     eprintln!(
         "{test}: packages built in {:.1} s",
@@ -136,7 +161,10 @@ fn installed_packages_init_check_config_start_and_open_a_service_for_a_knock() {
     let debs: Vec<PathBuf> = PACKAGES
         .iter()
         .map(|p| {
-            let dir = workspace().join("target/debian");
+            // Where build-debs.sh writes them: the cargo target directory.
+            let dir = std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| workspace().join("target"), |t| workspace().join(t))
+                .join("debian");
             std::fs::read_dir(&dir)
                 .expect("target/debian")
                 .filter_map(Result::ok)
