@@ -1,5 +1,5 @@
 //! `spa-server init`: green's first run, on the layout both daemons share
-//! ([`spa_daemon::init`]): the CA ([`crate::pki::init`], in `ca/`, mode
+//! ([`spa_daemon::init`]): the CA ([`spa_pki::init`], in `ca/`, mode
 //! 0700), its public copies `ca.pem` and a first `crl.pem` (0644: the
 //! daemon re-reads them as `daemon.user`), green's receiver key and
 //! order-signing key (0600) and `spa-server.toml`. An existing CA is kept,
@@ -12,7 +12,7 @@ use spa_daemon::init::{InitError, Report, check_free, common_sections, make_dir,
 use spa_daemon::keygen::{KeyKind, keygen};
 use time::OffsetDateTime;
 
-use crate::pki::{self, Ca, CaAlgorithm, InitOptions};
+use spa_pki::{self as pki, Ca, CaAlgorithm, InitOptions};
 
 /// Days of validity of the first CRL (`pki crl`'s default).
 pub const CRL_DAYS: u32 = 30;
@@ -175,4 +175,21 @@ pub fn green(o: &GreenOptions, now: OffsetDateTime) -> Result<Report, GreenInitE
         files,
         next,
     })
+}
+
+/// `spa-server init`: [`green`], then what it wrote and the next steps.
+pub fn init_command(a: &crate::cli::InitGreenArgs, now: OffsetDateTime) -> anyhow::Result<()> {
+    let report = green(
+        &GreenOptions {
+            common: a.common.common(),
+            ca_name: a.ca_name.clone(),
+            algorithm: match a.algorithm {
+                spa_pki::cli::AlgorithmArg::Ed25519 => CaAlgorithm::Ed25519,
+                spa_pki::cli::AlgorithmArg::P256 => CaAlgorithm::P256,
+            },
+        },
+        now,
+    )?;
+    spa_daemon::init::print(&report);
+    Ok(())
 }

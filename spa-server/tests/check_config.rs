@@ -120,7 +120,7 @@ fn check_config_requires_daemon_user() {
 /// A configuration whose only trust file is a CRL signed with `days` of
 /// validity at `now`, in `dir`.
 fn with_crl(dir: &Path, now: time::OffsetDateTime, days: u32, expired_crl: &str) -> Config {
-    use spa_server::pki::{self, CaAlgorithm, InitOptions};
+    use spa_pki::{self as pki, CaAlgorithm, InitOptions};
     let opts = InitOptions {
         name: "Test CA".into(),
         algorithm: CaAlgorithm::Ed25519,

@@ -11,8 +11,8 @@ use std::process::Command;
 use spa_daemon::config::{Role, load};
 use spa_daemon::init::{Common, InitError, RedOptions};
 use spa_daemon::preflight::{self, Findings};
+use spa_pki::CaAlgorithm;
 use spa_server::init::{self, GreenInitError, GreenOptions};
-use spa_server::pki::CaAlgorithm;
 
 /// A directory the daemon user (`nobody`) can search, as /etc is.
 fn open_tempdir() -> tempfile::TempDir {

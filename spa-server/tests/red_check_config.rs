@@ -11,8 +11,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use spa_daemon::init::{Common, RedOptions};
+use spa_pki::{Ca, CaAlgorithm};
 use spa_server::init::{self, GreenOptions};
-use spa_server::pki::{Ca, CaAlgorithm};
 use time::{Duration, OffsetDateTime};
 
 fn common(root: &Path, etc: &str, port: u16) -> Common {
