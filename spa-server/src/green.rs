@@ -348,6 +348,17 @@ pub fn services(cfg: &Config) -> HashMap<String, (ServiceProto, u16)> {
 /// Builds a daemon around a gate from a finished setup, runs it, and
 /// cleans up (the firewall table on a clean stop, if configured).
 pub fn run_daemon<G: Gate, H: Hooks>(s: Setup, gate: G, hooks: H) -> Result<(), StartError> {
+    run_daemon_with(s, gate, hooks, None)
+}
+
+/// [`run_daemon`], the knock floors in a shared store when `shared` is set
+/// (SPEC §7.6).
+fn run_daemon_with<G: Gate, H: Hooks>(
+    s: Setup,
+    gate: G,
+    hooks: H,
+    shared: Option<crate::store::etcd::EtcdFloors>,
+) -> Result<(), StartError> {
     let (limiter, offenses, scans) = ips(&s.cfg)?;
     let remove = s.cfg.firewall.remove_on_exit;
     let table = s.cfg.firewall.table.clone();
@@ -377,6 +388,7 @@ pub fn run_daemon<G: Gate, H: Hooks>(s: Setup, gate: G, hooks: H) -> Result<(), 
     })
     .map_err(|e| step("ips")(e.to_string()))?;
     d.blocked = crate::blocked::Blocked::new(s.cfg.ips.max_blocks);
+    d.shared = shared;
     // Prune floors only once they are older than every window in force.
     d.prune_max_age_ms = s
         .cfg
@@ -416,6 +428,9 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
     // One session table for the daemon loop and the tunnel (SPEC §8.1.1).
     let sessions = SharedSessions::default();
     let tunnel = crate::tunnel::bind(&cfg, &sessions).map_err(|e| step("tunnel")(e.to_string()))?;
+    // SPEC §7.6: the TLS files of a shared store are read as root, its
+    // client started after the drop.
+    let shared = crate::store::shared::etcd_settings(&cfg).map_err(StartError::Config)?;
     let mut s = setup(cfg)?;
     s.sessions = sessions;
     let tunnel = tunnel
@@ -426,5 +441,9 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         // SPEC §7.5: order timestamps durable in the replay store.
         r.use_store(&s.db);
     }
-    run_daemon(s, verifier, (relay, tunnel))
+    let shared = shared
+        .map(|e| crate::store::etcd::EtcdFloors::start(&e))
+        .transpose()
+        .map_err(|e| step("shared replay store")(e.to_string()))?;
+    run_daemon_with(s, verifier, (relay, tunnel), shared)
 }
