@@ -34,6 +34,10 @@
 //! once (a flood of valid knocks cannot hold the daemon in timeouts) until a
 //! probe on the store's own thread reaches etcd again; then knocks are
 //! accepted again. There is no fallback to the local file (SPEC §7.6).
+//! A transaction that timed out may still be applied by etcd: the knock was
+//! refused and its floor raised all the same, which costs the client one
+//! retry (its next knock carries a later timestamp, SPEC §7.5), never a
+//! replay.
 //!
 //! # Reads
 //!
@@ -164,7 +168,7 @@ impl Health {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some((e.to_string(), wall_ms()));
         if was {
-            error!(error = %e, "shared replay store unreachable: every knock is refused (storage_failure) until it answers again");
+            error!(error = %e, "shared replay store unreachable: knock refused (storage_failure), and every knock until it answers again");
         }
     }
 }
@@ -396,9 +400,9 @@ impl ReplayState for EtcdFloors {
                 Err(SharedStoreError::Replayed)
             }
             Err(e) => {
+                // Logged at error level by `fail` (available → unavailable).
                 let e = e.into_error();
                 self.health.fail(&e);
-                error!(error = %e, "knock refused: its floor cannot be committed to the shared replay store");
                 Err(e)
             }
         }
