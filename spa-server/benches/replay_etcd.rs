@@ -6,7 +6,7 @@
 //! - memory (no durability: the crypto and parsing cost alone);
 //! - the local redb store (`backend = "local"`, one `fsync` per commit) on
 //!   the disk and on tmpfs;
-//! - etcd (`backend = "etcd"`, `spa_server::store::etcd::EtcdFloors`), one
+//! - etcd (`backend = "etcd"`, `spa_server::etcd::EtcdFloors`), one
 //!   member and a three-member cluster, started here with their data on
 //!   the disk, reached over loopback inside a network namespace created
 //!   here (`spa-etb-<pid>`, deleted at the end; nothing leaves it);
@@ -41,9 +41,9 @@ use proto_spec::seal::{KnockRequest, seal_knock};
 use proto_spec::sign::Signer;
 use proto_spec::testkit::{self, ClientCertSpec, KeyAlg, TestCa};
 use proto_spec::verify::KnockVerifier;
-use spa_server::store::ReplayDb;
-use spa_server::store::etcd::EtcdFloors;
-use spa_server::store::shared::EtcdSettings;
+use spa_daemon::store::ReplayDb;
+use spa_daemon::store::shared::{EtcdSettings, SharedFloors};
+use spa_server::etcd::EtcdFloors;
 
 /// Knocks per series.
 const N: usize = 500;
@@ -66,7 +66,7 @@ struct Bench {
     ca: TestCa,
     rpk: ReceiverPublicKey,
     signer: Box<dyn Signer + Send + Sync>,
-    cfg: spa_server::config::Config,
+    cfg: spa_daemon::config::Config,
 }
 
 impl Bench {
@@ -78,8 +78,8 @@ impl Bench {
                 ..TrustConfig::default()
             })
             .unwrap(),
-            spa_server::green::policy(&self.cfg),
-            spa_server::green::limits(&self.cfg),
+            spa_daemon::start::policy(&self.cfg),
+            spa_daemon::start::limits(&self.cfg),
         )
     }
 
@@ -217,7 +217,7 @@ impl Etcd {
         }
     }
 
-    fn floors(&self, prefix: &str) -> EtcdFloors {
+    fn floors(&self, prefix: &str) -> Box<dyn SharedFloors> {
         let f = EtcdFloors::start(&EtcdSettings {
             endpoints: self.endpoints.clone(),
             prefix: prefix.to_owned(),
@@ -231,7 +231,7 @@ impl Etcd {
             assert!(t.elapsed() < Duration::from_secs(30), "etcd unreachable");
             std::thread::sleep(Duration::from_millis(20));
         }
-        f
+        Box::new(f)
     }
 }
 
@@ -292,7 +292,7 @@ fn main() {
             .signer(&ClientCertSpec::new("bench", KeyAlg::Ed25519, 7))
             .unwrap(),
         ca,
-        cfg: spa_server::config::load(&cfg_path).unwrap(),
+        cfg: spa_daemon::config::load(&cfg_path).unwrap(),
     };
     println!(
         "load average at start: {}",

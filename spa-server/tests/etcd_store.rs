@@ -3,7 +3,7 @@
 //! only), two `EtcdFloors` in this process standing for two greens.
 //!
 //! - a floor committed by one green refuses the same and lower timestamps
-//!   at the other as `replayed` (`ReplayState::is_replay`), a higher one is
+//!   at the other as `replayed`, a higher one is
 //!   accepted, and `G` refuses what was sealed before the prefix existed;
 //! - two greens racing to commit the same timestamp: exactly one wins,
 //!   every round;
@@ -15,9 +15,8 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proto_spec::cert::IdentityKey;
-use proto_spec::replay::ReplayState;
-use spa_server::store::etcd::{EtcdFloors, SharedStoreError};
-use spa_server::store::shared::EtcdSettings;
+use spa_daemon::store::shared::{EtcdSettings, SharedFloors};
+use spa_server::etcd::{EtcdFloors, SharedStoreError};
 use tests::{Netns, TempDir, require_tools, unique_tag, wait_until};
 
 const ROUNDS: u64 = 100;
@@ -73,7 +72,7 @@ fn floors(prefix: &str) -> EtcdFloors {
 }
 
 fn replayed(r: Result<(), SharedStoreError>) -> bool {
-    matches!(&r, Err(e) if EtcdFloors::is_replay(e))
+    matches!(r, Err(SharedStoreError::Replayed))
 }
 
 #[test]
@@ -90,18 +89,18 @@ fn greens_sharing_the_store_accept_each_timestamp_once_and_fail_closed_without_i
         assert!(g <= now_ms());
         let id = IdentityKey([7; 32]);
         let ts = now_ms() + 1000;
-        a.commit(&id, ts).expect("first commit");
+        a.try_commit(&id, ts).expect("first commit");
         assert!(
-            replayed(b.commit(&id, ts)),
+            replayed(b.try_commit(&id, ts)),
             "same timestamp at the other green"
         );
-        assert!(replayed(b.commit(&id, ts - 1)), "lower timestamp");
+        assert!(replayed(b.try_commit(&id, ts - 1)), "lower timestamp");
         assert_eq!(b.floor(&id), Some(ts), "B learned the floor from the CAS");
-        b.commit(&id, ts + 1).expect("higher timestamp");
-        assert!(replayed(a.commit(&id, ts + 1)));
+        b.try_commit(&id, ts + 1).expect("higher timestamp");
+        assert!(replayed(a.try_commit(&id, ts + 1)));
         // G refuses a new identity's timestamp sealed before the prefix.
-        assert!(replayed(a.commit(&IdentityKey([8; 32]), g)));
-        a.commit(&IdentityKey([8; 32]), g + 1)
+        assert!(replayed(a.try_commit(&IdentityKey([8; 32]), g)));
+        a.try_commit(&IdentityKey([8; 32]), g + 1)
             .expect("above G, new identity");
 
         // Racing greens: one winner per timestamp.
@@ -117,9 +116,11 @@ fn greens_sharing_the_store_accept_each_timestamp_once_and_fail_closed_without_i
                         let mut won = 0;
                         for k in 0..ROUNDS {
                             barrier.wait();
-                            match f.commit(&race, base + k) {
+                            match f.try_commit(&race, base + k) {
                                 Ok(()) => won += 1,
-                                Err(e) => assert!(EtcdFloors::is_replay(&e), "{e}"),
+                                Err(e) => {
+                                    assert!(matches!(e, SharedStoreError::Replayed), "{e}");
+                                }
                             }
                         }
                         won
@@ -140,14 +141,17 @@ fn greens_sharing_the_store_accept_each_timestamp_once_and_fail_closed_without_i
         let _ = etcd.kill();
         let _ = etcd.wait();
         let id = IdentityKey([10; 32]);
-        let r = a.commit(&id, now_ms() + 1000);
-        assert!(matches!(&r, Err(e) if !EtcdFloors::is_replay(e)), "{r:?}");
+        let r = a.try_commit(&id, now_ms() + 1000);
+        assert!(
+            matches!(&r, Err(e) if !matches!(e, SharedStoreError::Replayed)),
+            "{r:?}"
+        );
         assert!(!a.available());
-        let r = a.commit(&id, now_ms() + 1001);
+        let r = a.try_commit(&id, now_ms() + 1001);
         assert!(matches!(&r, Err(SharedStoreError::Unavailable(_))), "{r:?}");
         etcd = start_etcd(&ns, &dir, 1);
         assert!(wait_until(Duration::from_secs(15), || a.available()));
-        a.commit(&id, now_ms() + 1002).expect("etcd back");
+        a.try_commit(&id, now_ms() + 1002).expect("etcd back");
     });
     let _ = etcd.kill();
     let _ = etcd.wait();
