@@ -162,10 +162,7 @@ impl Health {
     fn fail(&self, e: &SharedStoreError) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         let was = self.available.swap(false, Ordering::AcqRel);
-        *self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some((e.to_string(), wall_ms()));
+        record(self, e);
         if was {
             error!(error = %e, "shared replay store unreachable: knock refused (storage_failure), and every knock until it answers again");
         }
@@ -586,6 +583,7 @@ async fn background(kv: KvClient, keys: Keys, health: Arc<Health>, timeout: Dura
     }
 }
 
+/// Keeps `e` for `status`.
 fn record(health: &Health, e: &SharedStoreError) {
     *health
         .last_error

@@ -21,14 +21,15 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{CONNECT_TIMEOUT, KNOCK_PORT, SSH_PORT, assert_silently_dropped, sock};
 use serde_json::Value;
 use tests::{
     Green, Netns, TcpService, Tcpdump, TempDir, bin, make_relay_pki, pcap, require_tools, run_ok,
     unique_tag, wait_until,
 };
 
-const KNOCK_PORT: u16 = 62201;
-const SSH_PORT: u16 = 2222;
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 200, 96, 2);
 const GREEN_A: Ipv4Addr = Ipv4Addr::new(10, 200, 96, 11);
 const GREEN_B: Ipv4Addr = Ipv4Addr::new(10, 200, 96, 12);
@@ -39,11 +40,6 @@ const ETCD: [Ipv4Addr; 3] = [
 ];
 /// CAP_NET_ADMIN and CAP_NET_RAW: what green keeps after the drop.
 const KEPT_CAPS: u64 = (1 << 12) | (1 << 13);
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(800);
-
-fn sock(ip: Ipv4Addr, port: u16) -> SocketAddr {
-    SocketAddr::from((ip, port))
-}
 
 /// The namespaces, the PKI and the etcd members.
 struct Ha {
@@ -368,17 +364,6 @@ fn assert_ok(out: &Output, what: &str, green: &Green) {
         String::from_utf8_lossy(&out.stderr),
         green.log_text()
     );
-}
-
-fn assert_silently_dropped(r: std::io::Result<std::net::TcpStream>, who: &str) {
-    match r {
-        Ok(_) => panic!("{who}: the connection was accepted"),
-        Err(e) => assert_eq!(
-            e.kind(),
-            std::io::ErrorKind::TimedOut,
-            "{who}: expected a silent drop (timeout), got {e}"
-        ),
-    }
 }
 
 fn wait_log(green: &Green, needle: &str, timeout: Duration) {
