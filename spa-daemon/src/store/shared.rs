@@ -211,15 +211,15 @@ pub fn etcd_settings(cfg: &Config) -> Result<Option<EtcdSettings>, Vec<Problem>>
     if r.endpoints.is_empty() {
         bad("endpoints", "at least one etcd endpoint is needed".into());
     }
-    let mut https = 0;
+    let (mut https, mut plain) = (0, 0);
     for (i, e) in r.endpoints.iter().enumerate() {
         match endpoint_scheme(e) {
             Ok(Scheme::Https) => https += 1,
-            Ok(Scheme::LoopbackHttp) => {}
+            Ok(Scheme::LoopbackHttp) => plain += 1,
             Err(why) => bad(&format!("endpoints[{i}]"), format!("'{e}': {why}")),
         }
     }
-    if https > 0 && https < r.endpoints.len() {
+    if https > 0 && plain > 0 {
         bad(
             "endpoints",
             "mixes https:// and http:// endpoints: use one scheme".into(),
@@ -423,6 +423,60 @@ fn contains_private_key(pem: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(replay: &str) -> Config {
+        toml::from_str(&format!(
+            "[daemon]\nkeys = []\nreplay_db = \"/var/lib/spa/replay.redb\"\n\
+             [trust]\nanchors = []\n[replay]\n{replay}"
+        ))
+        .expect("config")
+    }
+
+    fn keys(p: &[Problem]) -> Vec<&str> {
+        p.iter().map(|p| p.key.as_str()).collect()
+    }
+
+    #[test]
+    fn local_is_the_default_and_takes_no_etcd_settings() {
+        let c = config("");
+        assert_eq!(c.replay.backend, "local");
+        assert!(config_problems(&c, Role::Green).is_empty());
+        let c = config("endpoints = [\"https://10.0.0.5:2379\"]");
+        assert_eq!(keys(&config_problems(&c, Role::Green)), ["replay.backend"]);
+        let c = config("backend = \"zookeeper\"");
+        assert_eq!(keys(&config_problems(&c, Role::Green)), ["replay.backend"]);
+    }
+
+    #[test]
+    fn red_refuses_etcd() {
+        let c = config("backend = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]");
+        assert!(config_problems(&c, Role::Green).is_empty());
+        assert_eq!(keys(&config_problems(&c, Role::Red)), ["replay.backend"]);
+    }
+
+    #[test]
+    fn etcd_needs_endpoints_mutual_tls_and_a_bounded_timeout() {
+        let c = config("backend = \"etcd\"");
+        assert_eq!(
+            keys(&config_problems(&c, Role::Green)),
+            ["replay.endpoints"]
+        );
+        let c = config(
+            "backend = \"etcd\"\nendpoints = [\"https://10.0.0.5:2379\", \"http://10.0.0.6:2379\"]\n\
+             timeout_ms = 0\nprefix = \"spa\"",
+        );
+        assert_eq!(
+            keys(&config_problems(&c, Role::Green)),
+            [
+                "replay.endpoints[1]",
+                "replay.prefix",
+                "replay.timeout_ms",
+                "replay.ca",
+                "replay.cert",
+                "replay.key"
+            ]
+        );
+    }
 
     #[test]
     fn endpoints_need_https_unless_loopback() {
