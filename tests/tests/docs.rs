@@ -1,0 +1,96 @@
+//! The documentation agrees with what CI does: the packages the README tells a
+//! reader to install for the tests are exactly the ones `.ci/run` installs.
+//! No root, no network.
+
+use std::path::Path;
+
+/// The words of the first `apt-get install` command in `text` after
+/// `anchor` (a shell command, possibly continued over lines with `\`),
+/// options removed.
+fn apt_packages(text: &str, anchor: &str, what: &str) -> Vec<String> {
+    let after = text
+        .find(anchor)
+        .unwrap_or_else(|| panic!("{what}: no {anchor:?}"));
+    let start = after
+        + text[after..]
+            .find("apt-get install")
+            .unwrap_or_else(|| panic!("{what}: no `apt-get install` line after {anchor:?}"));
+    let mut words = Vec::new();
+    for line in text[start..].lines() {
+        let (body, continued) = match line.trim_end().strip_suffix('\\') {
+            Some(b) => (b, true),
+            None => (line, false),
+        };
+        words.extend(body.split_whitespace().map(str::to_owned));
+        if !continued {
+            break;
+        }
+    }
+    let packages: Vec<String> = words
+        .into_iter()
+        .skip_while(|w| w != "install")
+        .skip(1)
+        .filter(|w| !w.starts_with('-'))
+        .collect();
+    assert!(!packages.is_empty(), "{what}: an empty apt-get install");
+    packages
+}
+
+fn read(rel: &str) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    std::fs::read_to_string(root.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+#[test]
+fn readme_apt_line_matches_ci() {
+    let ci = apt_packages(&read(".ci/run"), "apt: system packages", ".ci/run");
+    let readme = apt_packages(&read("README.md"), "the same line as CI's", "README.md");
+    let sorted = |v: &[String]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    };
+    let (ci_s, readme_s) = (sorted(&ci), sorted(&readme));
+    let mut dedup = ci_s.clone();
+    dedup.dedup();
+    assert_eq!(dedup, ci_s, ".ci/run names a package twice");
+    assert_eq!(
+        readme_s,
+        ci_s,
+        "README.md's apt-get line and .ci/run's differ: only in the README: {:?}; only in CI: {:?}",
+        readme_s
+            .iter()
+            .filter(|p| !ci_s.contains(p))
+            .collect::<Vec<_>>(),
+        ci_s.iter()
+            .filter(|p| !readme_s.contains(p))
+            .collect::<Vec<_>>(),
+    );
+    // What the tests drive and would fail without.
+    for needed in [
+        "curl",
+        "python3",
+        "python3-cryptography",
+        "util-linux",
+        "conntrack",
+        "nftables",
+        "iproute2",
+        "softhsm2",
+        "openssh-client",
+        "openssh-server",
+        "tcpdump",
+    ] {
+        assert!(
+            ci_s.iter().any(|p| p == needed),
+            "{needed} is missing from the apt-get lines"
+        );
+    }
+}
+
+#[test]
+fn apt_line_parser_follows_continuations() {
+    let text = "x\napt-get install -y --no-install-recommends \\\n    a b \\\n    c\nd e\n";
+    assert_eq!(apt_packages(text, "x", "t"), ["a", "b", "c"]);
+}
