@@ -1,6 +1,6 @@
 //! The documentation agrees with what CI does: the packages the README tells a
 //! reader to install for the tests are exactly the ones `.ci/run` installs.
-//! No root, no network.
+//! The demo shows its build. No root, no network.
 
 use std::path::Path;
 
@@ -93,4 +93,23 @@ fn readme_apt_line_matches_ci() {
 fn apt_line_parser_follows_continuations() {
     let text = "x\napt-get install -y --no-install-recommends \\\n    a b \\\n    c\nd e\n";
     assert_eq!(apt_packages(text, "x", "t"), ["a", "b", "c"]);
+}
+
+/// The demo's build shows cargo's progress: a first build is minutes of
+/// compiling, which `--quiet` turned into silence.
+#[test]
+fn demo_build_shows_progress() {
+    let run = read("demo/run.sh");
+    let builds: Vec<&str> = run
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("cargo build"))
+        .collect();
+    assert!(!builds.is_empty(), "demo/run.sh builds nothing");
+    for b in builds {
+        assert!(
+            !b.contains("--quiet") && !b.contains(" -q") && !b.contains(">/dev/null"),
+            "demo/run.sh hides the build's progress: {b}"
+        );
+    }
 }
