@@ -189,13 +189,13 @@ impl Lab {
             &["--label", "spa", "--id", "01", "--algorithm", algorithm],
         ));
         let shown = if algorithm == "p256" {
-            "P-256"
+            "a P-256"
         } else {
-            "Ed25519"
+            "an Ed25519"
         };
         assert!(
             out.contains(&format!(
-                "generated a {shown} key 'spa' on token '{}'",
+                "generated {shown} key 'spa' on token '{}'",
                 self.token
             )),
             "{out}"

@@ -1,6 +1,6 @@
 //! The documentation agrees with what CI does: the packages the README tells a
 //! reader to install for the tests are exactly the ones `.ci/run` installs.
-//! The demo shows its build. No root, no network.
+//! The demo shows its build; articles read right. No root, no network.
 
 use std::path::Path;
 
@@ -112,4 +112,62 @@ fn demo_build_shows_progress() {
             "demo/run.sh hides the build's progress: {b}"
         );
     }
+}
+
+/// "an Ed25519 key", never "a Ed25519 key" (nor a ECDSA, a X25519, a HPKE
+/// ...): in code, messages and documents.
+#[test]
+fn articles_before_vowel_sounds() {
+    const NAMES: [&str; 8] = [
+        "Ed25519", "ECDSA", "EdDSA", "X25519", "HPKE", "HMAC", "RSA", "SPKI",
+    ];
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if p.is_dir() {
+                if !matches!(name.as_ref(), "target" | ".git" | "corpus" | "artifacts") {
+                    walk(&p, out);
+                }
+            } else if [".rs", ".md", ".sh", ".toml", ".example", ".service"]
+                .iter()
+                .any(|x| name.ends_with(x))
+                || name == "run"
+            {
+                out.push(p);
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    let mut files = Vec::new();
+    walk(root, &mut files);
+    assert!(files.len() > 50, "{} files", files.len());
+    let mut found = Vec::new();
+    for f in files {
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
+        for (n, line) in text.lines().enumerate() {
+            for name in NAMES {
+                for article in ["a ", "A "] {
+                    let bad = format!("{article}{name}");
+                    let hit = line
+                        .match_indices(&bad)
+                        .any(|(i, _)| i == 0 || !line.as_bytes()[i - 1].is_ascii_alphanumeric());
+                    // This test's own list of bad spellings.
+                    if hit && !line.contains("never \"a ") {
+                        found.push(format!("{}:{}: {}", f.display(), n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "'a' before a vowel sound:\n{}",
+        found.join("\n")
+    );
 }
