@@ -263,7 +263,12 @@ fn wait_succeeds_when_the_port_opens_after_the_knock() {
         green
             .verify(&d, from.ip(), now_ms(), &mut replay)
             .expect("valid");
-        std::thread::sleep(Duration::from_millis(400));
+        // The port opens only once the client showed it waited: its fresh
+        // knock, resent after probing the closed port without success.
+        let (d, from) = receive(&sock);
+        green
+            .verify(&d, from.ip(), now_ms(), &mut replay)
+            .expect("the resent knock is fresh and valid");
         let l = TcpListener::bind(("127.0.0.1", tcp_port)).expect("rebind");
         let _ = l.accept();
     });
@@ -284,7 +289,8 @@ fn wait_succeeds_when_the_port_opens_after_the_knock() {
         o.status.code(),
         stderr(&o)
     );
-    assert!(String::from_utf8_lossy(&o.stdout).contains("is open"));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("is open"), "{out}");
     server.join().expect("server thread");
 }
 
