@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 
 use crate::config::ServiceProto;
 use crate::gate::Decision;
-use crate::nft::{NftError, NftSets};
+use spa_nft::{NftError, NftSets};
 
 /// A session id (SPEC §4).
 pub type SessionId = [u8; 16];

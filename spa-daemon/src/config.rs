@@ -596,7 +596,7 @@ pub fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
 }
 
 /// A service's transport protocol: the crate's one protocol type.
-pub use crate::nft::Proto as ServiceProto;
+pub use spa_nft::Proto as ServiceProto;
 
 /// Parses "tcp" or "udp".
 pub fn parse_proto(s: &str) -> Option<ServiceProto> {
@@ -720,7 +720,7 @@ impl Config {
         }
         let f = &self.firewall;
         // The rule the firewall driver applies when it installs the table.
-        if let Err(e) = crate::nft::TableName::new(&f.table) {
+        if let Err(e) = spa_nft::TableName::new(&f.table) {
             bad("firewall.table".into(), e.to_string());
         }
         if !matches!(f.mode.as_str(), "blackhole" | "protect") {
@@ -753,11 +753,11 @@ impl Config {
                 ),
             }
         }
-        if let Err(e) = f.forward.parse::<crate::nft::ForwardPolicy>() {
+        if let Err(e) = f.forward.parse::<spa_nft::ForwardPolicy>() {
             bad("firewall.forward".into(), e);
         }
         for (i, s) in f.forward_allow.iter().enumerate() {
-            if let Err(e) = s.parse::<crate::nft::ForwardAllow>() {
+            if let Err(e) = s.parse::<spa_nft::ForwardAllow>() {
                 bad(format!("firewall.forward_allow[{i}]"), e);
             }
         }
@@ -862,7 +862,7 @@ impl Config {
             );
         }
         // What run's constructors reject, by the same code.
-        if let Err(x) = crate::green::ips_state(self) {
+        if let Err(x) = crate::start::ips_state(self) {
             bad(x.key, x.problem);
         }
         for (key, w) in [

@@ -51,7 +51,7 @@
 //! green's relay an [`OrderClock`]: a handle on the same file (redb allows
 //! one handle per file), writing `meta["order_reserved"]` with the same
 //! durable transactions. The relay decides what to store (see
-//! `crate::relay`); this module only keeps the value, never lowering it.
+//! green's relay, `spa_server::relay`); this module only keeps the value, never lowering it.
 //!
 //! # Ownership
 //!
@@ -194,7 +194,7 @@ pub struct ReplayDb {
 ///
 /// It stores one value, the *reservation*: a bound at or above every order
 /// timestamp green has sent. What bound to store, and when, is the relay's
-/// choice (`crate::relay`); this handle only makes it durable and never
+/// choice (green's relay, `spa_server::relay`); this handle only makes it durable and never
 /// lowers it.
 #[derive(Debug, Clone)]
 pub struct OrderClock {

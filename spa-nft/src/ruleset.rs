@@ -144,11 +144,11 @@ pub struct BlockPrefixes {
 
 impl Default for BlockPrefixes {
     /// The intrusion prevention's default aggregation
-    /// ([`crate::ips::SourceAggregation`]): IPv4 /32, IPv6 /64.
+    /// (`spa_daemon`'s IPS source aggregation): IPv4 /32, IPv6 /64.
     fn default() -> Self {
         Self {
-            ipv4: crate::ips::DEFAULT_IPV4_PREFIX,
-            ipv6: crate::ips::DEFAULT_IPV6_PREFIX,
+            ipv4: crate::DEFAULT_IPV4_PREFIX,
+            ipv6: crate::DEFAULT_IPV6_PREFIX,
         }
     }
 }
@@ -224,7 +224,7 @@ pub struct Ruleset;
 
 impl Ruleset {
     /// The table definition in nft syntax (pure; see the module
-    /// documentation of [`crate::nft`] for the order of the rules).
+    /// documentation of [`crate`] for the order of the rules).
     pub fn render(cfg: &FirewallConfig) -> String {
         let mut s = String::new();
         // Writing to a String cannot fail; the fmt::Result is irrelevant.

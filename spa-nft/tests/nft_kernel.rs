@@ -1,79 +1,26 @@
 //! The nftables driver against the real kernel, each test in a network
 //! namespace of its own so that the host firewall is never touched.
 //!
-//! Each test re-executes this test binary, for that one test, under
-//! `unshare --net`: the body runs only in the child (where `SPA_IN_NETNS`
-//! is set), whose network namespace disappears with it, whatever happens.
-//! The traffic tests add a second, peer namespace: a thread of the child
-//! that `unshare(CLONE_NEWNET)`s itself, joined to the child's namespace by
-//! a veth pair (10.200.99.1/24 here, 10.200.99.2/24 there); it vanishes
-//! when the thread ends. No packet leaves these namespaces.
+//! Each test runs under [`tests::pair::in_netns`] (the test binary
+//! re-executed under `unshare --net`); the traffic tests add its peer
+//! namespace ([`tests::pair::Peer`], 10.200.99.1/24 here, 10.200.99.2/24
+//! there). No packet leaves these namespaces.
 //!
 //! Needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN), `unshare`, `ip` and `nft`;
 //! without root the tests say so and pass.
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::Command;
-use std::sync::mpsc;
-use std::thread;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sched::{CloneFlags, unshare};
-use spa_server::nft::{
+use spa_nft::{
     BlockPrefixes, FirewallConfig, Mode, NftError, NftSets, Proto, Refresh, Ruleset, SetOp,
     TableName, list,
 };
-
-const IN_NETNS: &str = "SPA_IN_NETNS";
-const HERE: Ipv4Addr = Ipv4Addr::new(10, 200, 99, 1);
-const PEER: Ipv4Addr = Ipv4Addr::new(10, 200, 99, 2);
-
-/// Runs `body` in a fresh network namespace (see the module docs).
-fn in_netns(name: &str, body: impl FnOnce()) {
-    if std::env::var_os(IN_NETNS).is_some() {
-        sh("ip link set lo up");
-        body();
-        return;
-    }
-    if !nix::unistd::geteuid().is_root() {
-        tests::cannot_run(name, "network namespaces and nftables need root");
-        return;
-    }
-    let exe = std::env::current_exe().expect("path of the test binary");
-    let out = Command::new("unshare")
-        .arg("--net")
-        .arg("--")
-        .arg(exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(IN_NETNS, "1")
-        .output()
-        .expect("run unshare --net");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("--- {name} in its namespace ---\n{stdout}{stderr}");
-    assert!(out.status.success(), "{name} failed in its namespace");
-    assert!(
-        stdout.contains("1 passed"),
-        "the child did not run exactly {name}"
-    );
-}
-
-/// Runs a shell command, panicking with its output on failure.
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh")
-        .args(["-c", cmd])
-        .output()
-        .expect("run sh");
-    assert!(
-        out.status.success(),
-        "`{cmd}` failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use tests::pair::{
+    HERE, PEER, Peer, assert_filtered, assert_open, assert_refused, closed_port, in_netns, sh,
+};
 
 fn cfg(mode: Mode) -> FirewallConfig {
     FirewallConfig::new(mode)
@@ -87,116 +34,6 @@ fn blackhole() -> FirewallConfig {
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")
-}
-
-/// A second network namespace, held by a thread, joined to ours by a veth
-/// pair. Closures sent to it run in that namespace (and so do the sockets
-/// they create, wherever those are used afterwards).
-struct Peer {
-    jobs: Option<mpsc::Sender<Box<dyn FnOnce() + Send>>>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Peer {
-    fn new() -> Peer {
-        let (jobs, rx) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
-        let (tid_tx, tid_rx) = mpsc::channel();
-        let thread = thread::spawn(move || {
-            unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET) for the peer");
-            tid_tx
-                .send(nix::unistd::gettid().as_raw())
-                .expect("send the peer's thread id");
-            for job in rx {
-                job();
-            }
-        });
-        let tid = tid_rx.recv().expect("peer thread started");
-        sh(&format!(
-            "ip link add spa0 type veth peer name spa1 netns {tid} && \
-             ip addr add {HERE}/24 dev spa0 && ip link set spa0 up"
-        ));
-        let peer = Peer {
-            jobs: Some(jobs),
-            thread: Some(thread),
-        };
-        peer.run(|| {
-            sh(&format!(
-                "ip link set lo up && ip addr add {PEER}/24 dev spa1 && ip link set spa1 up"
-            ))
-        });
-        peer
-    }
-
-    fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
-        let (tx, rx) = mpsc::channel();
-        self.jobs
-            .as_ref()
-            .expect("peer running")
-            .send(Box::new(move || {
-                // The receiver waits below; a send error cannot happen.
-                let _ = tx.send(f());
-            }))
-            .expect("peer thread alive");
-        rx.recv().expect("peer job finished")
-    }
-
-    /// TCP connect from the peer to `HERE:port`: Ok(stream), or the error
-    /// kind (TimedOut when the packets are silently dropped,
-    /// ConnectionRefused when a RST came back).
-    fn connect(&self, port: u16, wait: Duration) -> Result<TcpStream, ErrorKind> {
-        self.run(move || {
-            TcpStream::connect_timeout(&SocketAddr::from((HERE, port)), wait).map_err(|e| e.kind())
-        })
-    }
-
-    fn send_udp(&self, port: u16, payload: &'static [u8]) {
-        self.run(move || {
-            let s = UdpSocket::bind((PEER, 0)).expect("peer UDP socket");
-            s.send_to(payload, (HERE, port)).expect("peer UDP send");
-        });
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        // Closing the channel ends the thread, and its namespace (and the
-        // veth pair with it) goes away.
-        drop(self.jobs.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-const SHORT: Duration = Duration::from_millis(1200);
-
-fn assert_filtered(peer: &Peer, port: u16) {
-    let started = Instant::now();
-    match peer.connect(port, SHORT) {
-        Err(ErrorKind::TimedOut) => {}
-        other => panic!("port {port}: expected a silent drop (timeout), got {other:?}"),
-    }
-    assert!(started.elapsed() >= SHORT, "failed fast: not a silent drop");
-}
-
-fn assert_open(peer: &Peer, port: u16) -> TcpStream {
-    match peer.connect(port, Duration::from_secs(3)) {
-        Ok(s) => s,
-        Err(e) => panic!("port {port}: expected a connection, got {e:?}"),
-    }
-}
-
-fn assert_refused(peer: &Peer, port: u16) {
-    match peer.connect(port, Duration::from_secs(3)) {
-        Err(ErrorKind::ConnectionRefused) => {}
-        other => panic!("port {port}: expected a RST (refused), got {other:?}"),
-    }
-}
-
-/// A TCP port with nothing listening on it, here.
-fn closed_port() -> u16 {
-    let l = TcpListener::bind((HERE, 0)).expect("bind a port to free it");
-    l.local_addr().expect("local addr").port()
 }
 
 #[test]
@@ -579,7 +416,7 @@ fn kernel_errors_are_precise() {
 #[test]
 fn blackhole_drops_silently_until_allowed() {
     in_netns("blackhole_drops_silently_until_allowed", || {
-        let peer = Peer::new();
+        let peer = Peer::start();
         let listener = TcpListener::bind((HERE, 0)).expect("listen");
         let port = listener.local_addr().expect("addr").port();
         let closed = closed_port();
@@ -658,7 +495,7 @@ fn blackhole_drops_silently_until_allowed() {
 #[test]
 fn blackhole_udp_knock_port() {
     in_netns("blackhole_udp_knock_port", || {
-        let peer = Peer::new();
+        let peer = Peer::start();
         let sock = UdpSocket::bind((HERE, 0)).expect("udp bind");
         let knock = sock.local_addr().expect("addr").port();
         sock.set_read_timeout(Some(Duration::from_millis(800)))
@@ -686,7 +523,7 @@ fn blackhole_udp_knock_port() {
 #[test]
 fn protect_drops_only_listed_ports() {
     in_netns("protect_drops_only_listed_ports", || {
-        let peer = Peer::new();
+        let peer = Peer::start();
         let guarded = TcpListener::bind((HERE, 0)).expect("listen");
         let gport = guarded.local_addr().expect("addr").port();
         let public = TcpListener::bind((HERE, 0)).expect("listen");
@@ -750,7 +587,7 @@ const HERE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 1);
 #[test]
 fn a_prefix_block_drops_every_address_of_the_prefix() {
     in_netns("a_prefix_block_drops_every_address_of_the_prefix", || {
-        let peer = Peer::new();
+        let peer = Peer::start();
         // Two networks per family on the link: the peer holds two addresses
         // of one IPv6 /64 (and IPv4 /24) and one address of another.
         sh("ip -6 addr add fd00:99::1/64 dev spa0 nodad && \
@@ -869,152 +706,4 @@ fn a_prefix_block_drops_every_address_of_the_prefix() {
 
 fn net(s: &str) -> ipnet::IpNet {
     s.parse().expect("test prefix")
-}
-
-/// SPEC §8.1.1: the session table re-sets a shared element's kernel
-/// timeout up (a longer owner arrives) and down (the longest owner closes),
-/// with either refresh strategy, and deletes it with its last owner; while
-/// it re-sets the timeout over and over, new connections of the remaining
-/// owner's address never meet a missing element.
-#[test]
-fn owners_reset_the_kernel_timeout_up_and_down_without_a_gap() {
-    // Fails, rather than passes, where it cannot run (`in_netns`).
-    in_netns(
-        "owners_reset_the_kernel_timeout_up_and_down_without_a_gap",
-        || {
-            use spa_server::gate::Decision;
-            use spa_server::sessions::SessionTable;
-            use std::collections::HashMap;
-            use std::sync::Arc;
-            use std::sync::atomic::{AtomicBool, Ordering};
-
-            let peer = Peer::new();
-            let listener = TcpListener::bind((HERE, 0)).expect("listen");
-            let port = listener.local_addr().expect("addr").port();
-            thread::spawn(move || {
-                for c in listener.incoming() {
-                    drop(c);
-                }
-            });
-            Ruleset::install(&blackhole()).expect("install");
-            let mut sets = NftSets::open("spa").expect("open");
-            let mut strategies = vec![Refresh::Replace];
-            if sets.refresh() == Refresh::Update {
-                strategies.push(Refresh::Update);
-            }
-            let local = HashMap::from([("web".to_owned(), (Proto::Tcp, port))]);
-            let knock = |session: u8, lifetime_s: u32| Decision::Open {
-                kind: "request-service",
-                session: [session; 16],
-                identity: format!("id{session}"),
-                identity_key: proto_spec::cert::IdentityKey([session; 32]),
-                addr: IpAddr::V4(PEER),
-                services: vec!["web".into()],
-                lifetime_s,
-                certificate: Vec::new(),
-                body: Vec::new(),
-            };
-            let timeout = |sets: &mut NftSets| {
-                sets.list()
-                    .expect("list")
-                    .allowed(IpAddr::V4(PEER), Proto::Tcp, port)
-                    .and_then(|e| e.timeout)
-            };
-            let t0 = 1_000_000;
-            for strategy in strategies {
-                sets.set_refresh(strategy);
-                let mut table = SessionTable::default();
-                table
-                    .open(&knock(1, 300), &local, t0, &mut sets)
-                    .expect("alice");
-                table
-                    .open(&knock(2, 50), &local, t0, &mut sets)
-                    .expect("carol");
-                assert_eq!(
-                    timeout(&mut sets),
-                    Some(Duration::from_secs(300)),
-                    "{strategy:?}"
-                );
-                // Down: alice closes, carol's 50 s remains.
-                table.close(&[1; 16], t0, &mut sets).expect("alice closes");
-                assert_eq!(
-                    timeout(&mut sets),
-                    Some(Duration::from_secs(50)),
-                    "{strategy:?}"
-                );
-                drop(assert_open(&peer, port));
-                // Up: a longer owner arrives.
-                table
-                    .open(&knock(3, 600), &local, t0, &mut sets)
-                    .expect("dave");
-                assert_eq!(
-                    timeout(&mut sets),
-                    Some(Duration::from_secs(600)),
-                    "{strategy:?}"
-                );
-                // Down again, then gone with the last owner.
-                table.close(&[3; 16], t0, &mut sets).expect("dave closes");
-                assert_eq!(
-                    timeout(&mut sets),
-                    Some(Duration::from_secs(50)),
-                    "{strategy:?}"
-                );
-                table.close(&[2; 16], t0, &mut sets).expect("carol closes");
-                assert_eq!(timeout(&mut sets), None, "{strategy:?}");
-                assert_filtered(&peer, port);
-            }
-
-            // No gap: one owner stays while another comes and goes (each
-            // time the timeout goes up, then down) as fast as the kernel
-            // takes it; every new connection of the peer gets in.
-            let strategies = if sets.refresh() == Refresh::Update {
-                vec![Refresh::Replace, Refresh::Update]
-            } else {
-                vec![Refresh::Replace]
-            };
-            for strategy in strategies {
-                sets.set_refresh(strategy);
-                let mut table = SessionTable::default();
-                table
-                    .open(&knock(1, 60), &local, t0, &mut sets)
-                    .expect("alice");
-                let stop = Arc::new(AtomicBool::new(false));
-                let churn = {
-                    let stop = Arc::clone(&stop);
-                    let local = local.clone();
-                    thread::spawn(move || {
-                        let mut turns = 0u32;
-                        while !stop.load(Ordering::Relaxed) {
-                            table
-                                .open(&knock(2, 600), &local, t0, &mut sets)
-                                .expect("up");
-                            table.close(&[2; 16], t0, &mut sets).expect("down");
-                            turns += 1;
-                        }
-                        table.close(&[1; 16], t0, &mut sets).expect("alice closes");
-                        (turns, sets)
-                    })
-                };
-                let failed = peer.run(move || {
-                    (0..300)
-                        .filter(|_| {
-                            TcpStream::connect_timeout(
-                                &SocketAddr::from((HERE, port)),
-                                Duration::from_secs(2),
-                            )
-                            .is_err()
-                        })
-                        .count()
-                });
-                stop.store(true, Ordering::Relaxed);
-                let (turns, back) = churn.join().expect("churn thread");
-                sets = back;
-                println!("{strategy:?}: {turns} up/down re-sets during 300 connections");
-                assert!(turns > 10, "{strategy:?}: re-set only {turns} times");
-                assert_eq!(failed, 0, "{strategy:?}: connections met a missing element");
-            }
-            Ruleset::remove("spa").expect("remove");
-            drop(peer);
-        },
-    );
 }

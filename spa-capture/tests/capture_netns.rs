@@ -17,7 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sched::{CloneFlags, setns};
-use spa_server::capture::{Capture, CaptureConfig, CaptureMode, CaptureStats, Event, Proto};
+use spa_capture::{Capture, CaptureConfig, CaptureMode, CaptureStats, Event, Proto};
 
 const PORT: u16 = 62201;
 const OTHER_UDP: u16 = 62202;

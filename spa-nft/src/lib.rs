@@ -1,4 +1,12 @@
-//! The nftables driver of green: the kernel firewall that a knock opens.
+//! `spa-nft`: the kernel firewall that a knock opens, for both daemons
+//! (green's `spa-server` and `red-relay`, through `spa-daemon`).
+//!
+//! May depend on: the standard library, `nix`/`libc` (netlink sockets),
+//! `ipnet`, `thiserror`. Never on the daemon framework, the protocol core
+//! or the key files: it knows addresses, ports and timeouts, not knocks.
+//!
+//! # The nftables driver
+//!
 //!
 //! Two paths, with different costs and different tools:
 //!
@@ -127,6 +135,8 @@
 //! batch: one atomic transaction, so the element is never missing for a
 //! packet in between.
 
+#![forbid(unsafe_code)]
+
 mod conntrack;
 mod elements;
 mod error;
@@ -144,6 +154,14 @@ pub use sets::{NftSets, Refresh, list};
 
 use std::fmt;
 use std::str::FromStr;
+
+/// The default prefix length of an IPv4 block and of an IPv4 source as the
+/// intrusion prevention counts it: one address (SPEC §9).
+pub const DEFAULT_IPV4_PREFIX: u8 = 32;
+/// The default prefix length of an IPv6 block and of an IPv6 source as the
+/// intrusion prevention counts it: one /64, which one host usually holds
+/// whole (SPEC §9).
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 
 /// Transport protocol of an allowed `address . protocol . port` element and
 /// of a protected port.

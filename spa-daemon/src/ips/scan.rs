@@ -12,7 +12,7 @@ use super::{
 };
 
 /// The transport of a probe or an allowance: the crate's one protocol type.
-pub use crate::nft::Proto as Transport;
+pub use spa_nft::Proto as Transport;
 
 fn port_key(t: Transport, port: u16) -> u32 {
     let hi = match t {

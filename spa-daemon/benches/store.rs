@@ -1,4 +1,4 @@
-//! Benchmarks of the durable replay store (`spa_server::store`): commit
+//! Benchmarks of the durable replay store (`spa_daemon::store`): commit
 //! latency (one fsync per commit) on the disk the build is on, `floor()`
 //! lookups among 100,000 identities, opening a 100,000-identity store, and
 //! resident memory idle versus with 100,000 identities loaded.
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use proto_spec::cert::IdentityKey;
 use proto_spec::replay::ReplayState;
-use spa_server::store::ReplayDb;
+use spa_daemon::store::ReplayDb;
 
 const IDENTITIES: u32 = 100_000;
 const CHILD_ENV: &str = "SPA_BENCH_STORE_RSS_CHILD";

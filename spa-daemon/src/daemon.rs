@@ -21,7 +21,6 @@ use serde_json::{Value, json};
 use tracing::{debug, error, info, warn};
 
 pub use crate::blocked::Blocked;
-use crate::capture::{Capture, Event};
 use crate::config::{Config, ServiceProto};
 use crate::counters::Counters;
 use crate::ctl::ControlSocket;
@@ -29,11 +28,12 @@ use crate::gate::{Decision, Gate};
 use crate::ips::{
     BlockDecision, FailureKind, Lockout, Offenses, RateLimiter, ScanDetector, Transport,
 };
-use crate::nft::{NftError, NftSets};
-use crate::pki::{TrustFiles, load_trust};
 pub use crate::sessions::{Opening, Session};
 use crate::sessions::{SessionTable, SharedSessions};
 use crate::store::ReplayDb;
+use spa_capture::{Capture, Event};
+use spa_keys::trust::{TrustFileError, TrustFiles, load_trust};
+use spa_nft::{NftError, NftSets};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> UnixMillis {
@@ -183,7 +183,7 @@ impl TrustWatch {
     }
 
     /// Loads the files (errors name the file).
-    pub fn load(&self) -> Result<TrustStore, crate::pki::PkiError> {
+    pub fn load(&self) -> Result<TrustStore, TrustFileError> {
         load_trust(&self.files)
     }
 }
@@ -345,7 +345,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
     }
 
     /// Runs until SIGTERM/SIGINT.
-    pub fn run(&mut self) -> Result<(), crate::capture::CaptureError> {
+    pub fn run(&mut self) -> Result<(), spa_capture::CaptureError> {
         while !self.flags.stop.load(Ordering::Relaxed) {
             let Some(mut capture) = self.capture.take() else {
                 break;
@@ -586,7 +586,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
     /// /64 by default, so that rotating addresses inside it does not get
     /// past the block), or the address alone when the aggregate overlaps the
     /// allowlist. Should the firewall have no set for that prefix length
-    /// (its [`crate::nft::BlockPrefixes`] differ from the IPS aggregation),
+    /// (its [`spa_nft::BlockPrefixes`] differ from the IPS aggregation),
     /// the address alone is blocked and a warning says so.
     fn block(&mut self, ip: IpAddr, b: &BlockDecision, now: UnixMillis, why: &str) {
         let until = b.until_ms;

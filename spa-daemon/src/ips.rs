@@ -111,10 +111,9 @@ pub const DEFAULT_RATE_PER_S: u32 = 20;
 pub const DEFAULT_BURST: u32 = 40;
 /// Default capacity of each table, in sources.
 pub const DEFAULT_MAX_SOURCES: usize = 65_536;
-/// Default IPv4 aggregation prefix.
-pub const DEFAULT_IPV4_PREFIX: u8 = 32;
-/// Default IPv6 aggregation prefix.
-pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+/// Default IPv4 and IPv6 aggregation prefixes (the firewall's block
+/// prefixes agree).
+pub use spa_nft::{DEFAULT_IPV4_PREFIX, DEFAULT_IPV6_PREFIX};
 /// Default number of failures that gets a source blocked.
 pub const DEFAULT_FAILURE_THRESHOLD: u32 = 5;
 /// Default window for counting failures, ms.
@@ -210,9 +209,9 @@ impl SourceAggregation {
     }
 
     /// The firewall's block widths for this grouping: a block then covers
-    /// the whole aggregate (`block6_64` for IPv6 /64, see [`crate::nft`]).
-    pub fn block_prefixes(&self) -> crate::nft::BlockPrefixes {
-        crate::nft::BlockPrefixes {
+    /// the whole aggregate (`block6_64` for IPv6 /64, see [`spa_nft`]).
+    pub fn block_prefixes(&self) -> spa_nft::BlockPrefixes {
+        spa_nft::BlockPrefixes {
             ipv4: self.ipv4_prefix,
             ipv6: self.ipv6_prefix,
         }

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use criterion::Criterion;
-use spa_server::nft::{FirewallConfig, Mode, NftSets, Proto, Ruleset};
+use spa_nft::{FirewallConfig, Mode, NftSets, Proto, Ruleset};
 
 const IN_NETNS: &str = "SPA_IN_NETNS";
 
@@ -98,7 +98,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     // The Replace strategy (add, delete, add) that older kernels need.
     let detected = sets.refresh();
-    sets.set_refresh(spa_server::nft::Refresh::Replace);
+    sets.set_refresh(spa_nft::Refresh::Replace);
     c.bench_function("nft/allow refresh, replace strategy (netlink)", |b| {
         b.iter(|| {
             sets.allow(black_box(fixed), Proto::Tcp, 22, Duration::from_secs(30))

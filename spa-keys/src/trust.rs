@@ -1,13 +1,47 @@
 //! Loading trust files as the verifiers do, and checking a certificate
-//! against them: the `pki verify` command.
+//! against them: what both daemons load and reload, and what `pki verify`
+//! checks.
 
 use std::path::{Path, PathBuf};
 
+use crate::{KeyFileError, read_certificates, read_crls};
 use proto_spec::CertificateError;
 use proto_spec::cert::{ClientIdentity, TrustConfig, TrustError, TrustStore, parse_client_cert};
-use spa_keys::{KeyFileError, read_certificates, read_crls};
 
-use super::PkiError;
+use crate::KeyFileError as FileError;
+
+/// Why trust files could not be loaded. Each message is one line naming the
+/// file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrustFileError {
+    /// A certificate or CRL file (see [`KeyFileError`]).
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// No CA certificate was given to check against.
+    #[error("no CA certificate given")]
+    NoTrustAnchor,
+    /// A trust file the verifier refuses (e.g. a CRL from another CA).
+    #[error("{}: {reason}", path.display())]
+    Trust {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl TrustFileError {
+    /// The file the error is about, if it names one (for `status` after a
+    /// failed reload).
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Self::File(e) => e.path(),
+            Self::Trust { path, .. } => Some(path),
+            Self::NoTrustAnchor => None,
+        }
+    }
+}
 
 /// Trust files, as the verifier's configuration names them.
 #[derive(Debug, Clone, Default)]
@@ -26,13 +60,13 @@ pub struct TrustFiles {
 
 /// Loads trust files into the verifier's [`TrustStore`], naming the file
 /// of any object the store refuses (e.g. a CRL from an unknown CA).
-pub fn load_trust(files: &TrustFiles) -> Result<TrustStore, PkiError> {
+pub fn load_trust(files: &TrustFiles) -> Result<TrustStore, TrustFileError> {
     fn load(
         paths: &[PathBuf],
         read: fn(&Path) -> Result<Vec<Vec<u8>>, KeyFileError>,
         out: &mut Vec<Vec<u8>>,
         src: &mut Vec<PathBuf>,
-    ) -> Result<(), PkiError> {
+    ) -> Result<(), TrustFileError> {
         for p in paths {
             for der in read(p)? {
                 out.push(der);
@@ -57,26 +91,26 @@ pub fn load_trust(files: &TrustFiles) -> Result<TrustStore, PkiError> {
     load(&files.crls, read_crls, &mut config.crls, &mut c)?;
     let at = |v: &[PathBuf], index: usize| v.get(index).cloned().unwrap_or_default();
     TrustStore::new(&config).map_err(|e| match e {
-        TrustError::NoAnchors => PkiError::NoTrustAnchor,
-        TrustError::BadAnchor { index, reason } => PkiError::Trust {
+        TrustError::NoAnchors => TrustFileError::NoTrustAnchor,
+        TrustError::BadAnchor { index, reason } => TrustFileError::Trust {
             path: at(&a, index),
             reason: format!("not usable as a CA certificate: {reason}"),
         },
-        TrustError::BadIntermediate { index } => PkiError::Trust {
+        TrustError::BadIntermediate { index } => TrustFileError::Trust {
             path: at(&i, index),
             reason: "not a valid intermediate CA certificate".to_owned(),
         },
-        TrustError::BadCrl { index, reason } => PkiError::Trust {
+        TrustError::BadCrl { index, reason } => TrustFileError::Trust {
             path: at(&c, index),
             reason: format!("not a valid CRL: {reason}"),
         },
-        TrustError::CrlFromUnknownCa { index } => PkiError::Trust {
+        TrustError::CrlFromUnknownCa { index } => TrustFileError::Trust {
             path: at(&c, index),
             reason: "the CRL was issued by a CA that is not configured (its issuer is none \
                      of the given CA certificates)"
                 .to_owned(),
         },
-        other => PkiError::Trust {
+        other => TrustFileError::Trust {
             path: files.cas.first().cloned().unwrap_or_default(),
             reason: other.to_string(),
         },

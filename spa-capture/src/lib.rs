@@ -1,4 +1,13 @@
-//! Passive capture of knocks (and, optionally, of port-scan probes).
+//! `spa-capture`: passive capture of knocks (and, optionally, of port-scan
+//! probes) for both daemons.
+//!
+//! May depend on: the standard library, `nix`/`libc`/`socket2` (sockets),
+//! `etherparse` (header parsing), `proto-spec` (only its wire size
+//! limits) and `spa-nft` (only its [`Proto`]). Never on the daemon
+//! framework: it hands out datagrams and probes, it does not judge them.
+//!
+//! # Capture
+//!
 //!
 //! Two modes:
 //!
@@ -35,6 +44,8 @@
 //! something), so [`CaptureStats::kernel_drops`] is "drops as of the last
 //! frame read". `PACKET_STATISTICS` would need a raw `getsockopt` that no
 //! safe wrapper offers.
+
+#![forbid(unsafe_code)]
 
 mod bpf;
 mod defrag;
@@ -130,7 +141,7 @@ impl CaptureConfig {
 
 /// Transport protocol of a probe (a TCP SYN without ACK, or a UDP datagram
 /// to a port other than the knock port): the crate's one protocol type.
-pub use crate::nft::Proto;
+pub use spa_nft::Proto;
 
 /// Something seen on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

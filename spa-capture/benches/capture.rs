@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use nix::sched::{CloneFlags, setns};
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
-use spa_server::capture::{Capture, CaptureConfig, CaptureMode, CaptureStats};
+use spa_capture::{Capture, CaptureConfig, CaptureMode, CaptureStats};
 
 const PORT: u16 = 62201;
 const A4: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);

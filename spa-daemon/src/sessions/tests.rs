@@ -3,7 +3,7 @@ use std::net::Ipv4Addr;
 use proptest::prelude::*;
 
 use super::*;
-use crate::nft::SetOp;
+use spa_nft::SetOp;
 
 const ALICE: IdentityKey = IdentityKey([0xa1; 32]);
 const CAROL: IdentityKey = IdentityKey([0xca; 32]);
@@ -288,31 +288,4 @@ proptest! {
             prop_assert_eq!(&fw.at(now).elements, &want);
         }
     }
-}
-
-/// The tunnel reads the daemon's table: two identities behind one address
-/// each have their own tunnel grant, and one's close is the end of its
-/// grant alone, for the tunnel too.
-#[test]
-fn the_tunnel_sees_the_daemons_sessions() {
-    let table = SessionTable::shared();
-    let grants = crate::tunnel::Grants::new(Arc::clone(&table));
-    for (id, who) in [(1, ALICE), (2, CAROL)] {
-        let mut d = open(id, who, NAT, &["ssh"], 60);
-        if let Decision::Open { kind, .. } = &mut d {
-            *kind = "open-tunnel";
-        }
-        let mut t = table.lock().expect("lock");
-        t.open(&d, &local(), 0, &mut NoFirewall).expect("own id");
-    }
-    assert!(grants.tunnel_open(NAT, &ALICE, 1) && grants.tunnel_open(NAT, &CAROL, 1));
-    assert_eq!(grants.session_for(NAT, &CAROL, "ssh", 1), Some([2; 16]));
-    let closed = table
-        .lock()
-        .expect("lock")
-        .close(&[1; 16], 1, &mut NoFirewall);
-    assert!(closed.is_some());
-    assert!(!grants.tunnel_open(NAT, &ALICE, 2));
-    assert!(grants.tunnel_open(NAT, &CAROL, 2));
-    assert!(!grants.tunnel_open(NAT, &CAROL, 60_000), "expired");
 }

@@ -31,7 +31,7 @@ impl fmt::Display for SetOp {
     }
 }
 
-/// Everything that can go wrong in [`crate::nft`].
+/// Everything that can go wrong in [`crate`].
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
     /// The table name is not one nft accepts unquoted (or is too long).

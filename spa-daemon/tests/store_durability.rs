@@ -10,7 +10,7 @@ use std::process::Command;
 
 use proto_spec::cert::IdentityKey;
 use proto_spec::replay::{FloorRule, ReplayState};
-use spa_server::store::{OpenState, ReplayDb, StoreError};
+use spa_daemon::store::{OpenState, ReplayDb, StoreError};
 
 fn id(n: u32) -> IdentityKey {
     let mut k = [0u8; 32];

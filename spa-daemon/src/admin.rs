@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::cli::ControlArgs;
 use crate::config::{self, Role};
-use crate::nft::ForwardPolicy;
+use spa_nft::ForwardPolicy;
 
 /// `check-config`: prints every problem as `key: problem`; exit 0 when
 /// there is none, 1 otherwise.
@@ -26,8 +26,7 @@ pub fn check_config(path: &Path, role: Role) -> ExitCode {
         println!("{}: OK", path.display());
         // A warning, not a problem: the default keeps routing open (SPEC
         // §9, "A gateway that routes").
-        if let Some(w) = crate::nft::open_forwarding_warning(forward, crate::nft::kernel_forwards())
-        {
+        if let Some(w) = spa_nft::open_forwarding_warning(forward, spa_nft::kernel_forwards()) {
             eprintln!("warning: firewall.forward: {w}");
         }
         ExitCode::SUCCESS
