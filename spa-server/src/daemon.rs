@@ -767,6 +767,14 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
                     "age_s": now.saturating_sub(f.at_ms) / 1000,
                 })),
             },
+            // SPEC §7.3.1: the durable reservation (null: every knock
+            // synced) and the floors accepted but not yet written.
+            "replay_store": {
+                "identities": self.db.len(),
+                "global_floor": self.db.global(),
+                "reserved": self.db.reservation(),
+                "unwritten_floors": self.db.dirty(),
+            },
             "capture": self.capture.as_ref().map(|c| {
                 let st = c.stats();
                 json!({
