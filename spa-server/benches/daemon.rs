@@ -547,6 +547,11 @@ impl Drop for Files {
 
 /// Writes a daemon configuration using replay store `db`; returns its path.
 fn write_config(f: &Files, name: &str, db: &Path) -> PathBuf {
+    write_config_with(f, name, db, "")
+}
+
+/// [`write_config`] with more `[daemon]` keys (`daemon_extra`, one per line).
+fn write_config_with(f: &Files, name: &str, db: &Path, daemon_extra: &str) -> PathBuf {
     let text = format!(
         r#"[daemon]
 knock_port = {PORT}
@@ -557,6 +562,7 @@ replay_db = "{db}"
 control_socket = "{ctl}"
 user = "nobody"
 log_format = "json"
+{daemon_extra}
 
 [trust]
 anchors = ["{ca}"]
@@ -1469,6 +1475,9 @@ fn is_root() -> bool {
     })
 }
 
+#[path = "daemon/disk_load.rs"]
+mod disk_load;
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         println!("skipped");
@@ -1478,6 +1487,10 @@ fn main() {
         is_root(),
         "the daemon bench needs root (network namespaces, nftables, AF_PACKET)"
     );
+    if std::env::var_os("SPA_BENCH_DISK").is_some() {
+        disk_load::main();
+        return;
+    }
     let t_all = Instant::now();
     let tck = clk_tck();
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
