@@ -98,6 +98,14 @@ pub trait ReplayState {
     /// only once the new floor is durable. SPEC §7.3.
     fn commit(&mut self, id: &IdentityKey, timestamp_ms: u64) -> Result<(), Self::Error>;
 
+    /// Whether a commit failed because the floor condition no longer holds
+    /// at commit (another datagram of the identity was accepted since the
+    /// check, by a receiver that verifies concurrently): the datagram is then
+    /// `replayed`, not `storage_failure`. SPEC §7.3.
+    fn is_replay(_error: &Self::Error) -> bool {
+        false
+    }
+
     /// Raises both floors in one durable step (red commits the gateway's
     /// order floor and the client's floor together). The default commits
     /// one after the other.

@@ -246,6 +246,16 @@ pub struct Knock {
     pub body: Vec<u8>,
 }
 
+/// The refusal for a failed commit: `replayed` when the floor condition
+/// failed at commit, else `storage_failure` (SPEC §7.3, K14, O22).
+fn commit_refusal<R: ReplayState>(e: &R::Error) -> Refusal {
+    if R::is_replay(e) {
+        Refusal::Replayed
+    } else {
+        Refusal::StorageFailure
+    }
+}
+
 /// Green's verifier. SPEC §8.1.
 #[derive(Debug)]
 pub struct KnockVerifier {
@@ -346,7 +356,7 @@ impl KnockVerifier {
             .map_err(proven)?;
         replay
             .commit(&cert.identity.key, body.timestamp_ms)
-            .map_err(|_| proven(Refusal::StorageFailure))?;
+            .map_err(|e| proven(commit_refusal::<R>(&e)))?;
         Ok(Knock {
             msg_type: body.msg_type,
             identity: cert.identity.clone(),
@@ -679,7 +689,7 @@ impl OrderVerifier {
                 (&gw_identity, order.order_timestamp_ms),
                 (&cert.identity.key, body.timestamp_ms),
             )
-            .map_err(|_| proven(Refusal::StorageFailure))?;
+            .map_err(|e| proven(commit_refusal::<R>(&e)))?;
         let lifetime_s = self
             .policy
             .grant_lifetime(order.lifetime_s.min(body.lifetime_s));

@@ -128,9 +128,18 @@ pub fn hosted_services(cfg: &Config) -> Vec<String> {
 pub fn run(config_path: &Path) -> Result<(), StartError> {
     let cfg = green::load_config(config_path, Role::Red)?;
     spa_server::logging::init(&cfg.daemon.log_format);
-    let verifier = verifier(&cfg)?;
+    let gate = verifier(&cfg)?;
+    // One verifier per verification thread ([daemon] workers > 1).
+    let n = cfg.daemon.workers();
+    let workers = if n > 1 {
+        (0..n)
+            .map(|_| verifier(&cfg))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        Vec::new()
+    };
     let s = green::setup(cfg)?;
-    green::run_daemon(s, verifier, NoHooks)
+    green::run_daemon(s, gate, workers, NoHooks)
 }
 
 /// `red-relay keygen`.

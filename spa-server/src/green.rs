@@ -354,8 +354,16 @@ pub fn services(cfg: &Config) -> HashMap<String, (ServiceProto, u16)> {
 }
 
 /// Builds a daemon around a gate from a finished setup, runs it, and
-/// cleans up (the firewall table on a clean stop, if configured).
-pub fn run_daemon<G: Gate, H: Hooks>(mut s: Setup, gate: G, hooks: H) -> Result<(), StartError> {
+/// cleans up (the firewall table on a clean stop, if configured). With
+/// `workers` (one verifier per verification thread, built like `gate`;
+/// `[daemon] workers` > 1) knocks are verified on threads spawned here,
+/// after the privilege drop (crate::workers); empty: on the loop's thread.
+pub fn run_daemon<G: Gate + Send + 'static, H: Hooks>(
+    mut s: Setup,
+    gate: G,
+    workers: Vec<G>,
+    hooks: H,
+) -> Result<(), StartError> {
     let (limiter, offenses, scans) = ips(&s.cfg)?;
     // SPEC §7.3.1: the replay reservation, written before anything is
     // accepted; its writer thread starts here, after the privilege drop.
@@ -394,6 +402,14 @@ pub fn run_daemon<G: Gate, H: Hooks>(mut s: Setup, gate: G, hooks: H) -> Result<
         },
         now_ms(),
     );
+    if !workers.is_empty() {
+        let n = workers.len();
+        d.pool = Some(
+            crate::workers::Pool::spawn(workers, &d.db)
+                .map_err(|e| step("verification threads")(e.to_string()))?,
+        );
+        info!(workers = n, "verification on worker threads");
+    }
     // SPEC §9: the lock-out shield and the bound on running blocks.
     d.lockout = Lockout::new(LockoutConfig {
         grace_ms: s.cfg.ips.accepted_grace.saturating_mul(1000),
@@ -440,14 +456,17 @@ pub fn run_daemon<G: Gate, H: Hooks>(mut s: Setup, gate: G, hooks: H) -> Result<
 pub fn run(config_path: &Path) -> Result<(), StartError> {
     let cfg = load_config(config_path, Role::Green)?;
     crate::logging::init(&cfg.daemon.log_format);
-    let mut keys = Vec::new();
-    for k in &cfg.daemon.keys {
-        keys.push(spa_keys::read_receiver_key(k).map_err(|e| step("receiver key")(e.to_string()))?);
-    }
-    let store = TrustWatch::new(trust_files(&cfg))
-        .load()
-        .map_err(|e| step("trust")(e.to_string()))?;
-    let verifier = KnockVerifier::new(keys, store, policy(&cfg), limits(&cfg));
+    let verifier = knock_verifier(&cfg)?;
+    // One verifier per verification thread (each with its own certificate
+    // cache); none when the loop verifies itself.
+    let n = cfg.daemon.workers();
+    let workers = if n > 1 {
+        (0..n)
+            .map(|_| knock_verifier(&cfg))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        Vec::new()
+    };
     let mut relay =
         crate::relay::Relay::from_config(&cfg).map_err(|e| step("relay")(e.to_string()))?;
     // Before privileges are dropped: the server key and the listener; its
@@ -465,5 +484,18 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         // SPEC §7.5: order timestamps durable in the replay store.
         r.use_store(&s.db);
     }
-    run_daemon(s, verifier, (relay, tunnel))
+    run_daemon(s, verifier, workers, (relay, tunnel))
+}
+
+/// Green's verifier: the receiver keys, the trust files, policy and time
+/// limits of `cfg` (read before the privilege drop).
+fn knock_verifier(cfg: &Config) -> Result<KnockVerifier, StartError> {
+    let mut keys = Vec::new();
+    for k in &cfg.daemon.keys {
+        keys.push(spa_keys::read_receiver_key(k).map_err(|e| step("receiver key")(e.to_string()))?);
+    }
+    let store = TrustWatch::new(trust_files(cfg))
+        .load()
+        .map_err(|e| step("trust")(e.to_string()))?;
+    Ok(KnockVerifier::new(keys, store, policy(cfg), limits(cfg)))
 }

@@ -36,3 +36,4 @@ pub mod revocation;
 pub mod sessions;
 pub mod store;
 pub mod tunnel;
+pub mod workers;

@@ -81,6 +81,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use proto_spec::cert::IdentityKey;
 
 mod reservation;
+mod sequenced;
 
 use proto_spec::replay::ReplayState;
 use redb::{
@@ -90,6 +91,7 @@ use reservation::Reservation;
 pub use reservation::{
     DEFAULT_LEAD_MS, MAX_LEAD_MS, MIN_LEAD_MS, Reserver, ReserverThread, TickReport,
 };
+pub use sequenced::Sequenced;
 
 /// Per-identity floors.
 const FLOORS: TableDefinition<&[u8; 32], u64> = TableDefinition::new("floors");
@@ -141,6 +143,10 @@ pub enum StoreError {
         /// The store's file.
         path: PathBuf,
     },
+    /// The floor condition failed at commit (SPEC §7.3): another datagram
+    /// of the identity was accepted since the check. Nothing was written.
+    #[error("replay floor raised since the check (a concurrent datagram of the same identity)")]
+    Replayed,
     /// The path exists but is not a regular file; it is never moved aside.
     #[error("replay store {} is not a regular file", path.display())]
     NotAFile {
@@ -304,6 +310,35 @@ impl ReplayDb {
     /// nothing changed in memory.
     pub fn commit_many(&mut self, entries: &[(IdentityKey, u64)]) -> Result<(), StoreError> {
         self.lock().commit_many(entries)
+    }
+
+    /// [`Self::commit_many`] after re-checking, under the same lock, that
+    /// every entry still passes its floor rule and `G` (SPEC §7.3: a
+    /// receiver that verifies concurrently re-checks at commit). If one
+    /// does not, nothing is committed and the error is
+    /// [`StoreError::Replayed`].
+    pub fn commit_checked(
+        &mut self,
+        entries: &[(IdentityKey, u64, proto_spec::replay::FloorRule)],
+    ) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        let ok = entries
+            .iter()
+            .all(|(id, ts, rule)| rule.passes(*ts, g.floors.get(id).copied()) && *ts > g.global);
+        if !ok {
+            return Err(StoreError::Replayed);
+        }
+        let plain: Vec<(IdentityKey, u64)> = entries.iter().map(|&(id, ts, _)| (id, ts)).collect();
+        g.commit_many(&plain)
+    }
+
+    /// Another handle on the same store (the same state, lock and file),
+    /// for verification threads.
+    pub fn handle(&self) -> Self {
+        Self {
+            path: self.path.clone(),
+            inner: Arc::clone(&self.inner),
+        }
     }
 
     /// Removes the entries whose floor is below `now_ms - max_age_ms`, after
