@@ -27,7 +27,7 @@
 //! The order timestamp is durable (SPEC §7.5: red's floor for green is
 //! strict). Once [`Relay::use_store`] attached green's replay store, every
 //! order timestamp is covered by a *reservation* stored in that store
-//! ([`crate::store::OrderClock`]) and synced before the order leaves: when
+//! ([`spa_daemon::store::OrderClock`]) and synced before the order leaves: when
 //! a timestamp would pass the stored bound, green first stores
 //! `timestamp + ORDER_RESERVE_MS` ([`ORDER_RESERVE_MS`]), then sends. On
 //! start the relay resumes from the stored bound (`last = bound`), so its
@@ -49,11 +49,13 @@ use proto_spec::sign::GatewaySigner;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, RelayPort, RelaySection, RelayService, ServiceProto, parse_proto};
-use crate::counters::Counters;
-use crate::daemon::Hooks;
-use crate::gate::Decision;
-use crate::store::{OrderClock, ReplayDb};
+use spa_daemon::config::{
+    Config, RelayPort, RelaySection, RelayService, ServiceProto, parse_proto,
+};
+use spa_daemon::counters::Counters;
+use spa_daemon::daemon::Hooks;
+use spa_daemon::gate::Decision;
+use spa_daemon::store::{OrderClock, ReplayDb};
 
 /// Unconfirmed copies after the first order of a close, or of a request
 /// with nothing to probe.
@@ -560,7 +562,7 @@ mod tests {
     use proto_spec::testkit::{self, ClientCertSpec, KeyAlg, TestCa, VECTOR_NOW};
     use proto_spec::verify::{Gateway, KnockVerifier, OrderAction, OrderVerifier};
 
-    use crate::gate::Gate;
+    use spa_daemon::gate::Gate;
 
     const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 200, 1, 2));
     const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
