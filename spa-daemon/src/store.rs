@@ -417,9 +417,10 @@ impl OrderClock {
     }
 }
 
-/// The lock of the shared state. A panic while it was held (the daemons
-/// are single-threaded, so the process is going down anyway) leaves the
-/// state consistent: memory changes only after a successful write.
+/// The lock of the shared state (the daemon loop, its verification
+/// workers and the reservation's writer). A panic while it was held leaves
+/// the state consistent: memory changes only after a successful write, or,
+/// under the reservation, after the durable `R` covers the change.
 fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
     inner.lock().unwrap_or_else(PoisonError::into_inner)
 }
