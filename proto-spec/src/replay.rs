@@ -98,10 +98,13 @@ pub trait ReplayState {
     /// only once the new floor is durable. SPEC §7.3.
     fn commit(&mut self, id: &IdentityKey, timestamp_ms: u64) -> Result<(), Self::Error>;
 
-    /// Whether a commit failed because the floor condition no longer holds
-    /// at commit (another datagram of the identity was accepted since the
-    /// check, by a receiver that verifies concurrently): the datagram is then
-    /// `replayed`, not `storage_failure`. SPEC §7.3.
+    /// Whether a failed commit means the timestamp is not above the floor
+    /// after all: a store shared by several receivers (SPEC §7.6) learns
+    /// only at commit, in its compare-and-set, that another receiver
+    /// accepted a timestamp at or above this one; a local store re-checks
+    /// at commit when datagrams are verified concurrently (SPEC §7.3). The
+    /// verifier then refuses `replayed` instead of `storage_failure`.
+    /// Default: never.
     fn is_replay(_error: &Self::Error) -> bool {
         false
     }

@@ -217,6 +217,18 @@ impl ClientAuthenticator {
     }
 }
 
+/// The refusal for a failed commit (SPEC §7.3, §7.6): `replayed` when a
+/// shared store's compare-and-set, or a local store's re-check under
+/// concurrent verification, found the floor condition failing at commit;
+/// `storage_failure` otherwise.
+fn commit_refusal<R: ReplayState>(error: &R::Error) -> Refusal {
+    if R::is_replay(error) {
+        Refusal::Replayed
+    } else {
+        Refusal::StorageFailure
+    }
+}
+
 /// A knock that passed every check and whose floor is committed: the caller
 /// may act on it. SPEC §8.1.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,16 +256,6 @@ pub struct Knock {
     pub certificate: Vec<u8>,
     /// The body verbatim, to relay inside an order (SPEC §5).
     pub body: Vec<u8>,
-}
-
-/// The refusal for a failed commit: `replayed` when the floor condition
-/// failed at commit, else `storage_failure` (SPEC §7.3, K14, O22).
-fn commit_refusal<R: ReplayState>(e: &R::Error) -> Refusal {
-    if R::is_replay(e) {
-        Refusal::Replayed
-    } else {
-        Refusal::StorageFailure
-    }
 }
 
 /// Green's verifier. SPEC §8.1.

@@ -141,6 +141,10 @@ pub struct Config {
     /// spa-server only: the mutual-TLS tunnel endpoint.
     #[serde(default)]
     pub tunnel: Option<TunnelSection>,
+    /// Where the knock floors live: the local file or a store shared by a
+    /// fleet of greens (SPEC §7.6).
+    #[serde(default)]
+    pub replay: crate::store::shared::ReplaySection,
 }
 
 /// `[daemon]`.
@@ -723,6 +727,9 @@ impl Config {
             }
         }
         for x in crate::access::config_problems(self) {
+            bad(x.key, x.problem);
+        }
+        for x in crate::store::shared::config_problems(self, role) {
             bad(x.key, x.problem);
         }
         let t = &self.trust;

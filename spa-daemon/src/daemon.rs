@@ -219,8 +219,12 @@ pub struct Daemon<G: Gate, H: Hooks> {
     /// §7.3), the same store as `db`.
     replay: Sequenced,
     /// Verification threads (`[daemon] workers` > 1); `None`: the loop
-    /// verifies itself.
+    /// verifies itself. Never together with `shared`.
     pub pool: Option<Pool>,
+    /// Knock floors shared by a fleet of greens (`[replay] backend =
+    /// "etcd"`, SPEC §7.6): when set, knocks commit there and not to `db`,
+    /// on the loop's thread (no `pool`).
+    pub shared: Option<Box<dyn crate::store::shared::SharedFloors>>,
     /// The firewall's sets.
     pub fw: NftSets,
     /// Capture (taken out while a batch is handled, so events are handled
@@ -327,6 +331,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             db: p.db,
             replay,
             pool: None,
+            shared: None,
             fw: p.fw,
             capture: Some(p.capture),
             services: p.services,
@@ -360,7 +365,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             let Some(mut capture) = self.capture.take() else {
                 break;
             };
-            let polled = if self.pool.is_some() {
+            let polled = if self.pool.is_some() && self.shared.is_none() {
                 // Cheap checks here, the rest of each knock on the workers
                 // (crate::workers), verdicts applied in arrival order.
                 let mut jobs = Vec::new();
@@ -410,7 +415,10 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
         let Some((ip, blocked)) = self.admit(src, payload, now) else {
             return;
         };
-        let result = self.gate.verify(payload, ip, now, &mut self.replay);
+        let result = match self.shared.as_mut() {
+            Some(shared) => self.gate.verify(payload, ip, now, shared),
+            None => self.gate.verify(payload, ip, now, &mut self.replay),
+        };
         self.conclude(Done {
             src,
             ip,
@@ -856,12 +864,19 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
         let (sessions, openings) = self.table().status(now);
         let mut counters = self.counters.all();
         counters.extend(self.hooks.counters());
+        if let Some(s) = &self.shared {
+            counters.extend(s.counters());
+        }
         json!({
             "uptime_s": now.saturating_sub(self.started_ms) / 1000,
             "sessions": sessions,
             "openings": openings,
             "blocked": self.blocked.status(now),
             "counters": counters,
+            "replay": self.shared.as_ref().map_or_else(
+                || json!({"backend": "local"}),
+                |s| s.status(now),
+            ),
             "trust": {
                 "last_reload_failure": self.trust.last_failure.as_ref().map(|f| json!({
                     "file": f.file.as_ref().map(|p| p.display().to_string()),

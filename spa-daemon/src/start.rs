@@ -357,15 +357,28 @@ pub fn services(cfg: &Config) -> HashMap<String, (ServiceProto, u16)> {
 }
 
 /// Builds a daemon around a gate from a finished setup, runs it, and
-/// cleans up (the firewall table on a clean stop, if configured). With
+/// cleans up (the firewall table on a clean stop, if configured).
+pub fn run_daemon<G: Gate + Send + 'static, H: Hooks>(
+    s: Setup,
+    gate: G,
+    workers: Vec<G>,
+    hooks: H,
+) -> Result<(), StartError> {
+    run_daemon_with(s, gate, workers, hooks, None)
+}
+
+/// [`run_daemon`], the knock floors in a store shared by a fleet of greens
+/// when `shared` is set (SPEC §7.6); built after the privilege drop. With
 /// `workers` (one verifier per verification thread, built like `gate`;
 /// `[daemon] workers` > 1) knocks are verified on threads spawned here,
-/// after the privilege drop (crate::workers); empty: on the loop's thread.
-pub fn run_daemon<G: Gate + Send + 'static, H: Hooks>(
+/// after the privilege drop (crate::workers); empty, or with a shared
+/// store (whose commits go through the loop): on the loop's thread.
+pub fn run_daemon_with<G: Gate + Send + 'static, H: Hooks>(
     mut s: Setup,
     gate: G,
     workers: Vec<G>,
     hooks: H,
+    shared: Option<Box<dyn crate::store::shared::SharedFloors>>,
 ) -> Result<(), StartError> {
     let (limiter, offenses, scans) = ips(&s.cfg)?;
     // SPEC §7.3.1: the replay reservation, written before anything is
@@ -405,7 +418,11 @@ pub fn run_daemon<G: Gate + Send + 'static, H: Hooks>(
         },
         now_ms(),
     );
-    if !workers.is_empty() {
+    if !workers.is_empty() && shared.is_some() {
+        info!(
+            "verification on the loop's thread: the shared replay store (SPEC §7.6) commits from it"
+        );
+    } else if !workers.is_empty() {
         let n = workers.len();
         d.pool = Some(
             crate::workers::Pool::spawn(workers, &d.db)
@@ -421,6 +438,7 @@ pub fn run_daemon<G: Gate + Send + 'static, H: Hooks>(
     })
     .map_err(|e| step("ips")(e.to_string()))?;
     d.blocked = crate::blocked::Blocked::new(s.cfg.ips.max_blocks);
+    d.shared = shared;
     // Prune floors only once they are older than every window in force.
     d.prune_max_age_ms = s
         .cfg
