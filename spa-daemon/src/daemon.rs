@@ -812,6 +812,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
         let hup = self.flags.reload.swap(false, Ordering::Relaxed);
         let changed = now.saturating_sub(self.last_stamp_check_ms) >= TRUST_POLL_MS && {
             self.last_stamp_check_ms = now;
+            self.counters.bump("trust.checks");
             self.trust.changed()
         };
         if hup || changed {
