@@ -506,7 +506,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
                 }
                 self.counters.bump(&format!("accepted.{kind}"));
                 info!(
-                    src = %addr, identity = %identity, session = %hex16(session), kind = *kind,
+                    src = %addr, identity = %identity, session = %hex16(session), kind = kind.name(),
                     services = %services.join(","), lifetime_s = *lifetime_s, "accepted"
                 );
                 true

@@ -41,7 +41,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 
 use proto_spec::UnixMillis;
-use proto_spec::body::{MessageType, parse_body};
+use proto_spec::body::parse_body;
 use proto_spec::keys::ReceiverPublicKey;
 use proto_spec::order::OrderFields;
 use proto_spec::seal::seal_order;
@@ -54,7 +54,7 @@ use spa_daemon::config::{
 };
 use spa_daemon::counters::Counters;
 use spa_daemon::daemon::Hooks;
-use spa_daemon::gate::Decision;
+use spa_daemon::gate::{Decision, OpenKind};
 use spa_daemon::store::{OrderClock, ReplayDb};
 
 /// Unconfirmed copies after the first order of a close, or of a request
@@ -454,7 +454,7 @@ impl Hooks for Relay {
                 lifetime_s,
                 body,
                 ..
-            } if *kind == MessageType::RequestService.name() => {
+            } if *kind == OpenKind::RequestService => {
                 let red: Vec<String> = services
                     .iter()
                     .filter(|s| self.services.contains_key(s.as_str()))
@@ -553,7 +553,7 @@ impl Hooks for Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto_spec::body::OpenFor;
+    use proto_spec::body::{MessageType, OpenFor};
     use proto_spec::cert::{TrustConfig, TrustStore};
     use proto_spec::keys::ReceiverSecretKey;
     use proto_spec::policy::{IdentityPattern, Policy, Rule, ServiceSet};

@@ -870,6 +870,7 @@ mod tests {
     use rcgen::{CertificateParams, KeyPair};
     use rustls::pki_types::ServerName;
     use rustls::{ClientConfig, ClientConnection};
+    use spa_daemon::gate::OpenKind;
     use spa_daemon::sessions::NoFirewall;
     use spa_pki::{self as pki, CaAlgorithm, InitOptions, IssueRequest, SubjectKey, Usage};
     use std::io::Write;
@@ -1001,7 +1002,7 @@ mod tests {
         table
             .open(
                 &Decision::Open {
-                    kind: kind.name(),
+                    kind: OpenKind::of(kind).expect("an opening knock"),
                     session: [session; 16],
                     identity: "cn:alice".into(),
                     identity_key: id,
@@ -1305,7 +1306,7 @@ mod tests {
         let grants = Grants::new(Arc::clone(&table));
         for (id, who) in [(1, ALICE), (2, CAROL)] {
             let d = Decision::Open {
-                kind: "open-tunnel",
+                kind: OpenKind::OpenTunnel,
                 session: [id; 16],
                 identity: format!("{who:?}"),
                 identity_key: who,
