@@ -41,7 +41,7 @@
 //!
 //! A served connection belongs to the session that granted its service:
 //! when that session ends (a close knock, `revoke-session`, or its
-//! openings expire; [`Hooks::session_closed`]), both of its sockets (the
+//! openings expire; [`Hooks::session_closed`](spa_daemon::daemon::Hooks::session_closed)), both of its sockets (the
 //! client's and the service's) are shut down, which ends the splice.
 
 use std::collections::HashMap;
