@@ -54,9 +54,8 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, IoSlice, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,7 +65,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sched::{CloneFlags, setns};
 use nix::sys::signal::{Signal, kill};
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
 use nix::unistd::Pid;
 use proto_spec::body::{MessageType, OpenFor};
 use proto_spec::cert::IdentityKey;
@@ -842,26 +840,7 @@ fn flood_bounded(s: &UdpSocket, dur: Duration, max: u64) -> (u64, Duration) {
             v
         })
         .collect();
-    let slices: Vec<[IoSlice<'_>; 1]> = pool.iter().map(|p| [IoSlice::new(p)]).collect();
-    let addrs: Vec<Option<SockaddrStorage>> = vec![None; SEND_BATCH];
-    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(SEND_BATCH, None);
-    let (t0, mut sent) = (Instant::now(), 0u64);
-    while sent < max && t0.elapsed() < dur {
-        let n = usize::try_from(max - sent)
-            .unwrap_or(SEND_BATCH)
-            .min(SEND_BATCH);
-        if let Ok(r) = sendmmsg(
-            s.as_raw_fd(),
-            &mut headers,
-            &slices[..n],
-            &addrs[..n],
-            [],
-            MsgFlags::empty(),
-        ) {
-            sent += r.count() as u64;
-        }
-    }
-    (sent, t0.elapsed())
+    tests::bench::send_batches(s, &pool, max, dur)
 }
 
 #[derive(Debug, Clone, Copy)]
