@@ -53,15 +53,14 @@
 )]
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -75,8 +74,9 @@ use serde_json::{Value, json};
 use spa_capture::{Capture, CaptureConfig, CaptureMode, Event};
 use spa_daemon::store::ReplayDb;
 use tests::bench::{
-    Cpu, Proc, Rng, children_cpu, clk_tck, in_ns, mean, packet_drops, pct, proc_cpu, proc_status,
-    proc_threads, spawn_in, task_cpu, wait_for_file,
+    Cpu, LogTail, Monitor, Proc, Rng, accepted_times, children_cpu, clk_tck, diff, in_ns, mean,
+    now_ns, packet_drops, pct, proc_cpu, proc_status, proc_threads, spawn_in, sum_prefix, task_cpu,
+    wait_for_file,
 };
 
 const PORT: u16 = 62201;
@@ -111,13 +111,6 @@ const FWK_HMAC: &str =
     "OXuCgb0O2yRb9/yRvK0j81oYjNEV/HQSX6BqCA6DVyd2NSorK9aTeaLJiMbcOrCRUAtCO5qo2sZDTltrFvDrwg==";
 
 // ---------------------------------------------------------------- helpers
-
-fn now_ns() -> i128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i128
-}
 
 fn now_ms() -> u64 {
     u64::try_from(now_ns() / 1_000_000).unwrap()
@@ -420,143 +413,7 @@ fn counters(f: &Files) -> HashMap<String, u64> {
         .collect()
 }
 
-fn sum_prefix(c: &HashMap<String, u64>, prefix: &str) -> u64 {
-    c.iter()
-        .filter(|(k, _)| k.starts_with(prefix))
-        .map(|(_, v)| v)
-        .sum()
-}
-
-fn diff(after: &HashMap<String, u64>, before: &HashMap<String, u64>) -> HashMap<String, u64> {
-    after
-        .iter()
-        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
-        .filter(|(_, v)| *v > 0)
-        .collect()
-}
-
-/// Counts complete log lines containing a needle as the file grows.
-struct LogTail {
-    file: File,
-    carry: Vec<u8>,
-}
-
-impl LogTail {
-    fn open(p: &Path) -> Self {
-        let mut file = File::open(p).unwrap();
-        let mut skip = Vec::new();
-        file.read_to_end(&mut skip).unwrap();
-        LogTail {
-            file,
-            carry: Vec::new(),
-        }
-    }
-    fn count_new(&mut self, needle: &[u8]) -> usize {
-        let mut buf = Vec::new();
-        let _ = self.file.read_to_end(&mut buf);
-        self.carry.extend_from_slice(&buf);
-        let Some(last_nl) = self.carry.iter().rposition(|&b| b == b'\n') else {
-            return 0;
-        };
-        let n = self.carry[..=last_nl]
-            .split(|&b| b == b'\n')
-            .filter(|l| l.windows(needle.len()).any(|w| w == needle))
-            .count();
-        self.carry.drain(..=last_nl);
-        n
-    }
-}
-
-/// `src` → timestamp (ns) of the first "accepted" line of each source.
-fn accepted_times(log: &Path) -> HashMap<Ipv4Addr, i128> {
-    let mut m = HashMap::new();
-    for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
-        if v["message"] != "accepted" {
-            continue;
-        }
-        let (Some(src), Some(ts)) = (v["src"].as_str(), v["timestamp"].as_str()) else {
-            continue;
-        };
-        let (Ok(addr), Ok(t)) = (
-            src.parse::<Ipv4Addr>(),
-            time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339),
-        ) else {
-            continue;
-        };
-        m.entry(addr).or_insert(t.unix_timestamp_nanos());
-    }
-    m
-}
-
 // ------------------------------------------------- observers: nft, tcpdump
-
-/// `nft monitor` in green's namespace; every line time-stamped when read.
-struct Monitor {
-    _p: Proc,
-    rx: mpsc::Receiver<(i128, String)>,
-    seen: HashMap<Ipv4Addr, i128>,
-}
-
-fn ipv4_tokens(line: &str) -> Vec<Ipv4Addr> {
-    line.split(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .filter_map(|t| t.trim_matches('.').parse().ok())
-        .collect()
-}
-
-impl Monitor {
-    fn start(bed: &Bed) -> Self {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &bed.g, "nft", "monitor"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut p = Proc {
-            child,
-            what: "nft monitor",
-        };
-        let out = p.child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut r = BufReader::new(out);
-            let mut line = String::new();
-            while r.read_line(&mut line).is_ok_and(|n| n > 0) {
-                let t = now_ns();
-                if tx.send((t, std::mem::take(&mut line))).is_err() {
-                    break;
-                }
-            }
-        });
-        thread::sleep(Duration::from_millis(300));
-        Monitor {
-            _p: p,
-            rx,
-            seen: HashMap::new(),
-        }
-    }
-
-    /// When an `add element`/`add rule` naming `addr` was read, waiting up
-    /// to `timeout`.
-    fn wait_for(&mut self, addr: Ipv4Addr, timeout: Duration) -> Option<i128> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(&t) = self.seen.get(&addr) {
-                return Some(t);
-            }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            let (t, line) = self.rx.recv_timeout(left).ok()?;
-            if line.starts_with("add element") || line.starts_with("add rule") {
-                for a in ipv4_tokens(&line) {
-                    self.seen.entry(a).or_insert(t);
-                }
-            }
-        }
-    }
-}
 
 /// `tcpdump` on green's interface, writing a capture file.
 struct Tcpdump {
@@ -979,7 +836,7 @@ fn latency_series(
 ) -> Latency {
     let socks = sender_sockets(bed, (0..N_LAT).map(lat_addr).collect());
     let wsock = sender_socket(bed, warmup.0);
-    let mut mon = Monitor::start(bed);
+    let mut mon = Monitor::start(&bed.g);
     let dump = Tcpdump::start(bed, f, name);
     // Warm-up (first-time certificate validation, caches, page faults):
     // not measured.

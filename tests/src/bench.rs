@@ -1,21 +1,26 @@
 //! What the benchmark harnesses share (`spa-capture/benches/capture.rs`,
 //! `spa-server/benches/daemon.rs`): processes in namespaces and their CPU
-//! time and memory from `/proc`, percentiles, a fast random source, and
+//! time and memory from `/proc`, percentiles, a fast random source, the
+//! daemon's log and counters as a bench reads them, `nft monitor`, and
 //! sending datagrams as fast as the kernel takes them.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::IoSlice;
-use std::net::UdpSocket;
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sched::{CloneFlags, setns};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
 use nix::unistd::Pid;
+use serde_json::Value;
 
 /// A command's stdout; it must succeed.
 fn stdout_of(cmd: &mut Command) -> String {
@@ -234,6 +239,158 @@ pub fn packet_drops(ns: &str, pid: i32) -> Option<u64> {
         sk.split([',', ')'])
             .find_map(|f| f.strip_prefix('d').and_then(|d| d.parse().ok()))
     })
+}
+
+/// Nanoseconds since the Unix epoch.
+pub fn now_ns() -> i128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos() as i128
+}
+
+/// The sum of the counters whose name starts with `prefix`.
+pub fn sum_prefix(c: &HashMap<String, u64>, prefix: &str) -> u64 {
+    c.iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// The counters that grew from `before` to `after`, by how much.
+pub fn diff(after: &HashMap<String, u64>, before: &HashMap<String, u64>) -> HashMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+/// Counts complete log lines containing a needle as the file grows.
+#[derive(Debug)]
+pub struct LogTail {
+    file: File,
+    carry: Vec<u8>,
+}
+
+impl LogTail {
+    /// Follows `p` from its current end.
+    pub fn open(p: &Path) -> Self {
+        let mut file = File::open(p).expect("open the log");
+        let mut skip = Vec::new();
+        file.read_to_end(&mut skip).expect("read the log");
+        LogTail {
+            file,
+            carry: Vec::new(),
+        }
+    }
+    /// Complete lines added since the last call that contain `needle`.
+    pub fn count_new(&mut self, needle: &[u8]) -> usize {
+        let mut buf = Vec::new();
+        let _ = self.file.read_to_end(&mut buf);
+        self.carry.extend_from_slice(&buf);
+        let Some(last_nl) = self.carry.iter().rposition(|&b| b == b'\n') else {
+            return 0;
+        };
+        let n = self.carry[..=last_nl]
+            .split(|&b| b == b'\n')
+            .filter(|l| l.windows(needle.len()).any(|w| w == needle))
+            .count();
+        self.carry.drain(..=last_nl);
+        n
+    }
+}
+
+/// `src` → timestamp (ns) of the first "accepted" line of each source.
+pub fn accepted_times(log: &Path) -> HashMap<Ipv4Addr, i128> {
+    let mut m = HashMap::new();
+    for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if v["message"] != "accepted" {
+            continue;
+        }
+        let (Some(src), Some(ts)) = (v["src"].as_str(), v["timestamp"].as_str()) else {
+            continue;
+        };
+        let (Ok(addr), Ok(t)) = (
+            src.parse::<Ipv4Addr>(),
+            time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339),
+        ) else {
+            continue;
+        };
+        m.entry(addr).or_insert(t.unix_timestamp_nanos());
+    }
+    m
+}
+
+/// `nft monitor` in a namespace; every line time-stamped when read.
+#[derive(Debug)]
+pub struct Monitor {
+    _p: Proc,
+    rx: mpsc::Receiver<(i128, String)>,
+    seen: HashMap<Ipv4Addr, i128>,
+}
+
+/// The IPv4 addresses in a line.
+pub fn ipv4_tokens(line: &str) -> Vec<Ipv4Addr> {
+    line.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|t| t.trim_matches('.').parse().ok())
+        .collect()
+}
+
+impl Monitor {
+    /// Starts `nft monitor` in namespace `ns`.
+    pub fn start(ns: &str) -> Self {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "nft", "monitor"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nft monitor");
+        let mut p = Proc {
+            child,
+            what: "nft monitor",
+        };
+        let out = p.child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut r = BufReader::new(out);
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                let t = now_ns();
+                if tx.send((t, std::mem::take(&mut line))).is_err() {
+                    break;
+                }
+            }
+        });
+        thread::sleep(Duration::from_millis(300));
+        Monitor {
+            _p: p,
+            rx,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// When an `add element`/`add rule` naming `addr` was read, waiting up
+    /// to `timeout`.
+    pub fn wait_for(&mut self, addr: Ipv4Addr, timeout: Duration) -> Option<i128> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(&t) = self.seen.get(&addr) {
+                return Some(t);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let (t, line) = self.rx.recv_timeout(left).ok()?;
+            if line.starts_with("add element") || line.starts_with("add rule") {
+                for a in ipv4_tokens(&line) {
+                    self.seen.entry(a).or_insert(t);
+                }
+            }
+        }
+    }
 }
 
 /// Sends the datagrams of `pool` (at most 64 a call, from the start of the

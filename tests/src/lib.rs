@@ -9,6 +9,9 @@
 //!   reading them back.
 //! - [`TcpService`]: an echo server inside a namespace.
 //! - [`spoof`]: forged IPv4 packets (any source address) from a namespace.
+//! - [`pair`]: a test in a namespace of its own with a veth peer (the
+//!   firewall and session-table kernel tests).
+//! - [`bench`]: what the benchmark harnesses share.
 //! - [`Daemon`] ([`Green`]): a running `spa-server run` (or another
 //!   workspace daemon with the same command line, such as `red-relay run`),
 //!   with its status over the control socket (through its `status`
