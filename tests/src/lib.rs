@@ -11,7 +11,7 @@
 //! - [`spoof`]: forged IPv4 packets (any source address) from a namespace.
 //! - [`pair`]: a test in a namespace of its own with a veth peer (the
 //!   firewall and session-table kernel tests).
-//! - [`bench`]: what the benchmark harnesses share.
+//! - [`bench`](mod@bench): what the benchmark harnesses share.
 //! - [`Daemon`] ([`Green`]): a running `spa-server run` (or another
 //!   workspace daemon with the same command line, such as `red-relay run`),
 //!   with its status over the control socket (through its `status`
