@@ -392,10 +392,10 @@ fn relayed_request_opens_red_for_green_only_and_close_closes_it() {
         bed.red_allows_green(),
         "red's allow4 lacks green . tcp . {WEB_PORT}"
     );
-    // The service's accept thread counts the connection a moment after the
-    // client's connect returned.
-    let served = wait_until(Duration::from_secs(5), || bed.web.accepted() >= 1);
-    assert!(served, "the web service saw no connection");
+    assert!(
+        bed.web.wait_accepted(1, Duration::from_secs(5)),
+        "red's web service never counted green's connection"
+    );
     bed.green
         .wait_counter_within("relay.confirmed", 1, Duration::from_secs(5));
     assert_eq!(bed.green.counter("relay.requests"), 1);

@@ -148,6 +148,10 @@ pub struct Config {
     /// spa-server only: the mutual-TLS tunnel endpoint.
     #[serde(default)]
     pub tunnel: Option<TunnelSection>,
+    /// Where the knock floors live: the local file or a store shared by a
+    /// fleet of greens (SPEC §7.6).
+    #[serde(default)]
+    pub replay: crate::store::shared::ReplaySection,
 }
 
 /// One problem found in a configuration: the key and what is wrong.

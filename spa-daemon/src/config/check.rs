@@ -41,6 +41,9 @@ impl Config {
         for x in crate::access::config_problems(self) {
             bad(x.key, x.problem);
         }
+        for x in crate::store::shared::config_problems(self, role) {
+            bad(x.key, x.problem);
+        }
         let t = &self.trust;
         if t.anchors.is_empty() {
             bad(
