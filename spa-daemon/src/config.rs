@@ -14,6 +14,9 @@
 //!                               # it must be able to read the [trust] files and
 //!                               # search replay_db's directory ("root": stay root)
 //! log_format = "plain"          # or "json"
+//! replay_reservation_ms = 2000  # SPEC §7.3.1: no fsync per knock; after a crash
+//!                               # knocks wait up to this long (0: fsync each knock)
+//! workers = 2                   # verification threads (default: available cores)
 //!
 //! [trust]
 //! anchors = ["/etc/spa/ca.pem"]

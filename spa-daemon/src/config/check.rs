@@ -27,6 +27,23 @@ impl Config {
                 format!("'{}': use \"plain\" or \"json\"", d.log_format),
             );
         }
+        let r = d.replay_reservation_ms;
+        if r != 0 && !(crate::store::MIN_LEAD_MS..=crate::store::MAX_LEAD_MS).contains(&r) {
+            bad(
+                "daemon.replay_reservation_ms".into(),
+                format!(
+                    "{r}: use 0 (sync every knock) or {}..={}",
+                    crate::store::MIN_LEAD_MS,
+                    crate::store::MAX_LEAD_MS
+                ),
+            );
+        }
+        if d.workers > 256 {
+            bad(
+                "daemon.workers".into(),
+                format!("{}: at most 256", d.workers),
+            );
+        }
         if d.keys.is_empty() {
             bad(
                 "daemon.keys".into(),

@@ -31,6 +31,24 @@ pub struct DaemonSection {
     /// "plain" or "json".
     #[serde(default = "default_log_format")]
     pub log_format: String,
+    /// The replay reservation's lead over the clock, ms (SPEC §7.3.1);
+    /// 0: every accepted datagram's floor is written and synced before
+    /// the verdict.
+    #[serde(default = "default_reservation")]
+    pub replay_reservation_ms: u64,
+    /// Verification threads; default (absent or 0): the available cores.
+    #[serde(default)]
+    pub workers: usize,
+}
+
+impl DaemonSection {
+    /// The number of verification threads in force.
+    pub fn workers(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => n,
+        }
+    }
 }
 
 /// `[trust]`.
@@ -267,6 +285,9 @@ pub(super) fn default_capture() -> String {
 }
 pub(super) fn default_control() -> PathBuf {
     PathBuf::from("/run/spa/control.sock")
+}
+pub(super) fn default_reservation() -> u64 {
+    crate::store::DEFAULT_LEAD_MS
 }
 pub(super) fn default_log_format() -> String {
     "plain".into()
