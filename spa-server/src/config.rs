@@ -69,6 +69,7 @@
 //! max_blocks = 65536            # running blocks at most (also the nft set size)
 //!
 //! [relay]                       # spa-server only: services that live on red
+//!                               # (several reds: [[relay]] entries, see relays.rs)
 //! red = "10.200.60.2:62202"     # red's order port
 //! red_key = "base64…"           # red's X25519 public key (red-relay pubkey)
 //! signing_key = "/etc/spa/green-signing.key" # spa-server keygen --signing
@@ -103,6 +104,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod relays;
+
+pub use relays::{MAX_REDS, MetricsSection, Relays};
+
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -132,12 +137,16 @@ pub struct Config {
     /// red-relay only: the gateways whose orders are accepted.
     #[serde(default)]
     pub gateways: Vec<GatewayEntry>,
-    /// spa-server only: relaying request-service and close knocks to red.
+    /// spa-server only: relaying request-service and close knocks to red:
+    /// one `[relay]` table, or one `[[relay]]` entry per red.
     #[serde(default)]
-    pub relay: Option<RelaySection>,
+    pub relay: Relays,
     /// spa-server only: the mutual-TLS tunnel endpoint.
     #[serde(default)]
     pub tunnel: Option<TunnelSection>,
+    /// The opt-in Prometheus endpoint, for management networks only.
+    #[serde(default)]
+    pub metrics: Option<MetricsSection>,
 }
 
 /// `[daemon]`.
@@ -896,17 +905,20 @@ impl Config {
             }
             _ => {}
         }
-        match (&self.relay, role) {
-            (Some(_), Role::Red) => bad(
+        if !self.relay.is_empty() && role == Role::Red {
+            bad(
                 "relay".into(),
                 "only spa-server relays to red; red-relay takes [[gateways]]".into(),
-            ),
-            (Some(r), Role::Green) => {
-                for (key, problem) in r.check(&names, self.time.max_age_ms) {
-                    bad(key, problem);
-                }
+            );
+        } else {
+            for (key, problem) in self.relay.check(&names, self.time.max_age_ms) {
+                bad(key, problem);
             }
-            (None, _) => {}
+        }
+        if let Some(m) = &self.metrics {
+            for (key, problem) in m.check(&self.firewall.management) {
+                bad(key, problem);
+            }
         }
         if let Some(t) = &self.tunnel {
             if role == Role::Red {
@@ -966,20 +978,24 @@ impl Config {
 impl RelaySection {
     /// Problems of `[relay]`, keys included. `local` are the names of
     /// `[[services]]`; `max_age_ms` is `[time] max_age_ms`.
+    ///
+    /// `at` is how the file names this section: `relay` for a single
+    /// `[relay]` table, `relay[N]` for an entry of `[[relay]]`.
     pub fn check(
         &self,
+        at: &str,
         local: &std::collections::HashSet<String>,
         max_age_ms: u64,
     ) -> Vec<(String, String)> {
         let mut p = Vec::new();
         let red = match self.red.parse::<std::net::SocketAddr>() {
             Ok(a) if a.port() == 0 => {
-                p.push(("relay.red".into(), "the port must be 1..=65535".into()));
+                p.push((format!("{at}.red"), "the port must be 1..=65535".into()));
                 None
             }
             Ok(a) if a.ip().is_unspecified() || a.ip().is_multicast() => {
                 p.push((
-                    "relay.red".into(),
+                    format!("{at}.red"),
                     format!("'{}': not a unicast address", self.red),
                 ));
                 None
@@ -987,7 +1003,7 @@ impl RelaySection {
             Ok(a) => Some(a),
             Err(_) => {
                 p.push((
-                    "relay.red".into(),
+                    format!("{at}.red"),
                     format!(
                         "'{}': use ADDRESS:PORT, e.g. 10.0.0.2:62202 or [fd00::2]:62202",
                         self.red
@@ -997,15 +1013,15 @@ impl RelaySection {
             }
         };
         if let Err(e) = spa_keys::decode_public_key(&self.red_key) {
-            p.push(("relay.red_key".into(), e.to_string()));
+            p.push((format!("{at}.red_key"), e.to_string()));
         }
         if let Err(e) = spa_keys::read_gateway_signer(&self.signing_key) {
-            p.push(("relay.signing_key".into(), e.to_string()));
+            p.push((format!("{at}.signing_key"), e.to_string()));
         }
         match self.source.parse::<IpAddr>() {
             Ok(a) if a.is_unspecified() || a.is_multicast() || a.to_canonical() != a => {
                 p.push((
-                    "relay.source".into(),
+                    format!("{at}.source"),
                     format!(
                         "'{}': green's own unicast address toward red (not IPv4-mapped)",
                         self.source
@@ -1013,18 +1029,18 @@ impl RelaySection {
                 ));
             }
             Ok(a) if red.is_some_and(|r| r.is_ipv4() != a.is_ipv4()) => p.push((
-                "relay.source".into(),
-                format!("'{}' and relay.red are of different families", self.source),
+                format!("{at}.source"),
+                format!("'{}' and {at}.red are of different families", self.source),
             )),
             Ok(_) => {}
             Err(_) => p.push((
-                "relay.source".into(),
+                format!("{at}.source"),
                 format!("'{}' is not an IP address", self.source),
             )),
         }
         if self.services.is_empty() {
             p.push((
-                "relay.services".into(),
+                format!("{at}.services"),
                 "at least one service on red".into(),
             ));
         }
@@ -1033,48 +1049,48 @@ impl RelaySection {
             let name = s.name();
             if !proto_spec::body::is_valid_service_name(name.as_bytes()) {
                 p.push((
-                    format!("relay.services[{i}]"),
+                    format!("{at}.services[{i}]"),
                     format!("'{name}': 1-32 of a-z 0-9 . _ -"),
                 ));
             }
             if !seen.insert(name) {
                 p.push((
-                    format!("relay.services[{i}]"),
+                    format!("{at}.services[{i}]"),
                     format!("'{name}' is listed twice"),
                 ));
             }
             if local.contains(name) {
                 p.push((
-                    format!("relay.services[{i}]"),
+                    format!("{at}.services[{i}]"),
                     format!("'{name}' is also a local service in [[services]]: name it once"),
                 ));
             }
             if let RelayService::Port(RelayPort { proto, port, .. }) = s {
                 if parse_proto(proto).is_none() {
                     p.push((
-                        format!("relay.services[{i}].proto"),
+                        format!("{at}.services[{i}].proto"),
                         format!("'{proto}': use \"tcp\" or \"udp\""),
                     ));
                 }
                 if *port == 0 {
                     p.push((
-                        format!("relay.services[{i}].port"),
+                        format!("{at}.services[{i}].port"),
                         "must be 1..=65535".into(),
                     ));
                 }
             }
         }
         if !(10..=10_000).contains(&self.resend_ms) {
-            p.push(("relay.resend_ms".into(), "must be 10..=10000".into()));
+            p.push((format!("{at}.resend_ms"), "must be 10..=10000".into()));
         }
         if self.resends > 20 {
-            p.push(("relay.resends".into(), "must be 0..=20".into()));
+            p.push((format!("{at}.resends"), "must be 0..=20".into()));
         }
         // SPEC §5.1: green stops repeating a body once it is older than
         // MAX_AGE; every copy should still be fresh at red.
         if self.resend_ms.saturating_mul(u64::from(self.resends)) >= max_age_ms {
             p.push((
-                "relay.resends".into(),
+                format!("{at}.resends"),
                 format!("resends × resend_ms must stay below time.max_age_ms ({max_age_ms} ms)"),
             ));
         }
@@ -1265,7 +1281,7 @@ source = "10.200.60.1"
 services = ["red-dns", { name = "web", port = 80 }]
 "#;
         let cfg = parse(text, Path::new("x.toml")).expect("parses");
-        let r = cfg.relay.expect("relay");
+        let r = &cfg.relay[0];
         assert_eq!(r.services[0].name(), "red-dns");
         assert!(
             matches!(&r.services[1], RelayService::Port(p) if p.port == 80 && p.proto == "tcp")
@@ -1312,7 +1328,7 @@ services = ["red-dns", { name = "web", port = 80 }]
         };
         let local = ["ssh".to_owned()].into_iter().collect();
         let keys: Vec<String> = r
-            .check(&local, 60_000)
+            .check("relay", &local, 60_000)
             .into_iter()
             .map(|(k, _)| k)
             .collect();
@@ -1334,7 +1350,7 @@ services = ["red-dns", { name = "web", port = 80 }]
             red: "10.200.60.2:62202".into(),
             ..r.clone()
         };
-        let problems = mixed.check(&local, 60_000);
+        let problems = mixed.check("relay", &local, 60_000);
         assert!(
             problems
                 .iter()
@@ -1347,7 +1363,7 @@ services = ["red-dns", { name = "web", port = 80 }]
             ..mixed
         };
         assert!(
-            slow.check(&local, 60_000)
+            slow.check("relay", &local, 60_000)
                 .iter()
                 .any(|(k, p)| k == "relay.resends" && p.contains("max_age_ms"))
         );

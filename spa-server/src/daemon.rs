@@ -57,6 +57,9 @@ pub trait Hooks {
     fn counters(&self) -> Vec<(String, u64)> {
         Vec::new()
     }
+    /// The hooks' own sections of `status` (green's relay: `relay`, one
+    /// entry per red).
+    fn status(&self, _out: &mut serde_json::Map<String, Value>, _now: UnixMillis) {}
 }
 
 /// No hooks.
@@ -86,6 +89,11 @@ impl<H: Hooks> Hooks for Option<H> {
     fn counters(&self) -> Vec<(String, u64)> {
         self.as_ref().map(Hooks::counters).unwrap_or_default()
     }
+    fn status(&self, out: &mut serde_json::Map<String, Value>, now: UnixMillis) {
+        if let Some(h) = self {
+            h.status(out, now);
+        }
+    }
 }
 
 /// Two sets of hooks, in order.
@@ -106,6 +114,10 @@ impl<A: Hooks, B: Hooks> Hooks for (A, B) {
         let mut v = self.0.counters();
         v.extend(self.1.counters());
         v
+    }
+    fn status(&self, out: &mut serde_json::Map<String, Value>, now: UnixMillis) {
+        self.0.status(out, now);
+        self.1.status(out, now);
     }
 }
 
@@ -752,7 +764,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
         let (sessions, openings) = self.table().status(now);
         let mut counters = self.counters.all();
         counters.extend(self.hooks.counters());
-        json!({
+        let mut status = json!({
             "uptime_s": now.saturating_sub(self.started_ms) / 1000,
             "sessions": sessions,
             "openings": openings,
@@ -780,7 +792,11 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
                     "reassembly_dropped": st.reassembly_dropped,
                 })
             }),
-        })
+        });
+        if let Value::Object(map) = &mut status {
+            self.hooks.status(map, now);
+        }
+        status
     }
 
     fn control_request(&mut self, req: &Value, now: UnixMillis) -> Value {
