@@ -258,6 +258,8 @@ pub struct Daemon<G: Gate, H: Hooks> {
     pub hooks: H,
     /// Start time.
     pub started_ms: UnixMillis,
+    /// The Prometheus endpoint's registry (`[metrics]`), if enabled.
+    pub metrics: Option<crate::metrics::Metrics>,
     /// Pre-MAC refusals since the last summary line.
     quiet_refusals: u64,
     /// `capture.reassembly_dropped` as of the last summary line.
@@ -344,6 +346,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             flags: p.flags,
             hooks: p.hooks,
             started_ms: now,
+            metrics: None,
             quiet_refusals: 0,
             reassembly_dropped_logged: 0,
             last_summary_ms: now,
@@ -404,7 +407,17 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             debug!(src = %ip, reason = "rate_limited", "refused");
             return;
         }
-        match self.gate.verify(payload, ip, now, &mut self.db) {
+        let verdict = match &self.metrics {
+            // The commit is timed (SPEC §7.3), nothing else on this path.
+            Some(m) => self.gate.verify(
+                payload,
+                ip,
+                now,
+                &mut crate::metrics::Timed::new(&mut self.db, &m.commit),
+            ),
+            None => self.gate.verify(payload, ip, now, &mut self.db),
+        };
+        match verdict {
             Err(refused) => {
                 let r = refused.reason;
                 self.counters.refusal(&r);
@@ -679,6 +692,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
                 self.hooks.session_closed(id, now);
             }
             self.blocked.expire(now);
+            self.publish_metrics(now);
             if let Some(ctl) = self.control.take() {
                 ctl.serve_pending(|req| self.control_request(req, now));
                 self.control = Some(ctl);
@@ -730,6 +744,26 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             });
         }
         self.hooks.tick(now);
+    }
+
+    /// Publishes the counters, gauges and hooks' sections into the
+    /// metrics registry (on the sweep timer, never per knock).
+    fn publish_metrics(&mut self, now: UnixMillis) {
+        let Some(m) = self.metrics.as_mut() else {
+            return;
+        };
+        let mut counters = self.counters.all();
+        for (k, v) in self.hooks.counters() {
+            *counters.entry(k).or_insert(0) += v;
+        }
+        let mut hooks = serde_json::Map::new();
+        self.hooks.status(&mut hooks, now);
+        let sessions = self
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        m.publish(&counters, sessions, self.blocked.len(), &hooks);
     }
 
     /// Reloads anchors, intermediates and CRLs; on error keeps the old ones,

@@ -114,6 +114,12 @@ pub fn firewall_config(cfg: &Config) -> Result<FirewallConfig, StartError> {
         .iter()
         .filter_map(|s| config::parse_cidr(s))
         .collect();
+    // Only management sources reach the metrics port.
+    fw.metrics_port = cfg
+        .metrics
+        .as_ref()
+        .and_then(config::MetricsSection::addr)
+        .map(|a| a.port());
     fw.forward = Forward {
         policy: f.forward.parse().unwrap_or_default(),
         allow: f
@@ -143,6 +149,8 @@ pub struct Setup {
     pub flags: Flags,
     /// The session table (green's tunnel shares it).
     pub sessions: SharedSessions,
+    /// The metrics listener (`[metrics]`), bound; served after the drop.
+    pub metrics: Option<crate::metrics::Listener>,
 }
 
 impl std::fmt::Debug for Setup {
@@ -193,6 +201,14 @@ pub fn setup(cfg: Config) -> Result<Setup, StartError> {
     let mut control = ControlSocket::bind(&cfg.daemon.control_socket).map_err(|e| {
         step("control socket")(format!("{}: {e}", cfg.daemon.control_socket.display()))
     })?;
+    // Bound with privileges (any port), served by threads that start
+    // after the drop.
+    let metrics = cfg
+        .metrics
+        .as_ref()
+        .map(|m| crate::metrics::Listener::bind(&m.listen))
+        .transpose()
+        .map_err(|e| step("metrics")(e.to_string()))?;
     let user = cfg.daemon.user.as_deref().filter(|u| *u != "root");
     if let Some(user) = user {
         let (uid, gid) =
@@ -232,6 +248,7 @@ pub fn setup(cfg: Config) -> Result<Setup, StartError> {
         trust,
         flags,
         sessions: SharedSessions::default(),
+        metrics,
     })
 }
 
@@ -377,6 +394,19 @@ pub fn run_daemon<G: Gate, H: Hooks>(s: Setup, gate: G, hooks: H) -> Result<(), 
     })
     .map_err(|e| step("ips")(e.to_string()))?;
     d.blocked = crate::blocked::Blocked::new(s.cfg.ips.max_blocks);
+    if let Some(listener) = s.metrics {
+        let mut m = crate::metrics::Metrics::new();
+        let management = s
+            .cfg
+            .firewall
+            .management
+            .iter()
+            .filter_map(|n| config::parse_cidr(n))
+            .collect();
+        m.serve(listener, management)
+            .map_err(|e| step("metrics")(e.to_string()))?;
+        d.metrics = Some(m);
+    }
     // Prune floors only once they are older than every window in force.
     d.prune_max_age_ms = s
         .cfg

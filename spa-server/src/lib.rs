@@ -7,7 +7,7 @@
 //!   early drop), [`ctl`] (control socket),
 //!   [`privdrop`] (and [`access`], what the dropped user can still
 //!   read), [`logging`], [`green`] (assembly), [`relay`] (green's
-//!   orders to red).
+//!   orders to its reds), [`metrics`] (the opt-in Prometheus endpoint).
 //! - The CA tooling ([`pki`]), key generation ([`keygen`]), the command
 //!   line definitions ([`cli`]) and what the `pki` and `keygen` commands
 //!   print ([`pki_cmd`]).
@@ -27,6 +27,7 @@ pub mod green;
 pub mod ips;
 pub mod keygen;
 pub mod logging;
+pub mod metrics;
 pub mod nft;
 pub mod pki;
 pub mod pki_cmd;
