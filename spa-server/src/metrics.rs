@@ -457,4 +457,41 @@ mod tests {
         assert!(may_scrape("::ffff:10.200.9.7".parse().expect("ip"), &mgmt));
         assert!(!may_scrape("10.200.8.7".parse().expect("ip"), &mgmt));
     }
+
+    /// Every `spa_…` name the Grafana dashboard queries is one this module
+    /// exposes (a renamed metric would leave an empty panel).
+    #[test]
+    fn the_dashboard_queries_only_exposed_metrics() {
+        let dashboard: Value =
+            serde_json::from_str(include_str!("../dist/grafana-dashboard.json")).expect("json");
+        let mut m = Metrics::new();
+        let mut c = BTreeMap::new();
+        for name in ["refused.stale", "accepted.close", "blocked"] {
+            c.insert(name.to_owned(), 1);
+        }
+        let hooks: serde_json::Map<String, Value> = serde_json::from_str(
+            r#"{"relay":[{"red":"r","pending":0,"counters":{"relay.requests":1}}]}"#,
+        )
+        .expect("json");
+        m.publish(&c, 0, 0, &hooks);
+        let text = Metrics::encode(m.registry().expect("registry"));
+        let exposed: std::collections::HashSet<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let mut queried = 0;
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            for t in panel["targets"].as_array().expect("targets") {
+                let expr = t["expr"].as_str().expect("expr");
+                for word in expr.split(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_')) {
+                    if word.starts_with("spa_") {
+                        queried += 1;
+                        assert!(exposed.contains(word), "{word} in {expr} is not exposed");
+                    }
+                }
+            }
+        }
+        assert!(queried >= 10);
+    }
 }
