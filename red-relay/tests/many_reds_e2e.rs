@@ -281,6 +281,18 @@ fn green_relays_each_service_to_its_red_and_a_close_to_both() {
         );
     }
 
+    // The operator's view: one line per red.
+    let out = run_ok(Command::new(bin("spa-server")).args([
+        "status",
+        "--socket",
+        &bed.dir.s("green.sock"),
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for (red, from, service) in [(RED_A, GREEN_A, "web"), (RED_B, GREEN_B, "db")] {
+        let line = format!("red {red}:{ORDER_PORT} (from {from}) hosts {service}: 1 session(s)");
+        assert!(text.contains(&line), "{line:?} missing from:\n{text}");
+    }
+
     bed.spa_client(&["send", "close"]);
     let closed = wait_until(Duration::from_secs(10), || {
         Bed::opened(&bed.red_a_ns).is_empty() && Bed::opened(&bed.red_b_ns).is_empty()
