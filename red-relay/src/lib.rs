@@ -2,27 +2,31 @@
 //! §5, §8.2) and opens its firewall for green's address and the services
 //! they carry. Red never answers an order.
 //!
-//! The daemon is spa-server's receive-verify-open loop
-//! ([`spa_server::daemon::Daemon`]) around red's
-//! [`OrderVerifier`]: the same configuration file format (checked for
+//! The daemon is the framework's receive-verify-open loop
+//! ([`spa_daemon::daemon::Daemon`]) around red's
+//! [`OrderVerifier`]: the same configuration file format as green (checked for
 //! [`Role::Red`]: `[[gateways]]` instead of `[relay]`), capture, replay
 //! store, firewall, sessions, intrusion prevention, control socket and
 //! trust reloads. This library holds the command line definitions ([`Cli`],
 //! so that a man page and completions can be generated from them), the
 //! verifier's assembly ([`verifier`]; red judges only the services it hosts,
 //! [`hosted_services`]), [`run`], and key generation.
+//!
+//! May depend on: `spa-daemon` (the framework), `spa-nft`, `spa-capture`,
+//! `proto-spec` and `spa-keys`. Never on `spa-server`: red links none of
+//! green's tunnel, relay or CA code.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 use proto_spec::verify::{Gateway, OrderVerifier};
+use spa_daemon::cli::{ConfigArg, ControlArgs, PubkeyArgs};
+use spa_daemon::config::{Config, Role};
+use spa_daemon::daemon::{NoHooks, TrustWatch, trust_files};
+use spa_daemon::keygen::{KeyKind, KeygenError};
+use spa_daemon::start::{self, StartError};
 use spa_keys::{KeyFileError, encode_public_key, read_receiver_key};
-use spa_server::cli::{ConfigArg, ControlArgs, PubkeyArgs};
-use spa_server::config::{Config, Role};
-use spa_server::daemon::{NoHooks, TrustWatch, trust_files};
-use spa_server::green::{self, StartError};
-use spa_server::keygen::{KeyKind, KeygenError};
 
 /// The default configuration file.
 pub const DEFAULT_CONFIG: &str = "/etc/spa/red-relay.toml";
@@ -107,9 +111,9 @@ pub fn verifier(cfg: &Config) -> Result<OrderVerifier, StartError> {
     let trust = TrustWatch::new(trust_files(cfg))
         .load()
         .map_err(|e| step("trust")(e.to_string()))?;
-    let limits = green::limits(cfg);
+    let limits = start::limits(cfg);
     let mut verifier =
-        OrderVerifier::new(keys, gateways, trust, green::policy(cfg), limits, limits)
+        OrderVerifier::new(keys, gateways, trust, start::policy(cfg), limits, limits)
             .map_err(|e| step("gateways")(e.to_string()))?;
     verifier.hosted_services = Some(hosted_services(cfg));
     Ok(verifier)
@@ -126,11 +130,11 @@ pub fn hosted_services(cfg: &Config) -> Vec<String> {
 /// verifier, sets up (store, firewall, capture, control socket, privilege
 /// drop) and runs until SIGTERM or SIGINT.
 pub fn run(config_path: &Path) -> Result<(), StartError> {
-    let cfg = green::load_config(config_path, Role::Red)?;
-    spa_server::logging::init(&cfg.daemon.log_format);
+    let cfg = start::load_config(config_path, Role::Red)?;
+    spa_daemon::logging::init(&cfg.daemon.log_format);
     let verifier = verifier(&cfg)?;
-    let s = green::setup(cfg)?;
-    green::run_daemon(s, verifier, NoHooks)
+    let s = start::setup(cfg)?;
+    start::run_daemon(s, verifier, NoHooks)
 }
 
 /// `red-relay keygen`.
@@ -148,7 +152,7 @@ pub struct KeygenArgs {
 /// existing file only with `force`) and returns its public key as one line
 /// of base64, for green's configuration.
 pub fn keygen(out: &Path, force: bool) -> Result<String, KeygenError> {
-    spa_server::keygen::keygen(out, KeyKind::Receiver, force)
+    spa_daemon::keygen::keygen(out, KeyKind::Receiver, force)
 }
 
 /// The one-line public key of red's X25519 key file.
@@ -187,7 +191,7 @@ mod tests {
     fn example_configuration_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/red-relay.toml.example");
         let text = std::fs::read_to_string(&path).expect("example");
-        let cfg = spa_server::config::parse(&text, &path).expect("parses");
+        let cfg = spa_daemon::config::parse(&text, &path).expect("parses");
         assert_eq!(cfg.gateways.len(), 1);
         assert!(cfg.relay.is_empty());
         assert_eq!(hosted_services(&cfg), vec!["web".to_owned()]);

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use red_relay::{Cli, Command};
-use spa_server::config::Role;
+use spa_daemon::config::Role;
 
 fn main() -> ExitCode {
     match run(Cli::parse().command) {
@@ -24,11 +24,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(a) => red_relay::run(&a.config)?,
         Command::CheckConfig(a) => {
-            return Ok(spa_server::admin::check_config(&a.config, Role::Red));
+            return Ok(spa_daemon::admin::check_config(&a.config, Role::Red));
         }
-        Command::Status(c) => return spa_server::admin::status(&c),
+        Command::Status(c) => return spa_daemon::admin::status(&c),
         Command::RevokeSession { session, control } => {
-            return spa_server::admin::revoke_session(&control, &session);
+            return spa_daemon::admin::revoke_session(&control, &session);
         }
         Command::Keygen(a) => {
             let line = red_relay::keygen(&a.out, a.force)?;

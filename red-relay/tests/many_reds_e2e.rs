@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use spa_server::nft::Proto;
+use spa_nft::Proto;
 use tests::{
     Daemon, GreenRelayConfig, Netns, RedRelayConfig, RelayKeys, TcpService, TempDir, line_of,
     link4, make_relay_pki, run_ok, start_green, start_red, unique_tag, wait_until,
@@ -194,7 +194,7 @@ impl Bed {
 
     /// The `(address, port)` of every TCP element in a red's allow sets.
     fn opened(ns: &Netns) -> Vec<(IpAddr, u16)> {
-        let sets = ns.run_in(|| spa_server::nft::list("spa")).expect("sets");
+        let sets = ns.run_in(|| spa_nft::list("spa")).expect("sets");
         [
             (IpAddr::V4(GREEN_A), WEB_PORT),
             (IpAddr::V4(GREEN_B), DB_PORT),

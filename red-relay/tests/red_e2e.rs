@@ -30,8 +30,8 @@ use proto_spec::order::{OrderFields, encode_order_signed_part};
 use proto_spec::seal::{precheck_mac, seal_order, seal_plaintext};
 use proto_spec::sign::{GatewaySigner, KNOCK_SIGNATURE_CONTEXT, Signer as _, transcript};
 use proto_spec::wire::DatagramKind;
-use spa_server::capture::{Capture, CaptureConfig, Event};
-use spa_server::nft::Proto;
+use spa_capture::{Capture, CaptureConfig, Event};
+use spa_nft::Proto;
 use tests::{
     Daemon, GreenRelayConfig, Netns, RedRelayConfig, RelayKeys, TcpService, TempDir, link4,
     make_relay_pki, run_ok, start_green, start_red, unique_tag, wait_until, write_green_config,
@@ -287,7 +287,7 @@ lifetime = 30
     /// Red's element green . tcp . 8080: its timeout, if it exists.
     fn red_web_timeout(&self) -> Option<Duration> {
         self.red_ns
-            .run_in(|| spa_server::nft::list("spa"))
+            .run_in(|| spa_nft::list("spa"))
             .expect("list red's sets")
             .allowed(IpAddr::V4(GREEN_R), Proto::Tcp, WEB_PORT)
             .and_then(|e| e.timeout)
@@ -317,7 +317,7 @@ lifetime = 30
     /// Whether red's `allow4` set holds green . tcp . 8080.
     fn red_allows_green(&self) -> bool {
         self.red_ns
-            .run_in(|| spa_server::nft::list("spa"))
+            .run_in(|| spa_nft::list("spa"))
             .expect("list red's sets")
             .allowed(IpAddr::V4(GREEN_R), Proto::Tcp, WEB_PORT)
             .is_some()
@@ -743,7 +743,7 @@ fn red_does_not_block_green_for_client_faults() {
     );
     let blocks = bed
         .red_ns
-        .run_in(|| spa_server::nft::list("spa"))
+        .run_in(|| spa_nft::list("spa"))
         .expect("list red's sets");
     assert!(blocks.block.is_empty(), "{blocks:?}");
 

@@ -13,6 +13,10 @@
 //! - Public keys of receivers and gateways travel as one line of base64
 //!   ([`encode_public_key`], [`decode_public_key`]), like WireGuard's.
 //!
+//! - Trust files (CA certificates, intermediates, CRLs) load into the
+//!   verifier's trust store as both daemons and `pki verify` load them
+//!   ([`trust`]).
+//!
 //! Every error names the file and the cause in one line.
 #![forbid(unsafe_code)]
 
@@ -22,6 +26,7 @@ mod pem;
 mod private;
 mod public;
 mod signer;
+pub mod trust;
 
 pub use error::{KeyFileError, PublicKeyError};
 pub use file::{

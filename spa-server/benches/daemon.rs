@@ -18,7 +18,7 @@
 //! 0. crypto floor in-process (one X25519 + one Ed25519 `verify_strict` of
 //!    600 bytes), plus `KnockVerifier::verify` in-process with a memory and
 //!    with the redb replay store (where the time of a knock goes);
-//! 1. bare receive loop under flood: `spa_server::capture::Capture` with the
+//! 1. bare receive loop under flood: `spa_capture::Capture` with the
 //!    daemon's settings in green's namespace, counting events, while one
 //!    sender thread blasts random 600-byte datagrams (`sendmmsg`) for 5 s;
 //! 2. the daemon (fresh replay store): idle resident size;
@@ -75,8 +75,8 @@ use proto_spec::seal::{KnockRequest, seal_knock};
 use proto_spec::sign::Signer;
 use proto_spec::testkit::{self, ClientCertSpec, KeyAlg, TestCa};
 use serde_json::{Value, json};
-use spa_server::capture::{Capture, CaptureConfig, CaptureMode, Event};
-use spa_server::store::ReplayDb;
+use spa_capture::{Capture, CaptureConfig, CaptureMode, Event};
+use spa_daemon::store::ReplayDb;
 
 const PORT: u16 = 62201;
 const GREEN: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
@@ -606,7 +606,7 @@ fn start_daemon(bed: &Bed, f: &Files, cfg: &Path, log: &Path) -> Proc {
 }
 
 fn status(f: &Files) -> Value {
-    let r = spa_server::ctl::request(&f.p("control.sock"), &json!({"cmd": "status"}))
+    let r = spa_daemon::ctl::request(&f.p("control.sock"), &json!({"cmd": "status"}))
         .expect("status request");
     assert_eq!(r["ok"], true, "{r}");
     r["status"].clone()
@@ -1023,7 +1023,7 @@ fn daemon_flood(
     let valid_accepted = sum_prefix(&d, "accepted.");
     let valid_holes = if count_holes {
         let g = bed.g.clone();
-        let set = in_ns(&g, || spa_server::nft::list("spa").expect("list sets"))
+        let set = in_ns(&g, || spa_nft::list("spa").expect("list sets"))
             .join()
             .unwrap();
         set.allow
@@ -1405,7 +1405,7 @@ fn inprocess_verify(ca: &TestCa, f: &Files, rpk: &ReceiverPublicKey) -> Inproc {
     use proto_spec::cert::{TrustConfig, TrustStore};
     use proto_spec::replay::MemoryReplayState;
     use proto_spec::verify::KnockVerifier;
-    let cfg = spa_server::config::load(&f.p("daemon.toml")).unwrap();
+    let cfg = spa_daemon::config::load(&f.p("daemon.toml")).unwrap();
     let mk = || {
         KnockVerifier::new(
             vec![testkit::receiver_key("green daemon bench")],
@@ -1414,8 +1414,8 @@ fn inprocess_verify(ca: &TestCa, f: &Files, rpk: &ReceiverPublicKey) -> Inproc {
                 ..TrustConfig::default()
             })
             .unwrap(),
-            spa_server::green::policy(&cfg),
-            spa_server::green::limits(&cfg),
+            spa_daemon::start::policy(&cfg),
+            spa_daemon::start::limits(&cfg),
         )
     };
     let id = Identity::new(ca, "inproc", 90);

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
+use spa_daemon::cli::{ConfigArg, ControlArgs, PubkeyArgs};
+
 use crate::pki::RevocationReason;
 
 /// green, the spa gateway: verifies knocks, opens its firewall and relays
@@ -63,14 +65,6 @@ pub struct KeygenArgs {
     /// Replace an existing file.
     #[arg(long)]
     pub force: bool,
-}
-
-/// `spa-server pubkey`.
-#[derive(Debug, Args)]
-pub struct PubkeyArgs {
-    /// The private key file.
-    #[arg(long, value_name = "FILE")]
-    pub key: PathBuf,
 }
 
 /// CA commands.
@@ -260,36 +254,4 @@ mod tests {
         assert_eq!(parse_serial("0x2A"), Ok(42));
         assert!(parse_serial("2A").is_err());
     }
-}
-
-/// `--config`.
-#[derive(Debug, Args)]
-pub struct ConfigArg {
-    /// The configuration file.
-    #[arg(
-        short,
-        long,
-        value_name = "FILE",
-        default_value = "/etc/spa/spa-server.toml"
-    )]
-    pub config: PathBuf,
-}
-
-/// How to reach a running daemon.
-#[derive(Debug, Args)]
-pub struct ControlArgs {
-    /// The control socket [default: from the configuration file].
-    #[arg(long, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
-    /// The configuration file (for its control socket path).
-    #[arg(
-        short,
-        long,
-        value_name = "FILE",
-        default_value = "/etc/spa/spa-server.toml"
-    )]
-    pub config: PathBuf,
-    /// Print the raw JSON reply.
-    #[arg(long)]
-    pub json: bool,
 }

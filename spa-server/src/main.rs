@@ -7,9 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser as _;
+use spa_daemon::config::Role;
+use spa_daemon::keygen::pubkey;
 use spa_server::cli::{Cli, Command};
-use spa_server::config::Role;
-use spa_server::keygen::pubkey;
 use spa_server::pki_cmd::{keygen_command, pki_command};
 use time::OffsetDateTime;
 
@@ -31,11 +31,11 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Pubkey(a) => println!("{}", pubkey(&a.key)?.1),
         Command::Run(a) => spa_server::green::run(&a.config)?,
         Command::CheckConfig(a) => {
-            return Ok(spa_server::admin::check_config(&a.config, Role::Green));
+            return Ok(spa_daemon::admin::check_config(&a.config, Role::Green));
         }
-        Command::Status(c) => return spa_server::admin::status(&c),
+        Command::Status(c) => return spa_daemon::admin::status(&c),
         Command::RevokeSession { session, control } => {
-            return spa_server::admin::revoke_session(&control, &session);
+            return spa_daemon::admin::revoke_session(&control, &session);
         }
         Command::Pki { command } => return pki_command(command, now),
     }

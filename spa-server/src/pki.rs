@@ -40,12 +40,13 @@ use zeroize::{Zeroize as _, Zeroizing};
 
 mod error;
 mod index;
-mod trust;
 
 pub use error::PkiError;
 use index::INDEX_HEADER;
 pub use index::{IndexEntry, RevocationReason, Usage};
-pub use trust::{TrustFiles, describe_certificate_error, load_trust, validate_client_certificate};
+pub use spa_keys::trust::{
+    TrustFileError, TrustFiles, describe_certificate_error, load_trust, validate_client_certificate,
+};
 
 /// The CA's private key file in the directory.
 pub const CA_KEY: &str = "ca.key";

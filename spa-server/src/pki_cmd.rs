@@ -1,5 +1,5 @@
 //! The `spa-server pki` and `keygen` commands: what each prints, on top of
-//! the CA tooling ([`crate::pki`]) and key generation ([`crate::keygen`]).
+//! the CA tooling ([`crate::pki`]) and key generation ([`spa_daemon::keygen`]).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -9,10 +9,10 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::cli::{AlgorithmArg, IssueArgs, KeygenArgs, PkiCommand, VerifyArgs};
-use crate::keygen::{KeyKind, keygen};
 use crate::pki::{
     self, Ca, CaAlgorithm, InitOptions, IssueRequest, SubjectKey, TrustFiles, Usage, rfc3339,
 };
+use spa_daemon::keygen::{KeyKind, keygen};
 
 /// `spa-server keygen`.
 pub fn keygen_command(a: &KeygenArgs) -> Result<()> {

@@ -39,7 +39,7 @@
 //! strict) and shared by every red ([`OrderStamp`]: strictly increasing
 //! across all of them, so per red too). Once [`Relay::use_store`] attached
 //! green's replay store, every order timestamp is covered by a
-//! *reservation* stored in that store ([`crate::store::OrderClock`]) and
+//! *reservation* stored in that store ([`spa_daemon::store::OrderClock`]) and
 //! synced before the order leaves: when a timestamp would pass the stored
 //! bound, green first stores `timestamp + ORDER_RESERVE_MS`
 //! ([`ORDER_RESERVE_MS`]), then sends. On start the relay resumes from the
@@ -60,12 +60,12 @@ use proto_spec::body::{MessageType, parse_body};
 use serde_json::{Map, Value};
 use tracing::{debug, info};
 
-use crate::config::{Config, RelaySection};
-use crate::counters::Counters;
-use crate::daemon::Hooks;
-use crate::gate::Decision;
-use crate::store::{OrderClock, ReplayDb};
 use link::{Action, Pending, RedLink};
+use spa_daemon::config::{Config, RelaySection};
+use spa_daemon::counters::Counters;
+use spa_daemon::daemon::Hooks;
+use spa_daemon::gate::Decision;
+use spa_daemon::store::{OrderClock, ReplayDb};
 
 /// Unconfirmed copies after the first order of a close, or of a request
 /// with nothing to probe.
@@ -199,7 +199,7 @@ impl Relay {
         let mut links = Vec::with_capacity(reds.len());
         let mut by_service = HashMap::new();
         for (index, r) in reds.iter().enumerate() {
-            if index >= crate::config::MAX_REDS {
+            if index >= spa_daemon::config::MAX_REDS {
                 return Err(bad("red")("at most 64 reds".into()));
             }
             let link = RedLink::new(r, max_age_ms).map_err(|e| RelayError::Red {
@@ -465,7 +465,6 @@ impl Hooks for Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{RelayPort, RelayService};
     use proto_spec::body::OpenFor;
     use proto_spec::cert::{TrustConfig, TrustStore};
     use proto_spec::keys::ReceiverPublicKey;
@@ -475,9 +474,10 @@ mod tests {
     use proto_spec::seal::{KnockRequest, seal_knock};
     use proto_spec::testkit::{self, ClientCertSpec, KeyAlg, TestCa, VECTOR_NOW};
     use proto_spec::verify::{Gateway, KnockVerifier, OrderAction, OrderVerifier};
+    use spa_daemon::config::{RelayPort, RelayService};
     use std::net::UdpSocket;
 
-    use crate::gate::Gate;
+    use spa_daemon::gate::Gate;
 
     const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 200, 1, 2));
     const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);

@@ -57,11 +57,11 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use spa_tunnel::TlsPipe;
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, RelayService, ServiceProto, parse_proto};
-use crate::daemon::{Hooks, now_ms, trust_files};
-use crate::gate::Decision;
 use crate::pki::TrustFiles;
-use crate::sessions::{SessionTable, SharedSessions};
+use spa_daemon::config::{Config, RelayService, ServiceProto, parse_proto};
+use spa_daemon::daemon::{Hooks, now_ms, trust_files};
+use spa_daemon::gate::Decision;
+use spa_daemon::sessions::{SessionTable, SharedSessions};
 
 /// How long green keeps trying to reach a service (red opens after the
 /// order arrives).
@@ -868,12 +868,12 @@ fn raise_fd_limit(max_connections: usize) {
 mod tests {
     use super::*;
     use crate::pki::{self, CaAlgorithm, InitOptions, IssueRequest, SubjectKey, Usage};
-    use crate::sessions::NoFirewall;
     use proto_spec::body::MessageType;
     use proto_spec::cert::{ExpiredCrl, UnknownRevocation};
     use rcgen::{CertificateParams, KeyPair};
     use rustls::pki_types::ServerName;
     use rustls::{ClientConfig, ClientConnection};
+    use spa_daemon::sessions::NoFirewall;
     use std::io::Write;
     use std::path::PathBuf;
 
@@ -1292,5 +1292,43 @@ mod tests {
         }
         assert_eq!(p.shared.active.load(Ordering::SeqCst), 0, "thread ended");
         assert_eq!(p.shared.grants.lock().expect("lock").connections(), 0);
+    }
+
+    /// The tunnel reads the daemon's table: two identities behind one address
+    /// each have their own tunnel grant, and one's close is the end of its
+    /// grant alone, for the tunnel too.
+    #[test]
+    fn the_tunnel_sees_the_daemons_sessions() {
+        const ALICE: IdentityKey = IdentityKey([0xa1; 32]);
+        const CAROL: IdentityKey = IdentityKey([0xca; 32]);
+        const NAT: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 200, 1, 2));
+        let local = HashMap::from([("ssh".to_owned(), (ServiceProto::Tcp, 22))]);
+        let table = SessionTable::shared();
+        let grants = Grants::new(Arc::clone(&table));
+        for (id, who) in [(1, ALICE), (2, CAROL)] {
+            let d = Decision::Open {
+                kind: "open-tunnel",
+                session: [id; 16],
+                identity: format!("{who:?}"),
+                identity_key: who,
+                addr: NAT,
+                services: vec!["ssh".to_owned()],
+                lifetime_s: 60,
+                certificate: Vec::new(),
+                body: Vec::new(),
+            };
+            let mut t = table.lock().expect("lock");
+            t.open(&d, &local, 0, &mut NoFirewall).expect("own id");
+        }
+        assert!(grants.tunnel_open(NAT, &ALICE, 1) && grants.tunnel_open(NAT, &CAROL, 1));
+        assert_eq!(grants.session_for(NAT, &CAROL, "ssh", 1), Some([2; 16]));
+        let closed = table
+            .lock()
+            .expect("lock")
+            .close(&[1; 16], 1, &mut NoFirewall);
+        assert!(closed.is_some());
+        assert!(!grants.tunnel_open(NAT, &ALICE, 2));
+        assert!(grants.tunnel_open(NAT, &CAROL, 2));
+        assert!(!grants.tunnel_open(NAT, &CAROL, 60_000), "expired");
     }
 }

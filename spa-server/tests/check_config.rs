@@ -1,13 +1,13 @@
 //! `check-config` accepts what `run` accepts: every range `run`'s
 //! constructors enforce is a problem `Config::check` reports, by the same
-//! code ([`spa_server::green::ips_state`], the firewall's table name), and
+//! code ([`spa_daemon::start::ips_state`], the firewall's table name), and
 //! `daemon.user` is required.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 
-use spa_server::config::{Config, Role, parse};
-use spa_server::green;
+use spa_daemon::config::{Config, Role, parse};
+use spa_daemon::start;
 
 fn config(daemon_extra: &str, rest: &str) -> Config {
     let text = format!(
@@ -60,7 +60,7 @@ fn check_config_rejects_every_ips_value_run_rejects() {
             );
         }
         // run refuses it too (the same constructors).
-        let run = green::ips(&cfg).err().map(|e| e.to_string());
+        let run = start::ips(&cfg).err().map(|e| e.to_string());
         assert!(run.is_some(), "{setting}: run accepts it");
     }
     for setting in [
@@ -76,7 +76,7 @@ fn check_config_rejects_every_ips_value_run_rejects() {
             !found.iter().any(|k| k.starts_with("ips")),
             "{setting}: {found:?}"
         );
-        assert!(green::ips(&cfg).is_ok(), "{setting}");
+        assert!(start::ips(&cfg).is_ok(), "{setting}");
     }
 }
 
@@ -91,7 +91,7 @@ fn check_config_rejects_a_table_name_the_firewall_rejects() {
             keys(&cfg).iter().any(|k| k == "firewall.table"),
             "{table:?}"
         );
-        assert!(green::firewall_config(&cfg).is_err(), "{table:?}");
+        assert!(start::firewall_config(&cfg).is_err(), "{table:?}");
     }
     let cfg = config("user = \"nobody\"", "[firewall]\ntable = \"spa_gw2\"");
     assert!(!keys(&cfg).iter().any(|k| k == "firewall.table"));

@@ -191,7 +191,7 @@ fn crl_from_another_ca_is_refused_when_loading_trust() {
     );
     assert!(matches!(
         pki::load_trust(&TrustFiles::default()),
-        Err(PkiError::NoTrustAnchor)
+        Err(pki::TrustFileError::NoTrustAnchor)
     ));
 }
 

@@ -18,6 +18,7 @@
 //! installs them; [`require_tools`] fails with the apt-get line).
 #![forbid(unsafe_code)]
 
+pub mod pair;
 pub mod spoof;
 
 use std::fs::File;

@@ -136,17 +136,9 @@ pub enum PkiError {
         /// rcgen's message.
         reason: String,
     },
-    /// No CA certificate was given to check against.
-    #[error("no CA certificate given")]
-    NoTrustAnchor,
-    /// A trust file the verifier refuses (e.g. a CRL from another CA).
-    #[error("{}: {reason}", path.display())]
-    Trust {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
+    /// Trust files that do not load ([`spa_keys::trust`]).
+    #[error(transparent)]
+    Trust(#[from] spa_keys::trust::TrustFileError),
 }
 
 impl PkiError {
@@ -155,7 +147,8 @@ impl PkiError {
     pub fn path(&self) -> Option<&std::path::Path> {
         match self {
             Self::File(e) => e.path(),
-            Self::Io { path, .. } | Self::Trust { path, .. } => Some(path),
+            Self::Io { path, .. } => Some(path),
+            Self::Trust(e) => e.path(),
             _ => None,
         }
     }

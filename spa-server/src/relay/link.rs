@@ -16,8 +16,8 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tracing::{debug, info, warn};
 
 use super::{MAX_PENDING, OrderStamp, RelayError, bad};
-use crate::config::{RelayPort, RelaySection, RelayService, ServiceProto, parse_proto};
-use crate::counters::Counters;
+use spa_daemon::config::{RelayPort, RelaySection, RelayService, ServiceProto, parse_proto};
+use spa_daemon::counters::Counters;
 
 /// What an order tells red.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

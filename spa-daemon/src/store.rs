@@ -1,0 +1,863 @@
+//! The durable replay store: the daemons' implementation of
+//! [`proto_spec::replay::ReplayState`] (SPEC §7.2-§7.4), used by green
+//! (knock floors) and red (gateway and client floors).
+//!
+//! # Layout
+//!
+//! One [`redb`] file with two tables:
+//!
+//! - `floors`: identity key (32 bytes) → floor (`u64`, ms);
+//! - `meta`: `"global_floor"` → `G` (ms), `"format"` → [`FORMAT_VERSION`],
+//!   and on green `"order_reserved"` → the bound of its order timestamps
+//!   ([`OrderClock`], SPEC §7.5; absent until green's relay sends an order).
+//!
+//! Every floor is mirrored in a `HashMap` loaded at open, so
+//! [`ReplayState::floor`] and [`ReplayState::global_floor`] never touch the
+//! disk. Writes go to the file first, in one write transaction committed with
+//! [`Durability::Immediate`] (an `fsync` before `commit` returns), and only
+//! then to the mirror: a failed write leaves the mirror as it was and returns
+//! an error (the verifier turns it into `storage_failure`, SPEC §7.3).
+//!
+//! # Losing state
+//!
+//! SPEC §7.2: a receiver that starts without its durable state sets `G = now`
+//! and stores it durably before accepting anything. [`ReplayDb::open`] does
+//! this when the file is missing, when it exists but holds no replay state,
+//! and when it is unreadable or corrupt; a corrupt file is first moved aside
+//! to `<path>.corrupt-<now>` (kept for inspection, never reused).
+//! [`OpenReport`] tells the daemon which case happened so it can log it.
+//!
+//! Errors that say nothing about the file's contents (another process holds
+//! the lock, permission denied, an I/O error) are returned instead: the
+//! daemon refuses to start rather than throw away a good store.
+//!
+//! A knock accepted just before the state was lost may carry a timestamp up
+//! to `MAX_FUTURE_SKEW` ahead of the clock; `G = now` refuses it only once the
+//! clock passes it. A daemon that wants to close that window passes
+//! `now + max_future_skew_ms` as `now_ms` to [`ReplayDb::open`], at the cost of
+//! refusing honest knocks for that long after a loss.
+//!
+//! # Pruning
+//!
+//! SPEC §7.4: [`ReplayDb::prune`] removes the entries whose floor is below
+//! `now - max_age` and, in the same transaction, raises `G` to at least the
+//! largest floor it removed; memory and file size stay proportional to the
+//! identities accepted within the last `max_age`.
+//!
+//! # Green's order timestamps
+//!
+//! SPEC §7.5: green keeps the `last_sent` of its order timestamps durably,
+//! because red's floor for green is strict. [`ReplayDb::order_clock`] hands
+//! green's relay an [`OrderClock`]: a handle on the same file (redb allows
+//! one handle per file), writing `meta["order_reserved"]` with the same
+//! durable transactions. The relay decides what to store (see
+//! green's relay, `spa_server::relay`); this module only keeps the value, never lowering it.
+//!
+//! # Ownership
+//!
+//! After a failed write the file is reopened by path, by then as the
+//! daemon's unprivileged user: the daemons give the file to that user
+//! ([`ReplayDb::chown`]) before they drop privileges, and `check-config`
+//! checks that the user can search its directory.
+//!
+//! No function here reads the clock: every time comes in as `now_ms`.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use proto_spec::cert::IdentityKey;
+use proto_spec::replay::ReplayState;
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
+
+/// Per-identity floors.
+const FLOORS: TableDefinition<&[u8; 32], u64> = TableDefinition::new("floors");
+/// `G` and the format version.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const KEY_GLOBAL: &str = "global_floor";
+const KEY_FORMAT: &str = "format";
+/// Green's order timestamp bound (SPEC §7.5), see [`OrderClock`].
+const KEY_ORDER: &str = "order_reserved";
+
+/// The layout version written in `meta`. A file with another version is
+/// treated as unreadable (moved aside, `G = now`).
+pub const FORMAT_VERSION: u64 = 1;
+
+/// redb's page cache. Reads are served from the in-memory mirror, so the cache
+/// only holds the pages a commit rewrites; redb's default (1 GiB) would let it
+/// grow far beyond what the store needs.
+const CACHE_BYTES: usize = 4 * 1024 * 1024;
+
+/// A failure of the replay store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database reported an error.
+    #[error("replay store {}: {source}", path.display())]
+    Db {
+        /// The store's file.
+        path: PathBuf,
+        /// What redb said.
+        #[source]
+        source: redb::Error,
+    },
+    /// A file system operation around the database failed.
+    #[error("replay store {}: {op}: {source}", path.display())]
+    Io {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The file is open elsewhere (another daemon, or another handle in this
+    /// process).
+    #[error("replay store {} is already open (another process or handle holds its lock)", path.display())]
+    Locked {
+        /// The store's file.
+        path: PathBuf,
+    },
+    /// The path exists but is not a regular file; it is never moved aside.
+    #[error("replay store {} is not a regular file", path.display())]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+    },
+}
+
+/// What [`ReplayDb::open`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenState {
+    /// A store written earlier: its floors and `G` are in force.
+    Reopened,
+    /// No file (first start): created with `G = now`.
+    Created,
+    /// A database without replay state (e.g. a crash during the first
+    /// start): `G = now` was stored in it.
+    Uninitialized,
+    /// The file was unreadable or corrupt: moved aside, a new store created
+    /// with `G = now`.
+    Recovered {
+        /// Where the old file went.
+        moved_to: PathBuf,
+        /// Why it was not usable.
+        reason: String,
+    },
+}
+
+impl OpenState {
+    /// True when the state was lost and `G` was set to `now` (SPEC §7.2).
+    pub fn lost_state(&self) -> bool {
+        !matches!(self, Self::Reopened)
+    }
+}
+
+/// The outcome of [`ReplayDb::open`], for the daemon's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Which case happened.
+    pub state: OpenState,
+    /// Identities with a floor, loaded into memory.
+    pub identities: usize,
+    /// The global floor `G` now in force.
+    pub global_floor: u64,
+}
+
+/// The outcome of [`ReplayDb::prune`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Entries removed.
+    pub removed: usize,
+    /// `G` after the prune.
+    pub global_floor: u64,
+}
+
+/// The durable replay store. See the module documentation.
+#[derive(Debug)]
+pub struct ReplayDb {
+    path: PathBuf,
+    /// Shared with the [`OrderClock`]s handed out, so that both write
+    /// through one database handle and one reopen path. The daemons are
+    /// single-threaded: the lock is never contended.
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// Green's durable order timestamp record (SPEC §7.5), kept in the replay
+/// store's file: a handle from [`ReplayDb::order_clock`].
+///
+/// It stores one value, the *reservation*: a bound at or above every order
+/// timestamp green has sent. What bound to store, and when, is the relay's
+/// choice (green's relay, `spa_server::relay`); this handle only makes it durable and never
+/// lowers it.
+#[derive(Debug, Clone)]
+pub struct OrderClock {
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// The store's state, behind [`ReplayDb`]'s lock.
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    /// `None` after a write failed: redb then refuses further writes until
+    /// the file is reopened, which the next write does.
+    db: Option<Database>,
+    floors: HashMap<IdentityKey, u64>,
+    global: u64,
+    /// `meta["order_reserved"]`, 0 if absent.
+    order_reserved: u64,
+}
+
+/// How opening an existing file failed.
+enum LoadError {
+    /// The contents are unusable: move aside and start fresh.
+    Corrupt(String),
+    /// Anything else: report it, touch nothing.
+    Fatal(StoreError),
+}
+
+/// What a readable file holds.
+struct Loaded {
+    db: Database,
+    floors: HashMap<IdentityKey, u64>,
+    global: Option<u64>,
+    order_reserved: Option<u64>,
+}
+
+impl ReplayDb {
+    /// Opens the store at `path`, creating it on first start. See the module
+    /// documentation for the cases; `now_ms` becomes `G` whenever the state
+    /// was lost (and names the moved-aside file of a corrupt one).
+    pub fn open(path: &Path, now_ms: u64) -> Result<(Self, OpenReport), StoreError> {
+        let (inner, report) = Inner::open(path, now_ms)?;
+        let store = Self {
+            path: inner.path.clone(),
+            inner: Arc::new(Mutex::new(inner)),
+        };
+        Ok((store, report))
+    }
+
+    /// Gives the store's file to `uid:gid` (before the privilege drop):
+    /// after a failed write the store reopens the file by path, as the
+    /// daemon's user.
+    pub fn chown(&self, uid: u32, gid: u32) -> Result<(), StoreError> {
+        std::os::unix::fs::chown(&self.path, Some(uid), Some(gid))
+            .map_err(|e| io_err(&self.path, "chown", e))
+    }
+
+    /// The store's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of identities with a floor.
+    pub fn len(&self) -> usize {
+        self.lock().floors.len()
+    }
+
+    /// True when no identity has a floor.
+    pub fn is_empty(&self) -> bool {
+        self.lock().floors.is_empty()
+    }
+
+    /// The global floor `G` (always set in this store).
+    pub fn global(&self) -> u64 {
+        self.lock().global
+    }
+
+    /// Raises every listed floor (never lowers one) in one durable
+    /// transaction. [`ReplayState::commit`] and [`ReplayState::commit_pair`]
+    /// are this with one and two entries; an identity listed twice gets the
+    /// larger timestamp. Returns once the write is on stable storage; on error
+    /// nothing changed in memory.
+    pub fn commit_many(&mut self, entries: &[(IdentityKey, u64)]) -> Result<(), StoreError> {
+        self.lock().commit_many(entries)
+    }
+
+    /// Removes the entries whose floor is below `now_ms - max_age_ms`, after
+    /// raising `G` to at least the largest of them, in one durable
+    /// transaction (SPEC §7.4). A timestamp at or below a pruned floor is
+    /// then refused by `G`; one above it is older than `max_age` and stale.
+    pub fn prune(&mut self, now_ms: u64, max_age_ms: u64) -> Result<PruneReport, StoreError> {
+        self.lock().prune(now_ms, max_age_ms)
+    }
+
+    /// A handle on green's order timestamp record in this store (SPEC §7.5),
+    /// for the relay. It shares this store's database handle.
+    pub fn order_clock(&self) -> OrderClock {
+        OrderClock {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        lock(&self.inner)
+    }
+}
+
+impl OrderClock {
+    /// The stored reservation: at or above every order timestamp sent while
+    /// it was in force; 0 if green never stored one (or the store was lost,
+    /// SPEC §7.2: green then resumes from its clock).
+    pub fn reserved(&self) -> u64 {
+        lock(&self.inner).order_reserved
+    }
+
+    /// Raises the reservation to `bound` (never lowers it) in one durable
+    /// transaction; returns once it is on stable storage. On error nothing
+    /// changed in memory, and the relay must not send the order.
+    pub fn reserve(&self, bound: u64) -> Result<(), StoreError> {
+        lock(&self.inner).reserve_order(bound)
+    }
+}
+
+/// The lock of the shared state. A panic while it was held (the daemons
+/// are single-threaded, so the process is going down anyway) leaves the
+/// state consistent: memory changes only after a successful write.
+fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    inner.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Inner {
+    /// [`ReplayDb::open`].
+    fn open(path: &Path, now_ms: u64) -> Result<(Self, OpenReport), StoreError> {
+        let path = path.to_path_buf();
+        match fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Self::create_fresh(path, now_ms, OpenState::Created);
+            }
+            Err(e) => return Err(io_err(&path, "stat", e)),
+            Ok(m) if !m.file_type().is_file() => return Err(StoreError::NotAFile { path }),
+            Ok(_) => {}
+        }
+        match load(&path) {
+            Ok(Loaded {
+                db,
+                floors,
+                global: Some(global),
+                order_reserved,
+            }) => {
+                let report = OpenReport {
+                    state: OpenState::Reopened,
+                    identities: floors.len(),
+                    global_floor: global,
+                };
+                let store = Self {
+                    path,
+                    db: Some(db),
+                    floors,
+                    global,
+                    order_reserved: order_reserved.unwrap_or(0),
+                };
+                Ok((store, report))
+            }
+            Ok(Loaded {
+                db,
+                floors,
+                global: None,
+                order_reserved,
+            }) => {
+                // A database without G: whatever floors it holds are kept (they
+                // only refuse more), and G = now is stored before anything is
+                // accepted.
+                let mut store = Self {
+                    path,
+                    db: Some(db),
+                    floors,
+                    global: 0,
+                    order_reserved: order_reserved.unwrap_or(0),
+                };
+                store.write(|_, meta| {
+                    meta.insert(KEY_GLOBAL, now_ms)?;
+                    meta.insert(KEY_FORMAT, FORMAT_VERSION)?;
+                    Ok(())
+                })?;
+                store.global = now_ms;
+                let report = OpenReport {
+                    state: OpenState::Uninitialized,
+                    identities: store.floors.len(),
+                    global_floor: now_ms,
+                };
+                Ok((store, report))
+            }
+            Err(LoadError::Fatal(e)) => Err(e),
+            Err(LoadError::Corrupt(reason)) => {
+                let moved_to = move_aside(&path, now_ms)?;
+                Self::create_fresh(path, now_ms, OpenState::Recovered { moved_to, reason })
+            }
+        }
+    }
+
+    /// Creates a new store at `path` (which must not exist) with `G = now`.
+    fn create_fresh(
+        path: PathBuf,
+        now_ms: u64,
+        state: OpenState,
+    ) -> Result<(Self, OpenReport), StoreError> {
+        // create_new: never initialise over a file that appeared meanwhile.
+        // 0600: the floors tell which identities knocked, and when.
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| io_err(&path, "create", e))?;
+        let db = builder()
+            .create(&path)
+            .map_err(|e| db_err(&path, e.into()))?;
+        let mut store = Self {
+            path,
+            db: Some(db),
+            floors: HashMap::new(),
+            global: 0,
+            order_reserved: 0,
+        };
+        store.write(|floors, meta| {
+            // Create both tables now, so a later open finds them.
+            let _ = floors.len()?;
+            meta.insert(KEY_GLOBAL, now_ms)?;
+            meta.insert(KEY_FORMAT, FORMAT_VERSION)?;
+            Ok(())
+        })?;
+        store.global = now_ms;
+        // The file's directory entry must be durable too.
+        sync_parent(&store.path)?;
+        let report = OpenReport {
+            state,
+            identities: 0,
+            global_floor: now_ms,
+        };
+        Ok((store, report))
+    }
+
+    /// [`ReplayDb::commit_many`].
+    fn commit_many(&mut self, entries: &[(IdentityKey, u64)]) -> Result<(), StoreError> {
+        let mut raise: HashMap<IdentityKey, u64> = HashMap::new();
+        for &(id, ts) in entries {
+            if self.floors.get(&id).is_some_and(|&f| f >= ts) {
+                continue; // already durable at or above ts
+            }
+            let e = raise.entry(id).or_insert(ts);
+            *e = (*e).max(ts);
+        }
+        if raise.is_empty() {
+            return Ok(());
+        }
+        self.write(|floors, _| {
+            for (id, ts) in &raise {
+                let old = floors.get(&id.0)?.map(|g| g.value());
+                let new = old.map_or(*ts, |o| o.max(*ts));
+                if old != Some(new) {
+                    floors.insert(&id.0, new)?;
+                }
+            }
+            Ok(())
+        })?;
+        for (id, ts) in raise {
+            let e = self.floors.entry(id).or_insert(ts);
+            *e = (*e).max(ts);
+        }
+        Ok(())
+    }
+
+    /// [`ReplayDb::prune`].
+    fn prune(&mut self, now_ms: u64, max_age_ms: u64) -> Result<PruneReport, StoreError> {
+        let cutoff = now_ms.saturating_sub(max_age_ms);
+        let victims: Vec<(IdentityKey, u64)> = self
+            .floors
+            .iter()
+            .filter(|&(_, &f)| f < cutoff)
+            .map(|(k, &f)| (*k, f))
+            .collect();
+        if victims.is_empty() {
+            return Ok(PruneReport {
+                removed: 0,
+                global_floor: self.global,
+            });
+        }
+        let new_global = victims.iter().map(|&(_, f)| f).fold(self.global, u64::max);
+        self.write(|floors, meta| {
+            meta.insert(KEY_GLOBAL, new_global)?;
+            for (id, _) in &victims {
+                floors.remove(&id.0)?;
+            }
+            Ok(())
+        })?;
+        self.global = new_global;
+        for (id, _) in &victims {
+            self.floors.remove(id);
+        }
+        if self.floors.capacity() > 64 && self.floors.len() < self.floors.capacity() / 4 {
+            self.floors.shrink_to_fit();
+        }
+        Ok(PruneReport {
+            removed: victims.len(),
+            global_floor: new_global,
+        })
+    }
+
+    /// [`OrderClock::reserve`]: the value on disk may be higher than the
+    /// mirror (a commit that reported failure may have reached the disk), so
+    /// the larger one is written.
+    fn reserve_order(&mut self, bound: u64) -> Result<(), StoreError> {
+        if bound <= self.order_reserved {
+            return Ok(());
+        }
+        let mut written = bound;
+        self.write(|_, meta| {
+            let old = meta.get(KEY_ORDER)?.map(|v| v.value());
+            written = old.map_or(bound, |o| o.max(bound));
+            meta.insert(KEY_ORDER, written)?;
+            Ok(())
+        })?;
+        self.order_reserved = written;
+        Ok(())
+    }
+
+    /// Runs `f` in one write transaction committed with immediate durability.
+    /// After a failure the database is dropped and reopened by the next call.
+    fn write<F>(&mut self, f: F) -> Result<(), StoreError>
+    where
+        F: FnOnce(
+            &mut redb::Table<'_, &'static [u8; 32], u64>,
+            &mut redb::Table<'_, &'static str, u64>,
+        ) -> Result<(), redb::Error>,
+    {
+        self.ensure_open()?;
+        let Some(db) = self.db.as_ref() else {
+            return Err(db_err(&self.path, redb::Error::DatabaseClosed));
+        };
+        let result = (|| -> Result<(), redb::Error> {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            {
+                let mut floors = txn.open_table(FLOORS)?;
+                let mut meta = txn.open_table(META)?;
+                f(&mut floors, &mut meta)?;
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        result.map_err(|e| {
+            // redb refuses further writes after a failed commit until the
+            // file is reopened; dropping it here makes the next write do so.
+            self.db = None;
+            db_err(&self.path, e)
+        })
+    }
+
+    /// Reopens the database after a failed write. The floors on disk are
+    /// merged into the mirror (they can only be higher: a commit that
+    /// reported failure may still have reached the disk).
+    fn ensure_open(&mut self) -> Result<(), StoreError> {
+        if self.db.is_some() {
+            return Ok(());
+        }
+        let loaded = match load(&self.path) {
+            Ok(l) => l,
+            Err(LoadError::Fatal(e)) => return Err(e),
+            Err(LoadError::Corrupt(reason)) => {
+                return Err(db_err(&self.path, redb::Error::Corrupted(reason)));
+            }
+        };
+        for (id, f) in loaded.floors {
+            let e = self.floors.entry(id).or_insert(f);
+            *e = (*e).max(f);
+        }
+        if let Some(g) = loaded.global {
+            self.global = self.global.max(g);
+        }
+        if let Some(o) = loaded.order_reserved {
+            self.order_reserved = self.order_reserved.max(o);
+        }
+        self.db = Some(loaded.db);
+        Ok(())
+    }
+}
+
+impl ReplayState for ReplayDb {
+    type Error = StoreError;
+
+    fn floor(&self, id: &IdentityKey) -> Option<u64> {
+        self.lock().floors.get(id).copied()
+    }
+
+    fn global_floor(&self) -> Option<u64> {
+        Some(self.lock().global)
+    }
+
+    fn commit(&mut self, id: &IdentityKey, timestamp_ms: u64) -> Result<(), StoreError> {
+        self.commit_many(&[(*id, timestamp_ms)])
+    }
+
+    fn commit_pair(
+        &mut self,
+        first: (&IdentityKey, u64),
+        second: (&IdentityKey, u64),
+    ) -> Result<(), StoreError> {
+        self.commit_many(&[(*first.0, first.1), (*second.0, second.1)])
+    }
+}
+
+fn builder() -> redb::Builder {
+    let mut b = redb::Builder::new();
+    b.set_cache_size(CACHE_BYTES);
+    // Verify every page's checksum at open: a damaged file is then reported
+    // as corrupt (and moved aside) instead of trusted.
+    b.set_check_integrity_on_open(true);
+    b
+}
+
+/// Opens an existing file and reads its state. A panic inside redb (which a
+/// damaged file can still provoke in a debug build) counts as corruption.
+fn load(path: &Path) -> Result<Loaded, LoadError> {
+    let attempt = catch_unwind(AssertUnwindSafe(|| -> Result<_, redb::Error> {
+        let db = builder().open(path)?;
+        let state = read_state(&db)?;
+        Ok((db, state))
+    }));
+    match attempt {
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".to_string());
+            Err(LoadError::Corrupt(format!(
+                "reading the file panicked: {what}"
+            )))
+        }
+        Ok(Err(e)) => Err(classify(path, e)),
+        Ok(Ok((db, state))) => {
+            if let Some(v) = state.format.filter(|&v| v != FORMAT_VERSION) {
+                return Err(LoadError::Corrupt(format!(
+                    "format version {v}, expected {FORMAT_VERSION}"
+                )));
+            }
+            Ok(Loaded {
+                db,
+                floors: state.floors,
+                global: state.global,
+                order_reserved: state.order_reserved,
+            })
+        }
+    }
+}
+
+/// What a file holds, as read.
+struct State {
+    floors: HashMap<IdentityKey, u64>,
+    global: Option<u64>,
+    format: Option<u64>,
+    order_reserved: Option<u64>,
+}
+
+fn read_state(db: &Database) -> Result<State, redb::Error> {
+    let txn = db.begin_read()?;
+    let mut floors = HashMap::new();
+    match txn.open_table(FLOORS) {
+        Ok(t) => {
+            floors.reserve(usize::try_from(t.len()?).unwrap_or(0));
+            for row in t.iter()? {
+                let (k, v) = row?;
+                floors.insert(IdentityKey(*k.value()), v.value());
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let (global, format, order_reserved) = match txn.open_table(META) {
+        Ok(t) => (
+            t.get(KEY_GLOBAL)?.map(|v| v.value()),
+            t.get(KEY_FORMAT)?.map(|v| v.value()),
+            t.get(KEY_ORDER)?.map(|v| v.value()),
+        ),
+        Err(redb::TableError::TableDoesNotExist(_)) => (None, None, None),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(State {
+        floors,
+        global,
+        format,
+        order_reserved,
+    })
+}
+
+/// Whether an error from opening or reading says the file's contents are
+/// unusable (as opposed to a lock, permission or device problem).
+fn classify(path: &Path, e: redb::Error) -> LoadError {
+    use redb::Error as E;
+    match e {
+        E::DatabaseAlreadyOpen | E::LockProtocolMismatch | E::WouldBlock => {
+            LoadError::Fatal(StoreError::Locked {
+                path: path.to_path_buf(),
+            })
+        }
+        E::Corrupted(_)
+        | E::UpgradeRequired(_)
+        | E::TableTypeMismatch { .. }
+        | E::TypeDefinitionChanged { .. }
+        | E::TableIsMultimap(_)
+        | E::TableIsNotMultimap(_) => LoadError::Corrupt(e.to_string()),
+        E::Io(io)
+            if matches!(
+                io.kind(),
+                io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            LoadError::Corrupt(io.to_string())
+        }
+        e => LoadError::Fatal(db_err(path, e)),
+    }
+}
+
+/// Renames a corrupt file to `<path>.corrupt-<now>` (with `-1`, `-2`, ... if
+/// taken) and syncs the directory.
+fn move_aside(path: &Path, now_ms: u64) -> Result<PathBuf, StoreError> {
+    let base = path.as_os_str().to_owned();
+    for n in 0u32..1000 {
+        let mut target = base.clone();
+        target.push(format!(".corrupt-{now_ms}"));
+        if n > 0 {
+            target.push(format!("-{n}"));
+        }
+        let target = PathBuf::from(target);
+        match fs::symlink_metadata(&target) {
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&target, "stat", e)),
+        }
+        fs::rename(path, &target).map_err(|e| io_err(path, "move corrupt file aside", e))?;
+        sync_parent(path)?;
+        return Ok(target);
+    }
+    Err(io_err(
+        path,
+        "move corrupt file aside",
+        io::Error::new(io::ErrorKind::AlreadyExists, "no free .corrupt-<now> name"),
+    ))
+}
+
+/// Makes a create or rename in `path`'s directory durable.
+fn sync_parent(path: &Path) -> Result<(), StoreError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(dir, "sync directory", e))
+}
+
+fn io_err(path: &Path, op: &'static str, source: io::Error) -> StoreError {
+    StoreError::Io {
+        path: path.to_path_buf(),
+        op,
+        source,
+    }
+}
+
+fn db_err(path: &Path, source: redb::Error) -> StoreError {
+    match source {
+        redb::Error::DatabaseAlreadyOpen => StoreError::Locked {
+            path: path.to_path_buf(),
+        },
+        source => StoreError::Db {
+            path: path.to_path_buf(),
+            source,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(b: u8) -> IdentityKey {
+        IdentityKey([b; 32])
+    }
+
+    #[test]
+    fn commit_never_lowers_and_skips_needless_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("replay.redb");
+        let (mut db, r) = ReplayDb::open(&p, 1000).expect("open");
+        assert_eq!(r.state, OpenState::Created);
+        db.commit(&id(1), 5000).expect("commit");
+        db.commit(&id(1), 4000).expect("commit lower");
+        assert_eq!(db.floor(&id(1)), Some(5000));
+        db.commit_many(&[(id(2), 7), (id(2), 9), (id(2), 8)])
+            .expect("many");
+        assert_eq!(db.floor(&id(2)), Some(9));
+        drop(db);
+        let (db, r) = ReplayDb::open(&p, 2000).expect("reopen");
+        assert_eq!(r.state, OpenState::Reopened);
+        assert_eq!(db.floor(&id(1)), Some(5000));
+        assert_eq!(db.floor(&id(2)), Some(9));
+        assert_eq!(db.global_floor(), Some(1000));
+    }
+
+    #[test]
+    fn order_reservation_is_durable_never_lowers_and_shares_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("replay.redb");
+        let (mut db, _) = ReplayDb::open(&p, 1000).expect("open");
+        let clock = db.order_clock();
+        assert_eq!(clock.reserved(), 0, "nothing stored yet");
+        clock.reserve(5000).expect("reserve");
+        clock.reserve(4000).expect("lower is a no-op");
+        assert_eq!(clock.reserved(), 5000);
+        // Floors and the reservation go through the same handle.
+        db.commit(&id(1), 7000).expect("commit");
+        clock.reserve(6000).expect("reserve again");
+        assert_eq!(db.order_clock().reserved(), 6000);
+        drop((db, clock));
+        let (db, r) = ReplayDb::open(&p, 2000).expect("reopen");
+        assert_eq!(r.state, OpenState::Reopened);
+        assert_eq!(db.order_clock().reserved(), 6000);
+        assert_eq!(db.floor(&id(1)), Some(7000));
+        // The handle keeps the file open: a second open is still locked.
+        let clock = db.order_clock();
+        drop(db);
+        assert!(matches!(
+            ReplayDb::open(&p, 3000),
+            Err(StoreError::Locked { .. })
+        ));
+        drop(clock);
+        let (db, _) = ReplayDb::open(&p, 3000).expect("open after the last handle");
+        assert_eq!(db.order_clock().reserved(), 6000);
+    }
+
+    #[test]
+    fn lost_store_has_no_order_reservation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("replay.redb");
+        let (db, _) = ReplayDb::open(&p, 1000).expect("open");
+        db.order_clock().reserve(9000).expect("reserve");
+        drop(db);
+        fs::write(&p, b"not a database").expect("damage");
+        let (db, r) = ReplayDb::open(&p, 2000).expect("recover");
+        assert!(matches!(r.state, OpenState::Recovered { .. }), "{r:?}");
+        assert_eq!(db.order_clock().reserved(), 0);
+    }
+
+    #[test]
+    fn second_handle_is_locked_not_corrupt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("replay.redb");
+        let (_db, _) = ReplayDb::open(&p, 1000).expect("open");
+        let err = ReplayDb::open(&p, 2000).expect_err("second open");
+        assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
+        assert!(
+            fs::read_dir(dir.path()).expect("ls").count() == 1,
+            "nothing moved aside"
+        );
+    }
+}
