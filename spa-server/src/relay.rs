@@ -52,7 +52,7 @@
 
 mod link;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
 use proto_spec::UnixMillis;
@@ -162,8 +162,9 @@ pub struct Relay {
     /// Ended sessions (expired, revoked, closed): their reds, and when,
     /// for a client's close that comes after the end.
     ended: HashMap<[u8; 16], (u64, UnixMillis)>,
+    /// `ended` in the order of the ends, oldest first.
+    ended_order: VecDeque<([u8; 16], UnixMillis)>,
     max_age_ms: u64,
-    last_ended_sweep_ms: UnixMillis,
     /// Per knock, not per red: `relay.requests`, `relay.closes`.
     counters: Counters,
 }
@@ -219,7 +220,7 @@ impl Relay {
             touched: HashMap::new(),
             ended: HashMap::new(),
             max_age_ms,
-            last_ended_sweep_ms: 0,
+            ended_order: VecDeque::new(),
             counters: Counters::default(),
         })
     }
@@ -329,6 +330,23 @@ impl Relay {
         }
     }
 
+    /// Forgets ended sessions beyond [`MAX_ENDED`], and those ended more
+    /// than twice `max_age_ms` ago: a client's close is fresh for
+    /// `max_age_ms` at most (SPEC §7.1). Amortized O(1).
+    fn forget_ended(&mut self, now: UnixMillis) {
+        let keep = self.max_age_ms.saturating_mul(2);
+        while let Some(&(session, at)) = self.ended_order.front() {
+            if self.ended_order.len() <= MAX_ENDED && now.saturating_sub(at) <= keep {
+                break;
+            }
+            self.ended_order.pop_front();
+            // Only if not ended again since (a later entry is queued).
+            if self.ended.get(&session).is_some_and(|&(_, t)| t == at) {
+                self.ended.remove(&session);
+            }
+        }
+    }
+
     /// A client's close: a close order to every red the session touched
     /// (every red if green has no record of the session).
     fn close(&mut self, session: &[u8; 16], identity: &str, body: &[u8], now: UnixMillis) {
@@ -402,34 +420,20 @@ impl Hooks for Relay {
     /// The session's reds move to `ended`: the daemon ends a session
     /// (including for a client's close, just before
     /// [`Hooks::after_decision`]) before the close is relayed.
+    /// Every ended session is recorded, also one that touched no red
+    /// (an open-tunnel only): its close then goes to no red.
     fn session_closed(&mut self, session: &[u8; 16], now: UnixMillis) {
-        if let Some(mask) = self.touched.remove(session) {
-            if self.ended.len() >= MAX_ENDED
-                && let Some(oldest) = self
-                    .ended
-                    .iter()
-                    .min_by_key(|(_, (_, at))| *at)
-                    .map(|(k, _)| *k)
-            {
-                self.ended.remove(&oldest);
-            }
-            self.ended.insert(*session, (mask, now));
-        }
+        let mask = self.touched.remove(session).unwrap_or(0);
+        self.ended.insert(*session, (mask, now));
+        self.ended_order.push_back((*session, now));
+        self.forget_ended(now);
     }
 
     fn tick(&mut self, now: UnixMillis) {
         for link in &mut self.links {
             link.tick(now, &mut self.stamp);
         }
-        // A client's close is fresh for max_age_ms at most (SPEC §7.1);
-        // records are kept that long after the session ended, and a while.
-        // Swept once a second, not on every turn (a flood turns the loop).
-        if now.saturating_sub(self.last_ended_sweep_ms) >= 1_000 {
-            self.last_ended_sweep_ms = now;
-            let keep = self.max_age_ms.saturating_mul(2);
-            self.ended
-                .retain(|_, (_, at)| now.saturating_sub(*at) <= keep);
-        }
+        self.forget_ended(now);
     }
 
     fn counters(&self) -> Vec<(String, u64)> {
@@ -772,6 +776,11 @@ mod tests {
         assert_eq!((drain(&rx_a), drain(&rx_b)), (1, 0));
         relay.after_decision(&close(1), from, now + 2);
         assert_eq!((drain(&rx_a), drain(&rx_b)), (1, 1));
+        // A session that touched no red (an open-tunnel only), once the
+        // daemon ended it: its close goes nowhere.
+        relay.session_closed(&[3; 16], now);
+        relay.after_decision(&close(3), from, now + 2);
+        assert_eq!((drain(&rx_a), drain(&rx_b)), (0, 0));
         // No record (say, green restarted): every red.
         relay.after_decision(&close(9), from, now + 3);
         assert_eq!((drain(&rx_a), drain(&rx_b)), (1, 1));
