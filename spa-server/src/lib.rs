@@ -5,18 +5,18 @@
 //!   the relay and the tunnel around the framework's loop), [`relay`]
 //!   (green's counter-signed orders to its reds), [`tunnel`] (the mutual-TLS
 //!   tunnel endpoint).
-//! - The CA tooling ([`pki`]), the command line definitions ([`cli`]) and
-//!   what the `pki` and `keygen` commands print ([`pki_cmd`]).
+//! - The command line definitions ([`cli`]) and what `keygen` prints
+//!   ([`keygen_cmd`]); the CA tooling and its `pki` commands are
+//!   `spa-pki`'s.
 //!
 //! May depend on: `spa-daemon` (the framework), `spa-nft`, `spa-capture`,
-//! `proto-spec`, `spa-keys`, `spa-tunnel` and the TLS and certificate
-//! crates. Nothing depends on it but its binary and its tests: red-relay
+//! `spa-pki` (the `pki` command), `proto-spec`, `spa-keys`, `spa-tunnel`
+//! and the TLS crates. Nothing depends on it but its binary and its tests: red-relay
 //! never links it.
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod green;
-pub mod pki;
-pub mod pki_cmd;
+pub mod keygen_cmd;
 pub mod relay;
 pub mod tunnel;

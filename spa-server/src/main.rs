@@ -9,8 +9,9 @@ use anyhow::Result;
 use clap::Parser as _;
 use spa_daemon::config::Role;
 use spa_daemon::keygen::pubkey;
+use spa_pki::cmd::pki_command;
 use spa_server::cli::{Cli, Command};
-use spa_server::pki_cmd::{keygen_command, pki_command};
+use spa_server::keygen_cmd::keygen_command;
 use time::OffsetDateTime;
 
 fn main() -> ExitCode {

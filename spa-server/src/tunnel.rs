@@ -57,11 +57,11 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use spa_tunnel::TlsPipe;
 use tracing::{debug, info, warn};
 
-use crate::pki::TrustFiles;
 use spa_daemon::config::{Config, RelayService, ServiceProto, parse_proto};
 use spa_daemon::daemon::{Hooks, now_ms, trust_files};
 use spa_daemon::gate::Decision;
 use spa_daemon::sessions::{SessionTable, SharedSessions};
+use spa_pki::TrustFiles;
 
 /// How long green keeps trying to reach a service (red opens after the
 /// order arrives).
@@ -867,13 +867,13 @@ fn raise_fd_limit(max_connections: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pki::{self, CaAlgorithm, InitOptions, IssueRequest, SubjectKey, Usage};
     use proto_spec::body::MessageType;
     use proto_spec::cert::{ExpiredCrl, UnknownRevocation};
     use rcgen::{CertificateParams, KeyPair};
     use rustls::pki_types::ServerName;
     use rustls::{ClientConfig, ClientConnection};
     use spa_daemon::sessions::NoFirewall;
+    use spa_pki::{self as pki, CaAlgorithm, InitOptions, IssueRequest, SubjectKey, Usage};
     use std::io::Write;
     use std::path::PathBuf;
 

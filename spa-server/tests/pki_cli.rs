@@ -6,7 +6,7 @@ mod pki_support;
 use std::path::Path;
 
 use pki_support::*;
-use spa_server::pki::{self, CaAlgorithm, InitOptions};
+use spa_pki::{self as pki, CaAlgorithm, InitOptions};
 use time::{Duration, OffsetDateTime};
 
 /// A CA in `d/ca` with alice (Ed25519, from a CSR) and bob (P-256).

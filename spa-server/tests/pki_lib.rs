@@ -1,4 +1,4 @@
-//! `spa_server::pki` as a library, at fixed times: what it issues validates
+//! `spa_pki` as a library, at fixed times: what it issues validates
 //! with green's verifier (and knocks), what it revokes is refused, and its
 //! refusals are typed.
 
@@ -10,9 +10,9 @@ use pki_support::*;
 use proto_spec::cert::{TrustConfig, TrustError, TrustStore};
 use proto_spec::{CertificateError, Refusal};
 use rcgen::{CertificateParams, KeyPair, PublicKeyData as _};
-use spa_server::pki::{
-    self, Ca, CaAlgorithm, InitOptions, IssueRequest, PkiError, RevocationReason, SubjectKey,
-    TrustFiles, Usage,
+use spa_pki::{
+    self as pki, Ca, CaAlgorithm, InitOptions, IssueRequest, PkiError, RevocationReason,
+    SubjectKey, TrustFiles, Usage,
 };
 use time::{Duration, OffsetDateTime};
 

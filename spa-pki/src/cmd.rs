@@ -1,5 +1,5 @@
-//! The `spa-server pki` and `keygen` commands: what each prints, on top of
-//! the CA tooling ([`crate::pki`]) and key generation ([`spa_daemon::keygen`]).
+//! The `pki` commands: what each prints, on top of the CA tooling
+//! ([`crate`]).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -8,31 +8,10 @@ use anyhow::{Context as _, Result};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::cli::{AlgorithmArg, IssueArgs, KeygenArgs, PkiCommand, VerifyArgs};
-use crate::pki::{
-    self, Ca, CaAlgorithm, InitOptions, IssueRequest, SubjectKey, TrustFiles, Usage, rfc3339,
+use crate::cli::{AlgorithmArg, IssueArgs, PkiCommand, VerifyArgs};
+use crate::{
+    self as pki, Ca, CaAlgorithm, InitOptions, IssueRequest, SubjectKey, TrustFiles, Usage, rfc3339,
 };
-use spa_daemon::keygen::{KeyKind, keygen};
-
-/// `spa-server keygen`.
-pub fn keygen_command(a: &KeygenArgs) -> Result<()> {
-    let kind = if a.signing {
-        KeyKind::Signing
-    } else {
-        KeyKind::Receiver
-    };
-    let line = keygen(&a.out, kind, a.force)?;
-    eprintln!(
-        "wrote {} to {} (mode 0600); public key:",
-        match kind {
-            KeyKind::Receiver => "green's X25519 receiver key",
-            KeyKind::Signing => "green's Ed25519 order-signing key",
-        },
-        a.out.display()
-    );
-    println!("{line}");
-    Ok(())
-}
 
 /// `spa-server pki …`.
 pub fn pki_command(command: PkiCommand, now: OffsetDateTime) -> Result<ExitCode> {

@@ -1,4 +1,5 @@
-//! The CA tooling (the paper's PKI server): a small certificate authority
+//! `spa-pki`: the CA tooling (the paper's PKI server), a small certificate
+//! authority
 //! kept in one directory, issuing client certificates (and green's TLS
 //! server certificate), revoking them and publishing CRLs that both spa's
 //! verifier (rustls-webpki) and `openssl verify` accept.
@@ -18,6 +19,14 @@
 //! Every function takes `now`: only the command line reads the clock.
 //! The CA decides the identity: a CSR gives only its public key (after its
 //! self-signature is checked), never its subject or extensions.
+//!
+//! The `pki` command's arguments ([`cli`]) and what each prints ([`cmd`])
+//! live here too; `spa-server pki` only dispatches to them.
+//!
+//! May depend on: `proto-spec` (certificate rules), `spa-keys` (key and
+//! trust files), `rcgen`/`x509-parser` (certificates, CSRs, CRLs), `time`,
+//! `clap`/`anyhow` (the command). Never on the daemons: a CA host runs no
+//! daemon, and red never links this crate.
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::net::IpAddr;
@@ -38,6 +47,8 @@ use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
 use zeroize::{Zeroize as _, Zeroizing};
 
+pub mod cli;
+pub mod cmd;
 mod error;
 mod index;
 
