@@ -40,6 +40,35 @@ const ORDER_PORT: u16 = 62202;
 const TUNNEL_PORT: u16 = 4443;
 const WEB_PORT: u16 = 8080;
 const DB_PORT: u16 = 5432;
+const METRICS_PORT: u16 = 9462;
+
+/// A scrape of `ns`'s loopback metrics endpoint with the real `curl`.
+fn scrape(ns: &Netns) -> String {
+    let out = ns
+        .cmd("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://127.0.0.1:{METRICS_PORT}/metrics"),
+        ])
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of one series (0 if absent).
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
 
 /// Whether the test can run here (root, `ip`, `nft`); says why not.
 fn runnable() -> bool {
@@ -134,8 +163,9 @@ impl Bed {
                 tunnel: false,
             },
         );
-        // alice may use db too.
-        let text = two_red_config(&dir, &red_b_pub).replacen("\"web\"]", "\"web\", \"db\"]", 1);
+        // alice may use db too; metrics on loopback (always a scraper).
+        let text = two_red_config(&dir, &red_b_pub).replacen("\"web\"]", "\"web\", \"db\"]", 1)
+            + &format!("\n[metrics]\nlisten = \"127.0.0.1:{METRICS_PORT}\"\n");
         std::fs::write(dir.join("green.toml"), text).expect("write green.toml");
         for (d, k, services) in [
             (&dir, &keys, [("web", WEB_PORT)]),
@@ -151,6 +181,14 @@ impl Bed {
                 },
             );
         }
+        // Red A exposes metrics too (the same framework).
+        let red_a_toml = dir.join("red.toml");
+        let text = std::fs::read_to_string(&red_a_toml).expect("red.toml");
+        std::fs::write(
+            &red_a_toml,
+            format!("{text}\n[metrics]\nlisten = \"127.0.0.1:{METRICS_PORT}\"\n"),
+        )
+        .expect("write red.toml");
         let client_cfg = format!(
             "[profiles.lab]\nserver = \"{GREEN_C}\"\nserver_key = \"{}\"\nkey = \"{}\"\n\
              certificate = \"{}\"\nlifetime = 30\n",
@@ -220,7 +258,8 @@ impl Bed {
 
 /// The client requests web (on red A), then db (on red B): each red opens
 /// for green only the port it hosts, and the other red opens nothing (gets
-/// no order at all); green's status shows the session at each red; the
+/// no order at all); green's status shows the session at each red, and
+/// its metrics (scraped with `curl` on loopback) the outcomes per red; the
 /// client's close closes both. A configuration naming one service on both
 /// reds is refused by check-config and by run alike.
 #[test]
@@ -280,6 +319,25 @@ fn green_relays_each_service_to_its_red_and_a_close_to_both() {
             "{status}"
         );
     }
+
+    // Relay outcomes per red in green's metrics; the order in red A's.
+    let series = |red: Ipv4Addr, outcome: &str| {
+        format!("spa_relay_orders_total{{red=\"{red}:{ORDER_PORT}\",outcome=\"{outcome}\"}}")
+    };
+    let mut text = String::new();
+    let published = wait_until(Duration::from_secs(5), || {
+        text = scrape(&bed.green_ns);
+        value(&text, &series(RED_A, "confirmed")) >= 1.0
+            && value(&text, &series(RED_B, "confirmed")) >= 1.0
+    });
+    assert!(published, "{text}");
+    assert_eq!(value(&text, &series(RED_A, "requests")), 1.0, "{text}");
+    assert_eq!(value(&text, &series(RED_B, "requests")), 1.0, "{text}");
+    let red_text = scrape(&bed.red_a_ns);
+    assert!(
+        value(&red_text, "spa_accepted_total{kind=\"order\"}") >= 1.0,
+        "{red_text}"
+    );
 
     // The operator's view: one line per red.
     let out = run_ok(Command::new(bin("spa-server")).args([
