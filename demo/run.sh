@@ -39,8 +39,12 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-bold "building spa (cargo build --bins)"
-cargo build --bins --quiet
+bold "building spa (cargo build --bins; the first build takes a few minutes, cargo shows its progress)"
+# Not --quiet: cargo's progress (a bar on a terminal, a line per crate
+# otherwise) is the only sign of life during a first build.
+t_build=$SECONDS
+cargo build --bins
+bold "built in $((SECONDS - t_build)) s"
 BIN="$PWD/target/debug"
 START=$SECONDS
 

@@ -98,6 +98,15 @@ pub trait ReplayState {
     /// only once the new floor is durable. SPEC §7.3.
     fn commit(&mut self, id: &IdentityKey, timestamp_ms: u64) -> Result<(), Self::Error>;
 
+    /// Whether a failed commit means the timestamp is not above the floor
+    /// after all: a store shared by several receivers (SPEC §7.6) learns
+    /// only at commit, in its compare-and-set, that another receiver
+    /// accepted a timestamp at or above this one. The verifier then refuses
+    /// `replayed` instead of `storage_failure`. Default: never.
+    fn is_replay(_error: &Self::Error) -> bool {
+        false
+    }
+
     /// Raises both floors in one durable step (red commits the gateway's
     /// order floor and the client's floor together). The default commits
     /// one after the other.

@@ -217,6 +217,17 @@ impl ClientAuthenticator {
     }
 }
 
+/// The refusal for a failed commit (SPEC §7.3, §7.6): `replayed` when a
+/// shared store's compare-and-set found a floor at or above the timestamp,
+/// `storage_failure` otherwise.
+fn commit_refusal<R: ReplayState>(error: &R::Error) -> Refusal {
+    if R::is_replay(error) {
+        Refusal::Replayed
+    } else {
+        Refusal::StorageFailure
+    }
+}
+
 /// A knock that passed every check and whose floor is committed: the caller
 /// may act on it. SPEC §8.1.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -346,7 +357,7 @@ impl KnockVerifier {
             .map_err(proven)?;
         replay
             .commit(&cert.identity.key, body.timestamp_ms)
-            .map_err(|_| proven(Refusal::StorageFailure))?;
+            .map_err(|e| proven(commit_refusal::<R>(&e)))?;
         Ok(Knock {
             msg_type: body.msg_type,
             identity: cert.identity.clone(),
@@ -679,7 +690,7 @@ impl OrderVerifier {
                 (&gw_identity, order.order_timestamp_ms),
                 (&cert.identity.key, body.timestamp_ms),
             )
-            .map_err(|_| proven(Refusal::StorageFailure))?;
+            .map_err(|e| proven(commit_refusal::<R>(&e)))?;
         let lifetime_s = self
             .policy
             .grant_lifetime(order.lifetime_s.min(body.lifetime_s));

@@ -633,6 +633,43 @@ fn refuses_when_the_floor_cannot_be_committed() {
     );
 }
 
+/// A store shared by several receivers (SPEC §7.6) whose compare-and-set
+/// finds a floor another receiver raised: its local view said nothing.
+struct RaisedElsewhere;
+
+impl ReplayState for RaisedElsewhere {
+    type Error = &'static str;
+    fn floor(&self, _: &proto_spec::cert::IdentityKey) -> Option<u64> {
+        None
+    }
+    fn commit(&mut self, _: &proto_spec::cert::IdentityKey, _: u64) -> Result<(), Self::Error> {
+        Err("floor raised by another receiver")
+    }
+    fn is_replay(_: &Self::Error) -> bool {
+        true
+    }
+}
+
+#[test]
+fn refuses_as_replayed_when_a_shared_commit_finds_a_higher_floor() {
+    let w = World::new();
+    let alice = w.signer("alice", KeyAlg::Ed25519);
+    let d = knock(
+        &w,
+        alice.as_ref(),
+        &request(MessageType::OpenTunnel, NOW, &["tunnel"]),
+    );
+    let mut green = w.green();
+    let r = green
+        .verify_detailed(&d, ip(CLIENT_IP), NOW, &mut RaisedElsewhere)
+        .expect_err("replayed at commit");
+    assert_eq!(
+        (r.reason, r.stage),
+        (Refusal::Replayed, proto_spec::verify::Stage::Knock)
+    );
+    assert!(r.identity.is_some(), "refused after the client was proven");
+}
+
 /// A signer that presents one client's certificate and signs with another's
 /// key: a valid certificate, a bad signature.
 struct CertOf<'a> {

@@ -26,7 +26,7 @@ use spa_daemon::config::{Config, Role};
 use spa_daemon::daemon::{NoHooks, TrustWatch, trust_files};
 use spa_daemon::keygen::{KeyKind, KeygenError};
 use spa_daemon::start::{self, StartError};
-use spa_keys::{KeyFileError, encode_public_key, read_receiver_key};
+use spa_keys::{encode_public_key, read_receiver_key};
 
 /// The default configuration file.
 pub const DEFAULT_CONFIG: &str = "/etc/spa/red-relay.toml";
@@ -156,7 +156,8 @@ pub fn keygen(out: &Path, force: bool) -> Result<String, KeygenError> {
 }
 
 /// The one-line public key of red's X25519 key file.
-pub fn pubkey(key: &Path) -> Result<String, KeyFileError> {
+pub fn pubkey(key: &Path) -> Result<String, KeygenError> {
+    spa_daemon::keygen::refuse_public_file(key)?;
     Ok(encode_public_key(&read_receiver_key(key)?.public_key()))
 }
 
@@ -206,8 +207,35 @@ mod tests {
         assert_eq!(pubkey(&out).expect("pubkey"), line);
         assert!(matches!(
             keygen(&out, false),
-            Err(KeygenError::File(KeyFileError::Exists { .. }))
+            Err(KeygenError::File(spa_keys::KeyFileError::Exists { .. }))
         ));
         assert_ne!(keygen(&out, true).expect("force"), line);
+    }
+
+    /// A certificate is public: refused as not a key, with no advice to
+    /// chmod it.
+    #[test]
+    fn pubkey_of_a_certificate_says_what_it_is() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cert = dir.path().join("green.crt");
+        std::fs::write(
+            &cert,
+            "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = pubkey(&cert).expect_err("a certificate");
+        assert!(
+            matches!(
+                e,
+                KeygenError::NotAPrivateKey {
+                    what: "a certificate",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(!e.to_string().contains("chmod"), "{e}");
     }
 }

@@ -392,11 +392,9 @@ fn relayed_request_opens_red_for_green_only_and_close_closes_it() {
         bed.red_allows_green(),
         "red's allow4 lacks green . tcp . {WEB_PORT}"
     );
-    // Green's connection completed in the kernel; the service's accept
-    // loop counts it on its next turn.
     assert!(
-        wait_until(Duration::from_secs(5), || bed.web.accepted() >= 1),
-        "red's web service accepted nothing"
+        bed.web.wait_accepted(1, Duration::from_secs(5)),
+        "red's web service never counted green's connection"
     );
     bed.green
         .wait_counter_within("relay.confirmed", 1, Duration::from_secs(5));

@@ -11,15 +11,17 @@
 //! second of the phase; frames the socket queue could not hold show up
 //! as kernel drops.
 //!
-//! Needs root; does nothing unless run with `--bench` (so that
-//! `cargo test --all-targets` stays fast):
-//! `cargo bench -p spa-server --bench capture`.
+//! Needs root: `cargo bench -p spa-server --bench capture`. Without
+//! `--bench` (`cargo test --all-targets`) it is a smoke test: one round of
+//! 0.2 s phases and 5,000-frame drains, each of which must read frames;
+//! without root it fails unless `SPA_TEST_ALLOW_SKIP=1`.
 
 use std::fs::File;
 use std::io::IoSlice;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -31,7 +33,12 @@ use spa_capture::{Capture, CaptureConfig, CaptureMode, CaptureStats};
 const PORT: u16 = 62201;
 const A4: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
 const B4: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
-const PHASE: Duration = Duration::from_secs(2);
+/// Milliseconds of a sustained phase: 2 s measured, 0.2 s as a smoke test.
+static PHASE_MS: AtomicU64 = AtomicU64::new(2_000);
+
+fn phase() -> Duration {
+    Duration::from_millis(PHASE_MS.load(Ordering::Relaxed))
+}
 const MAX_SENT: u64 = 20_000_000;
 const SEND_BATCH: usize = 64;
 
@@ -147,7 +154,7 @@ impl Mode {
 
 #[derive(Clone, Copy, Debug)]
 enum Test {
-    /// Read while the sender blasts, for `PHASE`.
+    /// Read while the sender blasts, for [`phase`].
     Sustained(Mode),
     /// Read back a queue the sender filled while the reader waited.
     Drain(Mode),
@@ -186,8 +193,13 @@ fn thread_cpu() -> Duration {
     tv(u.user_time()) + tv(u.system_time())
 }
 
-/// Frames queued for a drain test (and the bound of that sender).
-const FILL: u64 = 200_000;
+/// Frames queued for a drain test (and the bound of that sender):
+/// 200,000 measured, 5,000 as a smoke test.
+static FILL: AtomicU64 = AtomicU64::new(200_000);
+
+fn fill() -> u64 {
+    FILL.load(Ordering::Relaxed)
+}
 
 /// Sends datagrams at A's knock port with `sendmmsg` until `limit`
 /// datagrams are sent or `until` passes. Returns (sent, elapsed).
@@ -278,7 +290,7 @@ fn run(pair: &Pair, tests: &[Test]) -> Vec<Phase> {
                 Test::Sustained(mode) => {
                     let before = cap.stats();
                     let (t0, cpu0, mut calls) = (Instant::now(), thread_cpu(), 0);
-                    while t0.elapsed() < PHASE {
+                    while t0.elapsed() < phase() {
                         if read(&mut cap, mode) > 0 {
                             calls += 1;
                         }
@@ -337,13 +349,13 @@ fn run(pair: &Pair, tests: &[Test]) -> Vec<Phase> {
             Test::Sustained(_) => {
                 go_tx.send(test).expect("go");
                 let s = in_ns(&pair.b, || {
-                    blast(MAX_SENT, PHASE + Duration::from_millis(200))
+                    blast(MAX_SENT, phase() + Duration::from_millis(200))
                 });
                 let sent = s.join().expect("sender");
                 (sent, done_rx.recv().expect("result"))
             }
             Test::Drain(_) => {
-                let s = in_ns(&pair.b, || blast(FILL, Duration::from_secs(3)));
+                let s = in_ns(&pair.b, || blast(fill(), Duration::from_secs(3)));
                 let sent = s.join().expect("sender");
                 go_tx.send(test).expect("go");
                 (sent, done_rx.recv().expect("result"))
@@ -369,21 +381,23 @@ fn rate(count: u64, d: Duration) -> f64 {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!(
-            "capture bench: skipped (run `cargo bench -p spa-server --bench capture` as root)"
+    let bench = std::env::args().any(|a| a == "--bench");
+    if !nix::unistd::geteuid().is_root() {
+        tests::cannot_run(
+            "capture bench",
+            "needs root (network namespaces, AF_PACKET)",
         );
         return;
     }
-    if !nix::unistd::geteuid().is_root() {
-        println!("capture bench: skipped: needs root (network namespaces, AF_PACKET)");
-        return;
+    if !bench {
+        PHASE_MS.store(200, Ordering::Relaxed);
+        FILL.store(5_000, Ordering::Relaxed);
     }
     let pair = Pair::new();
     use Mode::*;
     use Test::*;
     let mut tests = Vec::new();
-    for _round in 0..2 {
+    for _round in 0..if bench { 2 } else { 1 } {
         for m in [Batched, PerFrame, PollThenRecv] {
             tests.push(Sustained(m));
         }
@@ -393,11 +407,27 @@ fn main() {
     }
     let phases = run(&pair, &tests);
     drop(pair);
+    if !bench {
+        for p in &phases {
+            assert!(
+                p.frames > 0,
+                "capture bench smoke test: a phase read no frames ({} sent)",
+                p.sent
+            );
+        }
+        println!(
+            "capture bench: smoke test passed ({} phases read frames)",
+            phases.len()
+        );
+        return;
+    }
 
     println!("capture bench: veth between two namespaces, 16-byte UDP datagrams to the knock");
     println!("port from one sendmmsg sender; packet mode, kernel filter, one socket throughout");
     println!(
-        "  sustained: read while the sender blasts for {PHASE:?}; drain: read back {FILL} queued frames"
+        "  sustained: read while the sender blasts for {:?}; drain: read back {} queued frames",
+        phase(),
+        fill()
     );
     // best[sustained|drain][mode]
     let mut best = [[0f64; MODES]; 2];

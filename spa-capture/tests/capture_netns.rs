@@ -27,6 +27,52 @@ const B4: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
 const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 1);
 const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 2);
 const MARKER: &[u8] = b"end-of-test";
+/// The port of [`SyncPoint`]'s socket (not captured: UDP off the knock port
+/// without scan watch).
+const SYNC_UDP: u16 = 62203;
+
+/// Shows when everything a sender sent went past the capture's tap: a UDP
+/// socket in `a` that the sender's last datagram reaches. The sender pins
+/// itself to one CPU ([`SyncPoint::pin_sender`]), so its datagrams share one
+/// backlog, processed in order: once the last one reached its socket, every
+/// earlier one was queued at the capture or counted as dropped.
+struct SyncPoint(UdpSocket);
+
+impl SyncPoint {
+    fn new(pair: &Pair) -> Self {
+        let s = in_ns(&pair.a, || {
+            UdpSocket::bind((A4, SYNC_UDP)).expect("bind sync")
+        })
+        .join()
+        .expect("sync socket");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        Self(s)
+    }
+
+    /// Called first by the sending thread.
+    fn pin_sender() {
+        let mut one = nix::sched::CpuSet::new();
+        one.set(0).expect("cpu 0");
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one).expect("pin to cpu 0");
+    }
+
+    /// Called last by the sending thread (same socket family as the rest).
+    fn send_last() {
+        let s = UdpSocket::bind((B4, 0)).expect("bind");
+        s.send_to(b"sync", (A4, SYNC_UDP)).expect("send sync");
+    }
+
+    /// Waits for the sender's last datagram.
+    fn wait(&self) {
+        let mut buf = [0u8; 8];
+        let (n, _) = self
+            .0
+            .recv_from(&mut buf)
+            .expect("the sync datagram within 10 s");
+        assert_eq!(&buf[..n], b"sync");
+    }
+}
 
 static SETUP: Mutex<()> = Mutex::new(());
 static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -453,17 +499,20 @@ fn packet_mode_reads_in_batches() {
     ready_rx
         .recv_timeout(Duration::from_secs(10))
         .expect("open");
+    let sync = SyncPoint::new(&pair);
     in_ns(&pair.b, || {
+        SyncPoint::pin_sender();
         let s = UdpSocket::bind((B4, 0)).expect("bind");
         for i in 0..N {
             s.send_to(format!("knock {i}").as_bytes(), (A4, PORT))
                 .expect("send");
         }
         s.send_to(MARKER, (A4, PORT)).expect("send");
+        SyncPoint::send_last();
     })
     .join()
     .expect("sender");
-    thread::sleep(Duration::from_millis(200));
+    sync.wait();
     go_tx.send(()).expect("go");
     let out = receiver.join().expect("receiver");
     assert_eq!(out.events.len(), N + 1, "{:?}", out.stats);
@@ -503,15 +552,18 @@ fn packet_mode_counts_kernel_drops() {
         .recv_timeout(Duration::from_secs(10))
         .expect("open");
     let b = pair.b.clone();
+    let sync = SyncPoint::new(&pair);
     in_ns(&b, || {
+        SyncPoint::pin_sender();
         let s = UdpSocket::bind((B4, 0)).expect("bind");
         for _ in 0..N {
             s.send_to(b"burst", (A4, PORT)).expect("send");
         }
+        SyncPoint::send_last();
     })
     .join()
     .expect("burst");
-    thread::sleep(Duration::from_millis(200));
+    sync.wait();
     go_tx.send(()).expect("go");
     drained_rx.recv().expect("drained");
     in_ns(&b, || {

@@ -53,8 +53,14 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff).
-    Man,
+    /// Print the man page (roff), or write every page into a directory.
+    Man {
+        /// Write spa-client.1 and a page per subcommand (spa-client-send.1,
+        /// spa-client-token-list.1, ...) into DIR, created if missing,
+        /// instead of printing spa-client.1.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 const SEND_EXAMPLES: &str = "\

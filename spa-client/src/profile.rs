@@ -1,24 +1,10 @@
 //! Profiles: `~/.config/spa/client.toml` (or `--config`). Command-line flags
-//! override what a profile says.
+//! override what a profile says. Every key, from
+//! `spa-client/dist/client.toml.example` (also in `man spa-client`,
+//! CONFIGURATION):
 //!
 //! ```toml
-//! default = "corp"
-//!
-//! [profiles.corp]
-//! server = "green.example.org"      # host name, IPv4 or IPv6
-//! port = 62201
-//! server_key = "base64 X25519 public key (spa-server keygen prints it)"
-//! certificate = "~/.config/spa/alice.crt"
-//! key = "~/.config/spa/alice.key"   # a software key, or the [pkcs11] table
-//! services = ["tunnel"]
-//! allow_ip = "auto"                 # "auto", "source", or an address
-//! lifetime = 30
-//!
-//! [profiles.corp.pkcs11]
-//! module = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"
-//! token = "alice"                   # token label (or token_serial)
-//! key_label = "spa"                 # (or key_id = "01")
-//! pin = "env:SPA_PIN"               # "env:VAR", "file:/path", or "prompt"
+#![doc = include_str!("../dist/client.toml.example")]
 //! ```
 
 use std::collections::BTreeMap;
@@ -34,6 +20,9 @@ use crate::exit::ClientError;
 pub const DEFAULT_PORT: u16 = 62201;
 /// The default lifetime asked for, seconds.
 pub const DEFAULT_LIFETIME_S: u32 = 30;
+
+/// The example configuration: every key of a profile, commented.
+pub const EXAMPLE: &str = include_str!("../dist/client.toml.example");
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -167,9 +156,66 @@ pub fn load_config(path: Option<&Path>) -> Result<(ConfigFile, Option<PathBuf>),
         }
     };
     let cfg: ConfigFile = toml::from_str(&text).map_err(|e| {
-        ClientError::config(format!("configuration {}: {}", path.display(), e.message()))
+        let at = e.span().map_or_else(String::new, |span| {
+            let (line, col) = line_col(&text, span.start);
+            format!(":{line}:{col}")
+        });
+        ClientError::config(format!(
+            "configuration {}{at}: {}",
+            path.display(),
+            e.message()
+        ))
     })?;
     Ok((cfg, Some(path)))
+}
+
+/// Where a value missing from flags and profile could have come from, for
+/// the error that says so: the profile and its file, or the file that
+/// does not exist.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// The profile's name.
+    pub profile: String,
+    /// The configuration file read, `None` when there was none.
+    pub file: Option<PathBuf>,
+}
+
+impl Origin {
+    /// The configuration error for a value found in neither: `flag` is the
+    /// command-line flag (`--server-key`), `key` the profile key
+    /// (`server_key`).
+    pub fn missing(&self, what: &str, flag: &str, key: &str) -> ClientError {
+        ClientError::config(match &self.file {
+            Some(f) => format!(
+                "no {what}: give {flag} or set {key} in profile '{}' of {}",
+                self.profile,
+                f.display()
+            ),
+            None => format!(
+                "no {what}: give {flag}, or create {} with a profile that sets {key} \
+                 (a profile needs server, server_key, certificate, and key or a [pkcs11] \
+                 table; the format: `man spa-client`, CONFIGURATION)",
+                default_config_path().map_or_else(
+                    || "a configuration file (--config; neither XDG_CONFIG_HOME nor HOME is set)"
+                        .to_owned(),
+                    |p| format!("the configuration file {} (it does not exist)", p.display())
+                ),
+            ),
+        })
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` of `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rsplit_once('\n')
+        .map_or(before, |(_, last)| last)
+        .chars()
+        .count()
+        + 1;
+    (line, col)
 }
 
 impl ConfigFile {
@@ -205,6 +251,80 @@ impl ConfigFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The keys serde accepts in the table at the end of `prefix`, from
+    /// the error that lists them (`deny_unknown_fields`).
+    fn accepted_keys(prefix: &str) -> Vec<String> {
+        let e = toml::from_str::<ConfigFile>(&format!("{prefix}no_such_key_xyz = 1\n"))
+            .expect_err("an unknown key");
+        let msg = e.message().to_owned();
+        let list = msg
+            .split_once("expected one of")
+            .or_else(|| msg.split_once("expected"))
+            .unwrap_or_else(|| panic!("no list of keys in {msg:?}"))
+            .1;
+        list.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn the_example_documents_every_profile_key() {
+        let cfg: ConfigFile = toml::from_str(EXAMPLE).expect("the example parses");
+        let (name, p) = cfg.select(None, None).expect("its default profile");
+        assert_eq!(name, "corp");
+        assert!(p.pkcs11.is_some() && p.key.is_some());
+        let documented = |key: &str| {
+            EXAMPLE.lines().any(|l| {
+                let l = l.trim_start().trim_start_matches('#').trim_start();
+                l.starts_with(&format!("{key} ="))
+                    || l.starts_with(&format!("[profiles.corp.{key}]"))
+            }) || (key == "profiles" && EXAMPLE.contains("[profiles."))
+        };
+        for (table, prefix) in [
+            ("top level", ""),
+            ("profile", "[profiles.x]\n"),
+            ("pkcs11", "[profiles.x.pkcs11]\nmodule = \"m\"\n"),
+        ] {
+            let keys = accepted_keys(prefix);
+            assert!(keys.len() >= 2, "{table}: {keys:?}");
+            for key in &keys {
+                assert!(
+                    documented(key),
+                    "{table} key `{key}` is not in client.toml.example"
+                );
+            }
+        }
+        for key in [
+            "tunnel_ca",
+            "tunnel_port",
+            "close_on_exit",
+            "token_serial",
+            "key_id",
+        ] {
+            assert!(documented(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn config_errors_name_file_line_and_column() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("client.toml");
+        std::fs::write(&path, "[profiles.x]\nserver = \"a\"\n  lifetme = 30\n").expect("write");
+        let e = load_config(Some(&path)).expect_err("unknown key");
+        assert!(
+            e.message.starts_with(&format!(
+                "configuration {}:3:3: unknown field `lifetme`",
+                path.display()
+            )),
+            "{}",
+            e.message
+        );
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+        assert_eq!(line_col("ab", 0), (1, 1));
+    }
 
     #[test]
     fn parses_a_profile_and_selects_it() {

@@ -44,14 +44,71 @@ pub fn run(cli: &Cli) -> Result<Report, ClientError> {
             clap_complete::generate(*shell, &mut Cli::command(), "spa-client", &mut out);
             Ok(raw(out))
         }
-        Command::Man => {
-            let mut out = Vec::new();
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut out)
-                .map_err(|e| ClientError::failure(format!("rendering the man page: {e}")))?;
-            Ok(raw(out))
-        }
+        Command::Man { dir: None } => Ok(raw(main_man_page()?)),
+        Command::Man { dir: Some(dir) } => write_man_pages(dir),
     }
+}
+
+/// spa-client(1): clap's page with a CONFIGURATION section (every
+/// profile key) and the exit codes.
+fn main_man_page() -> Result<Vec<u8>, ClientError> {
+    let fail = |e: std::io::Error| ClientError::failure(format!("rendering the man page: {e}"));
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    let man = clap_mangen::Man::new(cmd);
+    let mut out = Vec::new();
+    man.render_title(&mut out).map_err(fail)?;
+    man.render_name_section(&mut out).map_err(fail)?;
+    man.render_synopsis_section(&mut out).map_err(fail)?;
+    man.render_description_section(&mut out).map_err(fail)?;
+    man.render_options_section(&mut out).map_err(fail)?;
+    man.render_subcommands_section(&mut out).map_err(fail)?;
+    out.extend_from_slice(b".SH CONFIGURATION\n.nf\n");
+    out.extend_from_slice(roff_verbatim(profile::EXAMPLE).as_bytes());
+    out.extend_from_slice(b".fi\n");
+    out.extend_from_slice(b".SH \"EXIT STATUS\"\n.nf\n");
+    out.extend_from_slice(roff_verbatim(crate::exit::EXIT_CODES_HELP).as_bytes());
+    out.extend_from_slice(b".fi\n");
+    man.render_version_section(&mut out).map_err(fail)?;
+    Ok(out)
+}
+
+/// `text` as lines of a roff no-fill block: backslashes escaped, and no
+/// line read as a request.
+fn roff_verbatim(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            let l = l.replace('\\', "\\e");
+            if l.starts_with('.') || l.starts_with('\'') {
+                format!("\\&{l}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect()
+}
+
+/// `man --dir DIR`: spa-client.1 and one page per subcommand, so that the
+/// `spa-client-send(1)` references of spa-client.1 exist.
+fn write_man_pages(dir: &std::path::Path) -> Result<Report, ClientError> {
+    let fail = |e: std::io::Error| {
+        ClientError::failure(format!("writing the man pages to {}: {e}", dir.display()))
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    clap_mangen::generate_to(Cli::command(), dir).map_err(fail)?;
+    std::fs::write(dir.join("spa-client.1"), main_man_page()?).map_err(fail)?;
+    let mut pages: Vec<String> = std::fs::read_dir(dir)
+        .map_err(fail)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("spa-client") && n.ends_with(".1"))
+        .collect();
+    pages.sort();
+    Ok(Report {
+        code: ExitCode::Ok,
+        human: format!("wrote {} man pages to {}", pages.len(), dir.display()),
+        json: json!({"ok": true, "dir": dir.display().to_string(), "pages": pages}),
+        raw: None,
+    })
 }
 
 fn raw(out: Vec<u8>) -> Report {
@@ -63,13 +120,11 @@ fn raw(out: Vec<u8>) -> Report {
     }
 }
 
-fn required<T>(v: Option<T>, what: &str, profile: &str) -> Result<T, ClientError> {
-    v.ok_or_else(|| {
-        ClientError::config(format!(
-            "no {what}: give --{} or set it in profile '{profile}'",
-            what.replace(' ', "-")
-        ))
-    })
+fn origin(pname: &str, file: Option<&std::path::Path>) -> profile::Origin {
+    profile::Origin {
+        profile: pname.to_owned(),
+        file: file.map(std::path::Path::to_path_buf),
+    }
 }
 
 fn send(cli: &Cli, a: &SendArgs) -> Result<Report, ClientError> {
@@ -87,14 +142,13 @@ fn send_signed(
 ) -> Result<Report, ClientError> {
     let (cfg, cfg_path) = profile::load_config(cli.config.as_deref())?;
     let (pname, p) = cfg.select(cli.profile.as_deref(), cfg_path.as_deref())?;
+    let from = origin(&pname, cfg_path.as_deref());
 
-    let server = required(a.server.clone().or(p.server.clone()), "server", &pname)?;
+    let server = (a.server.clone().or(p.server.clone()))
+        .ok_or_else(|| from.missing("server", "--server", "server"))?;
     let port = a.port.or(p.port).unwrap_or(DEFAULT_PORT);
-    let key_text = required(
-        a.server_key.clone().or(p.server_key.clone()),
-        "server key",
-        &pname,
-    )?;
+    let key_text = (a.server_key.clone().or(p.server_key.clone()))
+        .ok_or_else(|| from.missing("server key", "--server-key", "server_key"))?;
     let server_key = spa_keys::decode_public_key(&key_text)
         .map_err(|e| ClientError::config(format!("server key: {e}")))?;
     let allow = AllowIp::parse(
@@ -131,7 +185,7 @@ fn send_signed(
         )));
     }
 
-    let spec = signer_spec(a.key.as_deref(), a.cert.as_deref(), &p, &pname)?;
+    let spec = signer_spec(a.key.as_deref(), a.cert.as_deref(), &p, &from)?;
 
     // Session and timestamp state (SPEC §4.1, §7.5). The session is read
     // here; the timestamp under the state lock, for each datagram.
@@ -302,7 +356,7 @@ fn signer_spec(
     key: Option<&std::path::Path>,
     cert: Option<&std::path::Path>,
     p: &profile::Profile,
-    pname: &str,
+    from: &profile::Origin,
 ) -> Result<SignerSpec, ClientError> {
     let cert = cert
         .map(std::path::Path::to_path_buf)
@@ -311,16 +365,16 @@ fn signer_spec(
     let software = |key: &std::path::Path| -> Result<SignerSpec, ClientError> {
         Ok(SignerSpec::Software {
             key: profile::expand_home(key),
-            certificate: required(cert.clone(), "cert", pname)?,
+            certificate: cert
+                .clone()
+                .ok_or_else(|| from.missing("certificate", "--cert", "certificate"))?,
         })
     };
     match (key, &p.pkcs11, &p.key) {
         (Some(key), _, _) => software(key),
         (None, Some(tok), _) => Ok(SignerSpec::Pkcs11(knock::pkcs11_config(tok, cert.clone())?)),
         (None, None, Some(key)) => software(key),
-        (None, None, None) => Err(ClientError::config(format!(
-            "no key: give --key or set key or [pkcs11] in profile '{pname}'"
-        ))),
+        (None, None, None) => Err(from.missing("key", "--key", "key (or a [pkcs11] table)")),
     }
 }
 
@@ -330,7 +384,9 @@ fn signer_spec(
 fn connect(cli: &Cli, a: &ConnectArgs) -> Result<Report, ClientError> {
     let (cfg, cfg_path) = profile::load_config(cli.config.as_deref())?;
     let (pname, p) = cfg.select(cli.profile.as_deref(), cfg_path.as_deref())?;
-    let server = required(a.server.clone().or(p.server.clone()), "server", &pname)?;
+    let from = origin(&pname, cfg_path.as_deref());
+    let server = (a.server.clone().or(p.server.clone()))
+        .ok_or_else(|| from.missing("server", "--server", "server"))?;
     let tunnel_port = p.tunnel_port.unwrap_or(DEFAULT_TUNNEL_PORT);
     let ca = p.tunnel_ca.clone().ok_or_else(|| {
         ClientError::config(format!(
@@ -338,7 +394,7 @@ fn connect(cli: &Cli, a: &ConnectArgs) -> Result<Report, ClientError> {
         ))
     })?;
     knock::check_services(std::slice::from_ref(&a.service))?;
-    let spec = signer_spec(a.key.as_deref(), a.cert.as_deref(), &p, &pname)?;
+    let spec = signer_spec(a.key.as_deref(), a.cert.as_deref(), &p, &from)?;
     // One signer for the whole command: the knocks and the TLS client
     // authentication share it, so a token is logged into once and its PIN
     // read (or asked for) once.
@@ -595,10 +651,10 @@ fn token(cmd: &TokenCommand) -> Result<Report, ClientError> {
             )
             .map_err(signer_err)?;
             let human = format!(
-                "generated a {} key '{}' on token '{}'",
+                "generated {} key '{}' on token '{}'",
                 match alg {
-                    SignatureAlgorithm::Ed25519 => "Ed25519",
-                    SignatureAlgorithm::EcdsaP256Sha256 => "P-256",
+                    SignatureAlgorithm::Ed25519 => "an Ed25519",
+                    SignatureAlgorithm::EcdsaP256Sha256 => "a P-256",
                 },
                 label,
                 key.token_label()

@@ -263,7 +263,12 @@ fn wait_succeeds_when_the_port_opens_after_the_knock() {
         green
             .verify(&d, from.ip(), now_ms(), &mut replay)
             .expect("valid");
-        std::thread::sleep(Duration::from_millis(400));
+        // The port opens only once the client showed it waited: its fresh
+        // knock, resent after probing the closed port without success.
+        let (d, from) = receive(&sock);
+        green
+            .verify(&d, from.ip(), now_ms(), &mut replay)
+            .expect("the resent knock is fresh and valid");
         let l = TcpListener::bind(("127.0.0.1", tcp_port)).expect("rebind");
         let _ = l.accept();
     });
@@ -284,7 +289,8 @@ fn wait_succeeds_when_the_port_opens_after_the_knock() {
         o.status.code(),
         stderr(&o)
     );
-    assert!(String::from_utf8_lossy(&o.stdout).contains("is open"));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("is open"), "{out}");
     server.join().expect("server thread");
 }
 
@@ -472,6 +478,130 @@ fn help_man_and_completions_come_from_the_same_definitions() {
             .expect("run");
         assert!(o.status.success() && !o.stdout.is_empty(), "{shell}");
     }
+}
+
+/// `man --dir` writes every page spa-client(1) refers to; the main page
+/// documents every profile key.
+#[test]
+fn man_dir_writes_every_referenced_page() {
+    let env = Env::new("man");
+    let dir = env.path("man");
+    let o = Command::new(BIN)
+        .args(["man", "--dir"])
+        .arg(&dir)
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut refs = Vec::new();
+    for page in std::fs::read_dir(&dir).expect("dir").flatten() {
+        let text = std::fs::read_to_string(page.path())
+            .expect("page")
+            .replace("\\-", "-");
+        for (i, _) in text.match_indices("spa-client-") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '-')
+                .collect();
+            if text[i + name.len()..].starts_with("(1)") {
+                refs.push(name);
+            }
+        }
+    }
+    assert!(refs.iter().any(|r| r == "spa-client-send"), "{refs:?}");
+    assert!(
+        refs.iter().any(|r| r == "spa-client-token-list"),
+        "{refs:?}"
+    );
+    for r in &refs {
+        assert!(
+            dir.join(format!("{r}.1")).is_file(),
+            "{r}(1) is referred to but was not written"
+        );
+    }
+    let main = std::fs::read_to_string(dir.join("spa-client.1")).expect("main page");
+    assert_eq!(
+        main,
+        String::from_utf8(Command::new(BIN).arg("man").output().expect("run").stdout)
+            .expect("utf-8"),
+        "man --dir writes the page man prints"
+    );
+    for key in [
+        ".SH CONFIGURATION",
+        "server_key =",
+        "tunnel_ca =",
+        "tunnel_port =",
+        "close_on_exit =",
+        "token_serial =",
+        "key_id =",
+        "pin =",
+        "EXIT STATUS",
+    ] {
+        assert!(main.contains(key), "{key} missing from spa-client(1)");
+    }
+}
+
+/// Without a configuration file, the error names the file it looked for
+/// and how to make one, not only the missing value.
+#[test]
+fn missing_config_names_the_file_to_create() {
+    let env = Env::new("noconfig");
+    let o = Command::new(BIN)
+        .args(["send", "open"])
+        .env("XDG_CONFIG_HOME", env.path("cfg"))
+        .env("XDG_STATE_HOME", env.path("state"))
+        .env("HOME", &env.dir)
+        .output()
+        .expect("run");
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    let want = format!(
+        "spa-client: error: no server: give --server, or create the configuration file {} (it \
+         does not exist) with a profile that sets server (a profile needs server, server_key, \
+         certificate, and key or a [pkcs11] table; the format: `man spa-client`, CONFIGURATION)",
+        env.path("cfg/spa/client.toml").display()
+    );
+    assert_eq!(e.trim_end(), want);
+
+    // With a file, the profile and the file are named, with the flag and
+    // the key to set.
+    let (key, cert) = env.client(KeyAlg::Ed25519, "alice");
+    let cfg = env.path("partial.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[profiles.lab]\nserver = \"127.0.0.1\"\nkey = \"{}\"\ncertificate = \"{}\"\n",
+            key.display(),
+            cert.display()
+        ),
+    )
+    .expect("write");
+    let o = env.run(&cfg, &["send", "open"]);
+    assert_eq!(
+        stderr(&o).trim_end(),
+        format!(
+            "spa-client: error: no server key: give --server-key or set server_key in profile \
+             'lab' of {}",
+            cfg.display()
+        )
+    );
+}
+
+/// Configuration errors carry file:line:column.
+#[test]
+fn config_errors_carry_line_and_column() {
+    let env = Env::new("cfgline");
+    let cfg = env.path("client.toml");
+    std::fs::write(&cfg, "default = \"lab\"\n[profiles.lab]\nserver = 7\n").expect("write");
+    let o = env.run(&cfg, &["send", "open"]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.starts_with(&format!(
+            "spa-client: error: configuration {}:3:10: ",
+            cfg.display()
+        )),
+        "{e}"
+    );
 }
 
 /// Runs `spa-client <args>` `n` times at once; returns their outputs.

@@ -189,13 +189,13 @@ impl Lab {
             &["--label", "spa", "--id", "01", "--algorithm", algorithm],
         ));
         let shown = if algorithm == "p256" {
-            "P-256"
+            "a P-256"
         } else {
-            "Ed25519"
+            "an Ed25519"
         };
         assert!(
             out.contains(&format!(
-                "generated a {shown} key 'spa' on token '{}'",
+                "generated {shown} key 'spa' on token '{}'",
                 self.token
             )),
             "{out}"
@@ -731,6 +731,7 @@ fn connect_asks_for_the_pin_once() {
         .unwrap();
     // Every prompt is answered (a second one would not hang the test, it
     // would be counted).
+    let script_pid = child.id();
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let terminal = std::thread::spawn(move || {
@@ -744,8 +745,10 @@ fn connect_asks_for_the_pin_once() {
             seen.extend_from_slice(&buf[..n]);
             let prompts = String::from_utf8_lossy(&seen).matches(PROMPT).count();
             while answered < prompts {
-                // Let rpassword turn the echo off first.
-                std::thread::sleep(Duration::from_millis(300));
+                // Type only once the prompt turned the echo off.
+                if !tests::wait_echo_off(script_pid, Duration::from_secs(20)) {
+                    break;
+                }
                 let _ = writeln!(stdin, "{USER_PIN}");
                 answered += 1;
             }

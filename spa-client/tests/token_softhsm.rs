@@ -639,7 +639,10 @@ fn bad_inputs_give_one_clear_error_each() {
             assert!(matches!(e, TokenError::PinNoTerminal { .. }), "{e:?}");
             let msg = one_line(&e);
             assert!(
-                msg.contains("token 'spa-errs'") && msg.contains("PinSource::Env"),
+                msg.contains("token 'spa-errs'")
+                    && msg.contains("--pin env:VARIABLE")
+                    && msg.contains("pin = \"file:/path\"")
+                    && !msg.contains("PinSource"),
                 "{msg}"
             );
 

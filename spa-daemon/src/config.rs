@@ -147,6 +147,10 @@ pub struct Config {
     /// The opt-in Prometheus endpoint, for management networks only.
     #[serde(default)]
     pub metrics: Option<MetricsSection>,
+    /// Where the knock floors live: the local file or a store shared by a
+    /// fleet of greens (SPEC §7.6).
+    #[serde(default)]
+    pub replay: crate::store::shared::ReplaySection,
 }
 
 /// `[daemon]`.
@@ -691,6 +695,9 @@ impl Config {
             }
         }
         for x in crate::access::config_problems(self) {
+            bad(x.key, x.problem);
+        }
+        for x in crate::store::shared::config_problems(self, role) {
             bad(x.key, x.problem);
         }
         let t = &self.trust;

@@ -226,6 +226,9 @@ pub struct Daemon<G: Gate, H: Hooks> {
     pub gate: G,
     /// Durable replay floors.
     pub db: ReplayDb,
+    /// Knock floors shared by a fleet of greens (`[replay] backend =
+    /// "etcd"`, SPEC §7.6): when set, knocks commit there and not to `db`.
+    pub shared: Option<Box<dyn crate::store::shared::SharedFloors>>,
     /// The firewall's sets.
     pub fw: NftSets,
     /// Capture (taken out while a batch is handled, so events are handled
@@ -331,6 +334,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
         Self {
             gate: p.gate,
             db: p.db,
+            shared: None,
             fw: p.fw,
             capture: Some(p.capture),
             services: p.services,
@@ -407,15 +411,22 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             debug!(src = %ip, reason = "rate_limited", "refused");
             return;
         }
-        let verdict = match &self.metrics {
-            // The commit is timed (SPEC §7.3), nothing else on this path.
-            Some(m) => self.gate.verify(
+        // With [metrics], the durable commit is timed (SPEC §7.3), nothing
+        // else on this path.
+        let timer = self.metrics.as_ref().map(|m| &m.commit);
+        let verdict = match (self.shared.as_mut(), timer) {
+            (Some(shared), Some(h)) => {
+                self.gate
+                    .verify(payload, ip, now, &mut crate::metrics::Timed::new(shared, h))
+            }
+            (Some(shared), None) => self.gate.verify(payload, ip, now, shared),
+            (None, Some(h)) => self.gate.verify(
                 payload,
                 ip,
                 now,
-                &mut crate::metrics::Timed::new(&mut self.db, &m.commit),
+                &mut crate::metrics::Timed::new(&mut self.db, h),
             ),
-            None => self.gate.verify(payload, ip, now, &mut self.db),
+            (None, None) => self.gate.verify(payload, ip, now, &mut self.db),
         };
         match verdict {
             Err(refused) => {
@@ -734,6 +745,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
         let hup = self.flags.reload.swap(false, Ordering::Relaxed);
         let changed = now.saturating_sub(self.last_stamp_check_ms) >= TRUST_POLL_MS && {
             self.last_stamp_check_ms = now;
+            self.counters.bump("trust.checks");
             self.trust.changed()
         };
         if hup || changed {
@@ -755,6 +767,9 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
         let mut counters = self.counters.all();
         for (k, v) in self.hooks.counters() {
             *counters.entry(k).or_insert(0) += v;
+        }
+        if let Some(s) = &self.shared {
+            counters.extend(s.counters());
         }
         let mut hooks = serde_json::Map::new();
         self.hooks.status(&mut hooks, now);
@@ -798,12 +813,19 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
         let (sessions, openings) = self.table().status(now);
         let mut counters = self.counters.all();
         counters.extend(self.hooks.counters());
+        if let Some(s) = &self.shared {
+            counters.extend(s.counters());
+        }
         let mut status = json!({
             "uptime_s": now.saturating_sub(self.started_ms) / 1000,
             "sessions": sessions,
             "openings": openings,
             "blocked": self.blocked.status(now),
             "counters": counters,
+            "replay": self.shared.as_ref().map_or_else(
+                || json!({"backend": "local"}),
+                |s| s.status(now),
+            ),
             "trust": {
                 "last_reload_failure": self.trust.last_failure.as_ref().map(|f| json!({
                     "file": f.file.as_ref().map(|p| p.display().to_string()),

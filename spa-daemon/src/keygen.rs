@@ -34,6 +34,48 @@ pub enum KeygenError {
         /// The key file.
         path: PathBuf,
     },
+    /// A public file (certificate, public key, CSR, CRL) where a private
+    /// key was expected: nothing to protect, so no permission advice.
+    #[error(
+        "{}: this is {what}, which is public, not a private key: `pubkey --key` takes the key \
+         file that `keygen` wrote",
+        path.display()
+    )]
+    NotAPrivateKey {
+        /// The file.
+        path: PathBuf,
+        /// `a certificate`, `a public key`, ...
+        what: &'static str,
+    },
+}
+
+/// Refuses a certificate, public key, CSR or CRL given where a private key
+/// file belongs, before the private-key reader would ask to chmod it.
+pub fn refuse_public_file(key: &Path) -> Result<(), KeygenError> {
+    match public_pem_kind(key) {
+        Some(what) => Err(KeygenError::NotAPrivateKey {
+            path: key.to_path_buf(),
+            what,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// What a PEM file that holds no private key is, from its first label:
+/// `None` for anything else (a private key, or a file that cannot be read,
+/// left to the private-key reader to report).
+fn public_pem_kind(path: &Path) -> Option<&'static str> {
+    // The bytes may be a private key: wiped after the look.
+    let bytes = zeroize::Zeroizing::new(spa_keys::read_public_file(path).ok()?);
+    let text = std::str::from_utf8(&bytes).ok()?;
+    let label = text.split("-----BEGIN ").nth(1)?.split("-----").next()?;
+    match label {
+        "CERTIFICATE" | "TRUSTED CERTIFICATE" | "X509 CERTIFICATE" => Some("a certificate"),
+        "PUBLIC KEY" => Some("a public key"),
+        "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST" => Some("a certificate request"),
+        "X509 CRL" => Some("a certificate revocation list"),
+        _ => None,
+    }
 }
 
 /// Generates a key, writes it to `out` (0600; an existing file only with
@@ -58,6 +100,7 @@ pub fn keygen(out: &Path, kind: KeyKind, force: bool) -> Result<String, KeygenEr
 /// The one-line public key of an existing X25519 or Ed25519 key file, and
 /// the key's algorithm.
 pub fn pubkey(key: &Path) -> Result<(spa_keys::KeyAlgorithm, String), KeygenError> {
+    refuse_public_file(key)?;
     let k = read_private_key(key)?;
     let alg = k.algorithm();
     match k {

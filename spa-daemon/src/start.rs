@@ -368,6 +368,17 @@ pub fn services(cfg: &Config) -> HashMap<String, (ServiceProto, u16)> {
 /// Builds a daemon around a gate from a finished setup, runs it, and
 /// cleans up (the firewall table on a clean stop, if configured).
 pub fn run_daemon<G: Gate, H: Hooks>(s: Setup, gate: G, hooks: H) -> Result<(), StartError> {
+    run_daemon_with(s, gate, hooks, None)
+}
+
+/// [`run_daemon`], the knock floors in a store shared by a fleet of greens
+/// when `shared` is set (SPEC §7.6); built after the privilege drop.
+pub fn run_daemon_with<G: Gate, H: Hooks>(
+    s: Setup,
+    gate: G,
+    hooks: H,
+    shared: Option<Box<dyn crate::store::shared::SharedFloors>>,
+) -> Result<(), StartError> {
     let (limiter, offenses, scans) = ips(&s.cfg)?;
     let remove = s.cfg.firewall.remove_on_exit;
     let table = s.cfg.firewall.table.clone();
@@ -397,6 +408,7 @@ pub fn run_daemon<G: Gate, H: Hooks>(s: Setup, gate: G, hooks: H) -> Result<(), 
     })
     .map_err(|e| step("ips")(e.to_string()))?;
     d.blocked = crate::blocked::Blocked::new(s.cfg.ips.max_blocks);
+    d.shared = shared;
     if let Some(listener) = s.metrics {
         let mut m = crate::metrics::Metrics::new();
         let management = s

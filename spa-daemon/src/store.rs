@@ -62,6 +62,8 @@
 //!
 //! No function here reads the clock: every time comes in as `now_ms`.
 
+pub mod shared;
+
 use std::collections::HashMap;
 use std::fs;
 use std::io;

@@ -4,7 +4,8 @@
 //! Needs root: it re-executes itself under `unshare --net` and works in
 //! that fresh network namespace (the host firewall is never touched). Run
 //! it with `cargo bench -p spa-server --bench nft`. Without `--bench` (as
-//! in `cargo test --all-targets`) it does nothing.
+//! in `cargo test --all-targets`) criterion runs each benchmark once, as a
+//! smoke test; without root it fails unless `SPA_TEST_ALLOW_SKIP=1`.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -17,13 +18,9 @@ use spa_nft::{FirewallConfig, Mode, NftSets, Proto, Ruleset};
 const IN_NETNS: &str = "SPA_IN_NETNS";
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("nft bench: skipped (run `cargo bench -p spa-server --bench nft` as root)");
-        return;
-    }
     if std::env::var_os(IN_NETNS).is_none() {
         if !nix::unistd::geteuid().is_root() {
-            println!("nft bench: skipped (needs root for a network namespace)");
+            tests::cannot_run("nft bench", "needs root for a network namespace");
             return;
         }
         let exe = match std::env::current_exe() {

@@ -11,7 +11,6 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, UdpSocket};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -308,7 +307,14 @@ fn elements_expire_in_the_kernel() {
                 .allowed(a, Proto::Udp, 4500)
                 .is_some()
         );
-        thread::sleep(Duration::from_millis(2000));
+        // The kernel removes both elements when their timeout passes.
+        assert!(
+            tests::wait_until(Duration::from_secs(10), || {
+                let seen = list("spa").expect("list");
+                seen.allow.is_empty() && seen.block.is_empty()
+            }),
+            "the elements outlived their 1 s timeout"
+        );
         let seen = list("spa").expect("list");
         assert!(seen.allow.is_empty() && seen.block.is_empty(), "{seen:?}");
         assert!(!sh("nft list set inet spa allow4").contains("192.0.2.30"));
@@ -463,7 +469,13 @@ fn blackhole_drops_silently_until_allowed() {
         sets.allow(IpAddr::V4(PEER), Proto::Tcp, port, Duration::from_secs(1))
             .expect("allow 1 s");
         drop(assert_open(&peer, port));
-        thread::sleep(Duration::from_millis(1500));
+        assert!(
+            tests::wait_until(Duration::from_secs(10), || list("spa")
+                .expect("list")
+                .allowed(IpAddr::V4(PEER), Proto::Tcp, port)
+                .is_none()),
+            "the opening outlived its 1 s timeout"
+        );
         assert_filtered(&peer, port);
 
         // Management sources are always accepted, even blocked.
@@ -658,7 +670,13 @@ fn a_prefix_block_drops_every_address_of_the_prefix() {
         sets.block_net(net("fd00:99::/64"), Duration::from_secs(1))
             .expect("block 1 s");
         assert!(!arrives(&peer, &sock, b6, 1), "blocked for 1 s");
-        thread::sleep(Duration::from_millis(1500));
+        assert!(
+            tests::wait_until(Duration::from_secs(10), || list("spa")
+                .expect("list")
+                .blocked_net(net("fd00:99::/64"))
+                .is_none()),
+            "the prefix block outlived its 1 s timeout"
+        );
         assert!(arrives(&peer, &sock, b6, 3), "expired");
         assert!(list("spa").expect("list").blocked(b6).is_none());
 

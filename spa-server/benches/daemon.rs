@@ -42,8 +42,11 @@
 //!    `PCAP_LOOP_SLEEP` 1 ms.
 //!
 //! Needs root, iproute2, nftables, tcpdump, fwknop-server and
-//! fwknop-client. Does nothing but print "skipped" unless run with
-//! `--bench` (so that `cargo test --all-targets` stays fast).
+//! fwknop-client. Without `--bench` (`cargo test --all-targets`) it is a
+//! smoke test of the harness and the daemon: the test bed, the debug
+//! daemon, 5 knocks that must each be accepted, a clean stop that removes
+//! the table; no numbers. Without root it fails unless
+//! `SPA_TEST_ALLOW_SKIP=1`.
 #![allow(
     clippy::unwrap_used,
     clippy::too_many_lines,
@@ -1244,12 +1247,17 @@ fn latency_series(
 /// The same knocks without any observer (no tcpdump, no nft monitor):
 /// send() → the daemon's `accepted` line, waiting for each line in the log
 /// before the next knock. Returns µs per knock.
-fn latency_quiet(bed: &Bed, dlog: &Path, mut payload: impl FnMut(usize) -> Vec<u8>) -> Vec<f64> {
-    let socks = sender_sockets(bed, (0..N_LAT).map(quiet_addr).collect());
+fn latency_quiet(
+    bed: &Bed,
+    dlog: &Path,
+    n: usize,
+    mut payload: impl FnMut(usize) -> Vec<u8>,
+) -> Vec<f64> {
+    let socks = sender_sockets(bed, (0..n).map(quiet_addr).collect());
     let mut tail = LogTail::open(dlog);
     let needle = b"\"message\":\"accepted\"";
     let mut rng = Rng::new();
-    let mut sent_at = Vec::with_capacity(N_LAT);
+    let mut sent_at = Vec::with_capacity(n);
     for (i, s) in socks.iter().enumerate() {
         thread::sleep(Duration::from_micros(1000 + rng.below(3000)));
         let k = payload(i);
@@ -1262,7 +1270,7 @@ fn latency_quiet(bed: &Bed, dlog: &Path, mut payload: impl FnMut(usize) -> Vec<u
         }
     }
     let logs = accepted_times(dlog);
-    (0..N_LAT)
+    (0..n)
         .filter_map(|i| {
             logs.get(&quiet_addr(i))
                 .map(|&lg| (lg - sent_at[i]) as f64 / 1e3)
@@ -1462,6 +1470,35 @@ fn inprocess_verify(ca: &TestCa, f: &Files, rpk: &ReceiverPublicKey) -> Inproc {
 
 // ------------------------------------------------------------ main
 
+/// Without `--bench`: the bed, the daemon, 5 knocks each accepted, a clean
+/// stop.
+fn smoke(f: &Files, cfg: &Path, ca: &TestCa, rpk: &ReceiverPublicKey) {
+    const KNOCKS: usize = 5;
+    let bed = Bed::new();
+    let dlog = f.p("daemon.log");
+    let mut daemon = start_daemon(&bed, f, cfg, &dlog);
+    let mut alice = Identity::new(ca, "alice", 1);
+    latency_quiet(&bed, &dlog, KNOCKS, |i| alice.knock(rpk, quiet_addr(i), 10));
+    // A knock's log line may come after latency_quiet's per-knock wait.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while accepted_times(&dlog).len() < KNOCKS && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        accepted_times(&dlog).len(),
+        KNOCKS,
+        "daemon bench smoke test: knocks not accepted; log:\n{}",
+        std::fs::read_to_string(&dlog).unwrap_or_default()
+    );
+    daemon.stop();
+    let tables = run(Command::new("ip").args(["netns", "exec", &bed.g, "nft", "list", "tables"]));
+    assert!(
+        !tables.contains("inet spa"),
+        "daemon bench smoke test: the table outlived the daemon: {tables}"
+    );
+    println!("daemon bench: smoke test passed ({KNOCKS} knocks accepted, clean stop)");
+}
+
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
         s.lines()
@@ -1470,14 +1507,14 @@ fn is_root() -> bool {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("skipped");
+    let bench = std::env::args().any(|a| a == "--bench");
+    if !is_root() {
+        tests::cannot_run(
+            "daemon bench",
+            "needs root (network namespaces, nftables, AF_PACKET)",
+        );
         return;
     }
-    assert!(
-        is_root(),
-        "the daemon bench needs root (network namespaces, nftables, AF_PACKET)"
-    );
     let t_all = Instant::now();
     let tck = clk_tck();
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -1496,6 +1533,10 @@ fn main() {
     )
     .unwrap();
     let cfg = write_config(&f, "daemon.toml", &f.p("replay.redb"));
+    if !bench {
+        smoke(&f, &cfg, &ca, &rpk);
+        return;
+    }
 
     // 0. Floor and in-process verification.
     let floor_us = crypto_floor();
@@ -1590,7 +1631,7 @@ fn main() {
     let quiet = {
         let a = &mut alice;
         let rpk2 = &rpk;
-        latency_quiet(&bed, &dlog, |i| a.knock(rpk2, quiet_addr(i), 10))
+        latency_quiet(&bed, &dlog, N_LAT, |i| a.knock(rpk2, quiet_addr(i), 10))
     };
     let quiet_json = summarize("spa, no observers: send() -> accepted log", &quiet);
     let rss_after_lat = proc_status(daemon.pid(), "VmRSS:");
@@ -1763,7 +1804,7 @@ fn main() {
     let quiet_shm = {
         let a = &mut alice;
         let rpk2 = &rpk;
-        latency_quiet(&bed, &dlog3, |i| a.knock(rpk2, quiet_addr(i), 10))
+        latency_quiet(&bed, &dlog3, N_LAT, |i| a.knock(rpk2, quiet_addr(i), 10))
     };
     println!("[7b] replay store on tmpfs (attribution only): latency");
     let lat_shm_json = json!([

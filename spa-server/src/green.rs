@@ -9,7 +9,8 @@ use proto_spec::verify::KnockVerifier;
 use spa_daemon::config::Role;
 use spa_daemon::daemon::{TrustWatch, trust_files};
 use spa_daemon::sessions::SharedSessions;
-use spa_daemon::start::{StartError, limits, load_config, policy, run_daemon, setup, step};
+use spa_daemon::start::{StartError, limits, load_config, policy, run_daemon_with, setup, step};
+use spa_daemon::store::shared::SharedFloors;
 
 /// `spa-server run`.
 pub fn run(config_path: &Path) -> Result<(), StartError> {
@@ -30,6 +31,9 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
     // One session table for the daemon loop and the tunnel (SPEC §8.1.1).
     let sessions = SharedSessions::default();
     let tunnel = crate::tunnel::bind(&cfg, &sessions).map_err(|e| step("tunnel")(e.to_string()))?;
+    // SPEC §7.6: the TLS files of a shared store are read as root, its
+    // client started after the drop.
+    let shared = spa_daemon::store::shared::etcd_settings(&cfg).map_err(StartError::Config)?;
     let mut s = setup(cfg)?;
     s.sessions = sessions;
     let tunnel = tunnel
@@ -40,5 +44,10 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         // SPEC §7.5: order timestamps durable in the replay store.
         r.use_store(&s.db);
     }
-    run_daemon(s, verifier, (relay, tunnel))
+    let shared = shared
+        .map(|e| crate::etcd::EtcdFloors::start(&e))
+        .transpose()
+        .map_err(|e| step("shared replay store")(e.to_string()))?;
+    let shared = shared.map(|f| Box::new(f) as Box<dyn SharedFloors>);
+    run_daemon_with(s, verifier, (relay, tunnel), shared)
 }

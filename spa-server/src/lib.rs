@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod etcd;
 pub mod green;
 pub mod keygen_cmd;
 pub mod relay;

@@ -447,6 +447,12 @@ fn other_mistakes_are_one_clear_line() {
             "spa-server: error: bob.key: a P-256 key has no one-line public key; its public key \
              travels in its certificate",
         ),
+        // A certificate is public: no advice to chmod it.
+        (
+            vec!["pubkey", "--key", "ca/ca.pem"],
+            "spa-server: error: ca/ca.pem: this is a certificate, which is public, not a \
+             private key: `pubkey --key` takes the key file that `keygen` wrote",
+        ),
         (
             vec!["pubkey", "--key", "missing.key"],
             "spa-server: error: cannot open missing.key: No such file or directory (os error 2)",

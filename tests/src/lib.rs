@@ -440,6 +440,62 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// Waits until the terminal of a process under `root` (itself or a
+/// descendant, e.g. the program `script` runs on its pty) has its echo off,
+/// as a password prompt sets it before reading; or until `within` passes.
+/// True if the echo went off. Typing a secret before this point would echo
+/// it (or lose it to the prompt's flush).
+pub fn wait_echo_off(root: u32, within: Duration) -> bool {
+    wait_until(within, || {
+        terminals_under(root).iter().any(|tty| {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(nix::libc::O_NOCTTY | nix::libc::O_NONBLOCK)
+                .open(tty)
+                .ok()
+                .and_then(|f| nix::sys::termios::tcgetattr(&f).ok())
+                .is_some_and(|t| !t.local_flags.contains(nix::sys::termios::LocalFlags::ECHO))
+        })
+    })
+}
+
+/// The pseudo-terminals (`/dev/pts/N`) that `root` and its descendants
+/// have as standard input.
+fn terminals_under(root: u32) -> Vec<PathBuf> {
+    let mut tree = vec![root];
+    let mut grew = true;
+    let procs: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // pid (comm) state ppid ...: comm may hold spaces and parentheses.
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
+            Some((pid, ppid.parse().ok()?))
+        })
+        .collect();
+    while grew {
+        grew = false;
+        for (pid, ppid) in &procs {
+            if tree.contains(ppid) && !tree.contains(pid) {
+                tree.push(*pid);
+                grew = true;
+            }
+        }
+    }
+    let mut ttys: Vec<PathBuf> = tree
+        .iter()
+        .filter_map(|pid| std::fs::read_link(format!("/proc/{pid}/fd/0")).ok())
+        .filter(|p| p.starts_with("/dev/pts/"))
+        .collect();
+    ttys.dedup();
+    ttys
+}
+
 /// A temporary directory removed on drop, mode 0755 (a daemon that dropped
 /// its privileges to `nobody` still reads its trust files here).
 #[derive(Debug)]
@@ -712,9 +768,17 @@ impl TcpService {
         }
     }
 
-    /// Connections accepted so far.
+    /// Connections accepted so far (a snapshot: the accept loop may not have
+    /// counted a connection the client side already sees; wait with
+    /// [`TcpService::wait_accepted`]).
     pub fn accepted(&self) -> u32 {
         self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Waits until at least `n` connections were accepted, or `within`
+    /// passes; true if they were.
+    pub fn wait_accepted(&self, n: u32, within: Duration) -> bool {
+        wait_until(within, || self.accepted() >= n)
     }
 }
 

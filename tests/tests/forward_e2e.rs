@@ -133,6 +133,8 @@ fn forward_drop_keeps_scanners_from_the_hosts_behind_green() {
     };
     assert_eq!(from(SCANNER), 0, "scanner packets crossed: {seen:?}");
     assert!(from(CLIENT) > 0, "the capture saw nothing: {seen:?}");
+    assert!(allowed.wait_accepted(1, Duration::from_secs(5)));
+    assert!(outside.wait_accepted(1, Duration::from_secs(5)));
     assert_eq!(allowed.accepted(), 1);
     assert_eq!(outside.accepted(), 1);
     let fwd = String::from_utf8_lossy(

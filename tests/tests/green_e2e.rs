@@ -981,8 +981,10 @@ fn trust_reloads_on_sighup_and_on_file_change() {
     let mtime = std::fs::metadata(&crl)
         .and_then(|m| m.modified())
         .expect("mtime");
+    let checks = green.counter("trust.checks");
     pki.write_crl(&crl, &[20], Some(mtime));
-    std::thread::sleep(Duration::from_millis(1300));
+    // Two checks of the files after the write: the second surely saw it.
+    green.wait_counter("trust.checks", checks + 2);
     assert_eq!(green.counter("trust.reloads"), 0, "{}", green.log_text());
     lab.send_from_client(&knock_for(carol.as_ref(), &pk, CLIENT));
     green.wait_counter("accepted.open-tunnel", 2);

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use tests::{
     Daemon, GreenRelayConfig, Netns, RedRelayConfig, TempDir, allow4, bin, link4, make_relay_pki,
-    require_root, run_ok, sessions, start_green, start_red, unique_tag, wait_until,
+    require_root, run_ok, sessions, start_green, start_red, unique_tag, wait_echo_off, wait_until,
     write_green_config, write_red_config,
 };
 
@@ -330,9 +330,13 @@ impl ClientRun {
     }
 
     /// The shell line `script` runs (no PIN in it: `SPA_PIN` is not used).
+    /// `exec` makes spa-client the terminal's session leader, which the
+    /// kernel sends SIGHUP when the terminal goes; `env --default-signal`
+    /// undoes a SIGHUP the test runner ignores (`nohup`, some CI shells),
+    /// which every child would inherit and the shell could not reset.
     fn shell_line(&self, args: &[&str]) -> String {
         format!(
-            "{} --config {} {}",
+            "exec env --default-signal=HUP {} --config {} {}",
             self.bin.display(),
             self.config.display(),
             args.join(" ")
@@ -594,6 +598,7 @@ impl Prompted {
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         let mut child = cmd.spawn().expect("spawn script");
+        let script = child.id();
         let mut stdin = child.stdin.take().expect("stdin");
         let mut stdout = child.stdout.take().expect("stdout");
         let text = Arc::new(Mutex::new(String::new()));
@@ -611,8 +616,10 @@ impl Prompted {
                 let prompts = now.matches("PIN for token").count();
                 *seen.lock().unwrap_or_else(|e| e.into_inner()) = now;
                 while answered < prompts {
-                    // Let rpassword turn the echo off first.
-                    std::thread::sleep(Duration::from_millis(300));
+                    // Type only once the prompt turned the echo off.
+                    if !wait_echo_off(script, Duration::from_secs(20)) {
+                        break;
+                    }
                     let _ = writeln!(stdin, "{USER_PIN}");
                     answered += 1;
                 }

@@ -181,8 +181,9 @@ pub enum TokenError {
     /// A prompt was asked for but standard input is not a terminal.
     #[error(
         "cannot prompt for the PIN of {what}: standard input is not a terminal; \
-         put the PIN in an environment variable (PinSource::Env) or in a file only you can read \
-         (PinSource::File)"
+         put the PIN in an environment variable (`--pin env:VARIABLE`, or `pin = \"env:VARIABLE\"` \
+         in the profile's token section) or in a file only you can read (`--pin file:/path`, \
+         or `pin = \"file:/path\"`)"
     )]
     PinNoTerminal {
         /// The token the PIN is for.

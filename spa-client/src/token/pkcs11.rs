@@ -841,8 +841,11 @@ pub fn generate_key_pair(
         return Err(TokenError::Pkcs11 {
             token: token.label.clone(),
             cause: format!(
-                "generating a {} key pair: {}",
-                algorithm_name(algorithm),
+                "generating {} key pair: {}",
+                match algorithm {
+                    SignatureAlgorithm::Ed25519 => "an Ed25519",
+                    SignatureAlgorithm::EcdsaP256Sha256 => "an ECDSA P-256",
+                },
                 describe(&e)
             ),
         });
