@@ -101,8 +101,10 @@ pub trait ReplayState {
     /// Whether a failed commit means the timestamp is not above the floor
     /// after all: a store shared by several receivers (SPEC §7.6) learns
     /// only at commit, in its compare-and-set, that another receiver
-    /// accepted a timestamp at or above this one. The verifier then refuses
-    /// `replayed` instead of `storage_failure`. Default: never.
+    /// accepted a timestamp at or above this one; a local store re-checks
+    /// at commit when datagrams are verified concurrently (SPEC §7.3). The
+    /// verifier then refuses `replayed` instead of `storage_failure`.
+    /// Default: never.
     fn is_replay(_error: &Self::Error) -> bool {
         false
     }

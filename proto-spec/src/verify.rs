@@ -218,7 +218,8 @@ impl ClientAuthenticator {
 }
 
 /// The refusal for a failed commit (SPEC §7.3, §7.6): `replayed` when a
-/// shared store's compare-and-set found a floor at or above the timestamp,
+/// shared store's compare-and-set, or a local store's re-check under
+/// concurrent verification, found the floor condition failing at commit;
 /// `storage_failure` otherwise.
 fn commit_refusal<R: ReplayState>(error: &R::Error) -> Refusal {
     if R::is_replay(error) {

@@ -132,9 +132,18 @@ pub fn hosted_services(cfg: &Config) -> Vec<String> {
 pub fn run(config_path: &Path) -> Result<(), StartError> {
     let cfg = start::load_config(config_path, Role::Red)?;
     spa_daemon::logging::init(&cfg.daemon.log_format);
-    let verifier = verifier(&cfg)?;
+    let gate = verifier(&cfg)?;
+    // One verifier per verification thread ([daemon] workers > 1).
+    let n = cfg.daemon.workers();
+    let workers = if n > 1 {
+        (0..n)
+            .map(|_| verifier(&cfg))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        Vec::new()
+    };
     let s = start::setup(cfg)?;
-    start::run_daemon(s, verifier, NoHooks)
+    start::run_daemon(s, gate, workers, NoHooks)
 }
 
 /// `red-relay keygen`.

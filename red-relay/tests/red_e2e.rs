@@ -780,6 +780,20 @@ fn red_killed_mid_session_restarts_and_serves_the_next_request() {
     );
     assert!(!bed.red_allows_green(), "the restart kept the old opening");
     assert!(!bed.green_reaches_web());
+    // SPEC §7.3.1: red did not stop cleanly, so its global floor is the
+    // reservation it held (up to replay_reservation_ms ahead of the crash):
+    // every datagram sealed before the clock passes it is `replayed`, the
+    // documented cost of a crash. The next request is sealed after that.
+    assert!(
+        log.contains("did not release its reservation"),
+        "no reservation applied after kill -9:\n{log}"
+    );
+    let g = bed.red.status()["replay_store"]["global_floor"]
+        .as_u64()
+        .expect("red's global floor");
+    while now_ms() <= g {
+        std::thread::yield_now();
+    }
 
     bed.spa_client(&["send", "request", "web"]);
     bed.wait_green_reaches_web("after red's restart");

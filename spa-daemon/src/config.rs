@@ -14,6 +14,9 @@
 //!                               # it must be able to read the [trust] files and
 //!                               # search replay_db's directory ("root": stay root)
 //! log_format = "plain"          # or "json"
+//! replay_reservation_ms = 2000  # SPEC §7.3.1: no fsync per knock; after a crash
+//!                               # knocks wait up to this long (0: fsync each knock)
+//! workers = 2                   # verification threads (default: available cores)
 //!
 //! [trust]
 //! anchors = ["/etc/spa/ca.pem"]
@@ -179,6 +182,24 @@ pub struct DaemonSection {
     /// "plain" or "json".
     #[serde(default = "default_log_format")]
     pub log_format: String,
+    /// The replay reservation's lead over the clock, ms (SPEC §7.3.1);
+    /// 0: every accepted datagram's floor is written and synced before
+    /// the verdict.
+    #[serde(default = "default_reservation")]
+    pub replay_reservation_ms: u64,
+    /// Verification threads; default (absent or 0): the available cores.
+    #[serde(default)]
+    pub workers: usize,
+}
+
+impl DaemonSection {
+    /// The number of verification threads in force.
+    pub fn workers(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => n,
+        }
+    }
 }
 
 /// `[trust]`.
@@ -522,6 +543,9 @@ fn default_capture() -> String {
 fn default_control() -> PathBuf {
     PathBuf::from("/run/spa/control.sock")
 }
+fn default_reservation() -> u64 {
+    crate::store::DEFAULT_LEAD_MS
+}
 fn default_log_format() -> String {
     "plain".into()
 }
@@ -681,6 +705,23 @@ impl Config {
             bad(
                 "daemon.log_format".into(),
                 format!("'{}': use \"plain\" or \"json\"", d.log_format),
+            );
+        }
+        let r = d.replay_reservation_ms;
+        if r != 0 && !(crate::store::MIN_LEAD_MS..=crate::store::MAX_LEAD_MS).contains(&r) {
+            bad(
+                "daemon.replay_reservation_ms".into(),
+                format!(
+                    "{r}: use 0 (sync every knock) or {}..={}",
+                    crate::store::MIN_LEAD_MS,
+                    crate::store::MAX_LEAD_MS
+                ),
+            );
+        }
+        if d.workers > 256 {
+            bad(
+                "daemon.workers".into(),
+                format!("{}: at most 256", d.workers),
             );
         }
         if d.keys.is_empty() {

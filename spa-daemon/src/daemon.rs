@@ -30,7 +30,8 @@ use crate::ips::{
 };
 pub use crate::sessions::{Opening, Session};
 use crate::sessions::{SessionTable, SharedSessions};
-use crate::store::ReplayDb;
+use crate::store::{ReplayDb, Sequenced};
+use crate::workers::{Done, Job, Pool};
 use spa_capture::{Capture, Event};
 use spa_keys::trust::{TrustFileError, TrustFiles, load_trust};
 use spa_nft::{NftError, NftSets};
@@ -226,8 +227,15 @@ pub struct Daemon<G: Gate, H: Hooks> {
     pub gate: G,
     /// Durable replay floors.
     pub db: ReplayDb,
+    /// The floors as the verifier sees them: re-checked at commit (SPEC
+    /// §7.3), the same store as `db`.
+    replay: Sequenced,
+    /// Verification threads (`[daemon] workers` > 1); `None`: the loop
+    /// verifies itself. Never together with `shared`.
+    pub pool: Option<Pool>,
     /// Knock floors shared by a fleet of greens (`[replay] backend =
-    /// "etcd"`, SPEC §7.6): when set, knocks commit there and not to `db`.
+    /// "etcd"`, SPEC §7.6): when set, knocks commit there and not to `db`,
+    /// on the loop's thread (no `pool`).
     pub shared: Option<Box<dyn crate::store::shared::SharedFloors>>,
     /// The firewall's sets.
     pub fw: NftSets,
@@ -331,9 +339,12 @@ pub struct Parts<G: Gate, H: Hooks> {
 impl<G: Gate, H: Hooks> Daemon<G, H> {
     /// Assembles a daemon.
     pub fn new(p: Parts<G, H>, now: UnixMillis) -> Self {
+        let replay = Sequenced::new(&p.db);
         Self {
             gate: p.gate,
             db: p.db,
+            replay,
+            pool: None,
             shared: None,
             fw: p.fw,
             capture: Some(p.capture),
@@ -369,14 +380,43 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             let Some(mut capture) = self.capture.take() else {
                 break;
             };
-            let polled = capture.poll(|ev| match ev {
-                Event::Knock { src, payload, .. } => self.handle_datagram(src, payload, now_ms()),
-                Event::Probe {
-                    src,
-                    dst_port,
-                    proto,
-                } => self.handle_probe(src, proto, dst_port, now_ms()),
-            });
+            let polled = if self.pool.is_some() && self.shared.is_none() {
+                // Cheap checks here, the rest of each knock on the workers
+                // (crate::workers), verdicts applied in arrival order.
+                let mut jobs = Vec::new();
+                let polled = capture.poll(|ev| match ev {
+                    Event::Knock { src, payload, .. } => {
+                        let now = now_ms();
+                        if let Some((ip, blocked)) = self.admit(src, payload, now) {
+                            jobs.push(Job {
+                                src,
+                                ip,
+                                blocked,
+                                now,
+                                payload: payload.to_vec(),
+                            });
+                        }
+                    }
+                    Event::Probe {
+                        src,
+                        dst_port,
+                        proto,
+                    } => self.handle_probe(src, proto, dst_port, now_ms()),
+                });
+                self.verify_on_workers(jobs);
+                polled
+            } else {
+                capture.poll(|ev| match ev {
+                    Event::Knock { src, payload, .. } => {
+                        self.handle_datagram(src, payload, now_ms());
+                    }
+                    Event::Probe {
+                        src,
+                        dst_port,
+                        proto,
+                    } => self.handle_probe(src, proto, dst_port, now_ms()),
+                })
+            };
             self.capture = Some(capture);
             polled?;
             self.housekeeping(now_ms());
@@ -384,8 +424,69 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
         Ok(())
     }
 
-    /// One datagram to the knock port. SPEC §8: cheap checks first.
+    /// One datagram to the knock port, verified on this thread. SPEC §8:
+    /// cheap checks first.
     pub fn handle_datagram(&mut self, src: SocketAddr, payload: &[u8], now: UnixMillis) {
+        let Some((ip, blocked)) = self.admit(src, payload, now) else {
+            return;
+        };
+        // With [metrics], the durable commit is timed (SPEC §7.3), nothing
+        // else on this path.
+        let timer = self.metrics.as_ref().map(|m| &m.commit);
+        let result = match (self.shared.as_mut(), timer) {
+            (Some(shared), Some(h)) => {
+                self.gate
+                    .verify(payload, ip, now, &mut crate::metrics::Timed::new(shared, h))
+            }
+            (Some(shared), None) => self.gate.verify(payload, ip, now, shared),
+            (None, Some(h)) => self.gate.verify(
+                payload,
+                ip,
+                now,
+                &mut crate::metrics::Timed::new(&mut self.replay, h),
+            ),
+            (None, None) => self.gate.verify(payload, ip, now, &mut self.replay),
+        };
+        self.conclude(Done {
+            src,
+            ip,
+            blocked,
+            now,
+            result,
+        });
+    }
+
+    /// Verifies `jobs` on the workers and applies the verdicts in order.
+    fn verify_on_workers(&mut self, jobs: Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let Some(pool) = self.pool.as_ref() else {
+            return;
+        };
+        let sent = jobs.len();
+        let done = pool.verify_batch(jobs);
+        if done.len() < sent {
+            // A worker is gone (it panicked): its datagrams are lost,
+            // nothing was opened for them.
+            let lost = (sent - done.len()) as u64;
+            self.counters.add("refused.worker_lost", lost);
+            error!(lost, "verification worker gone; datagrams dropped");
+        }
+        for d in done {
+            self.conclude(d);
+        }
+    }
+
+    /// The cheap checks of one datagram (block list, pre-check MAC, rate
+    /// limit), on the loop's thread: `Some((source, blocked))` when it is
+    /// to be verified; otherwise it was counted and logged here.
+    fn admit(
+        &mut self,
+        src: SocketAddr,
+        payload: &[u8],
+        now: UnixMillis,
+    ) -> Option<(IpAddr, bool)> {
         let ip = src.ip().to_canonical();
         // A blocked source: the capture sees packets before the firewall
         // drops them. What fails the MAC is dropped here before any other
@@ -396,7 +497,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
         if let Err(r) = self.gate.precheck(payload) {
             if blocked {
                 self.counters.bump("refused.blocked_source");
-                return;
+                return None;
             }
             // Before the MAC: the sender showed no knowledge of our public
             // key. Counted, logged at debug only (a flood must not flood the
@@ -404,31 +505,26 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             self.counters.refusal(&r);
             self.quiet_refusals += 1;
             debug!(src = %ip, reason = %r, "refused");
-            return;
+            return None;
         }
         if !self.limiter.check(ip, now) {
             self.counters.bump("refused.rate_limited");
             debug!(src = %ip, reason = "rate_limited", "refused");
-            return;
+            return None;
         }
-        // With [metrics], the durable commit is timed (SPEC §7.3), nothing
-        // else on this path.
-        let timer = self.metrics.as_ref().map(|m| &m.commit);
-        let verdict = match (self.shared.as_mut(), timer) {
-            (Some(shared), Some(h)) => {
-                self.gate
-                    .verify(payload, ip, now, &mut crate::metrics::Timed::new(shared, h))
-            }
-            (Some(shared), None) => self.gate.verify(payload, ip, now, shared),
-            (None, Some(h)) => self.gate.verify(
-                payload,
-                ip,
-                now,
-                &mut crate::metrics::Timed::new(&mut self.db, h),
-            ),
-            (None, None) => self.gate.verify(payload, ip, now, &mut self.db),
-        };
-        match verdict {
+        Some((ip, blocked))
+    }
+
+    /// Counts, logs and applies one verdict.
+    fn conclude(&mut self, done: Done) {
+        let Done {
+            src,
+            ip,
+            blocked,
+            now,
+            result,
+        } = done;
+        match result {
             Err(refused) => {
                 let r = refused.reason;
                 self.counters.refusal(&r);
@@ -785,14 +881,22 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
     /// counts `trust.reload_failures`, logs at error level and keeps the
     /// failure for `status` until a reload succeeds.
     pub fn reload_trust(&mut self, why: &str) {
-        match self.trust.load() {
-            Ok(store) => {
+        // One trust store per verifier (the loop's and each worker's),
+        // all read before any is replaced: all or none.
+        let copies = 1 + self.pool.as_ref().map_or(0, Pool::len);
+        let loaded: Result<Vec<_>, _> = (0..copies).map(|_| self.trust.load()).collect();
+        match loaded.map(|mut v| (v.pop(), v)) {
+            Ok((Some(store), rest)) => {
+                if let Some(pool) = self.pool.as_ref() {
+                    pool.replace_trust(rest);
+                }
                 self.gate.replace_trust(store);
                 self.counters.bump("trust.reloads");
                 self.trust.last_failure = None;
                 info!(trigger = why, "trust anchors and CRLs reloaded");
                 self.close_revoked(now_ms());
             }
+            Ok((None, _)) => {}
             Err(e) => {
                 self.counters.bump("trust.reload_failures");
                 let file = e.path().map(Path::to_path_buf);
@@ -834,6 +938,14 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
                     "at_ms": f.at_ms,
                     "age_s": now.saturating_sub(f.at_ms) / 1000,
                 })),
+            },
+            // SPEC §7.3.1: the durable reservation (null: every knock
+            // synced) and the floors accepted but not yet written.
+            "replay_store": {
+                "identities": self.db.len(),
+                "global_floor": self.db.global(),
+                "reserved": self.db.reservation(),
+                "unwritten_floors": self.db.dirty(),
             },
             "capture": self.capture.as_ref().map(|c| {
                 let st = c.stats();

@@ -9,7 +9,8 @@
 //!   one session table and who owns each firewall element),
 //!   [`revocation`] (closing the sessions of a revoked certificate).
 //! - Durable and defensive state: [`store`] (replay floors, durable
-//!   before the firewall opens), [`ips`] (rate limits, offenses, scans),
+//!   before the firewall opens, with the reservation of SPEC §7.3.1),
+//!   [`workers`] (verification threads), [`ips`] (rate limits, offenses, scans),
 //!   [`blocked`] (running blocks for the early drop).
 //! - Operating it: [`config`] (the configuration file both daemons read,
 //!   and its checks), [`start`] (set up, drop privileges, run, clean up),
@@ -45,3 +46,4 @@ pub mod revocation;
 pub mod sessions;
 pub mod start;
 pub mod store;
+pub mod workers;

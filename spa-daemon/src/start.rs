@@ -178,6 +178,14 @@ pub fn setup(cfg: Config) -> Result<Setup, StartError> {
     } else {
         info!(identities = report.identities, "replay state loaded");
     }
+    if let Some(r) = report.reservation_applied {
+        // SPEC §7.3.1: the last run did not stop cleanly.
+        warn!(
+            reserved = r,
+            global_floor = report.global_floor,
+            "replay store: the last run did not release its reservation (crash?); the global floor is raised to it: knocks are refused as replayed until the clock passes it"
+        );
+    }
     let fwc = firewall_config(&cfg)?;
     Ruleset::install(&fwc).map_err(|e| step("installing the nftables table")(e.to_string()))?;
     // SPEC §9, "A gateway that routes".
@@ -367,19 +375,64 @@ pub fn services(cfg: &Config) -> HashMap<String, (ServiceProto, u16)> {
 
 /// Builds a daemon around a gate from a finished setup, runs it, and
 /// cleans up (the firewall table on a clean stop, if configured).
-pub fn run_daemon<G: Gate, H: Hooks>(s: Setup, gate: G, hooks: H) -> Result<(), StartError> {
-    run_daemon_with(s, gate, hooks, None)
+pub fn run_daemon<G: Gate + Send + 'static, H: Hooks>(
+    s: Setup,
+    gate: G,
+    workers: Vec<G>,
+    hooks: H,
+) -> Result<(), StartError> {
+    run_daemon_with(s, gate, workers, hooks, None)
 }
 
 /// [`run_daemon`], the knock floors in a store shared by a fleet of greens
-/// when `shared` is set (SPEC §7.6); built after the privilege drop.
-pub fn run_daemon_with<G: Gate, H: Hooks>(
-    s: Setup,
+/// when `shared` is set (SPEC §7.6); built after the privilege drop. With
+/// `workers` (one verifier per verification thread, built like `gate`;
+/// `[daemon] workers` > 1) knocks are verified on threads spawned here,
+/// after the privilege drop (crate::workers); empty, or with a shared
+/// store (whose commits go through the loop): on the loop's thread.
+pub fn run_daemon_with<G: Gate + Send + 'static, H: Hooks>(
+    mut s: Setup,
     gate: G,
+    workers: Vec<G>,
     hooks: H,
     shared: Option<Box<dyn crate::store::shared::SharedFloors>>,
 ) -> Result<(), StartError> {
     let (limiter, offenses, scans) = ips(&s.cfg)?;
+    // SPEC §7.3.1: the replay reservation, written before anything is
+    // accepted; its writer thread starts here, after the privilege drop.
+    let lead = s.cfg.daemon.replay_reservation_ms;
+    let reserver = if lead == 0 {
+        info!(
+            "replay store: every accepted knock is synced before the firewall opens (replay_reservation_ms = 0)"
+        );
+        None
+    } else {
+        let r =
+            s.db.start_reservation(lead, now_ms())
+                .map_err(|e| step("replay reservation")(e.to_string()))?;
+        let t = crate::store::ReserverThread::spawn(r, now_ms)
+            .map_err(|e| step("replay reservation thread")(e.to_string()))?;
+        info!(lead_ms = lead, reserved = ?s.db.reservation(), "replay store: reservation in force (no fsync per knock)");
+        Some(t)
+    };
+    // The metrics endpoint, before the workers: they time their commits.
+    let metrics = match s.metrics {
+        Some(listener) => {
+            let mut m = crate::metrics::Metrics::new();
+            let management = s
+                .cfg
+                .firewall
+                .management
+                .iter()
+                .filter_map(|n| config::parse_cidr(n))
+                .collect();
+            m.serve(listener, management)
+                .map_err(|e| step("metrics")(e.to_string()))?;
+            Some(m)
+        }
+        None => None,
+    };
+    let commit_timer = metrics.as_ref().map(|m| m.commit.clone());
     let remove = s.cfg.firewall.remove_on_exit;
     let table = s.cfg.firewall.table.clone();
     let mut d = Daemon::new(
@@ -400,6 +453,18 @@ pub fn run_daemon_with<G: Gate, H: Hooks>(
         },
         now_ms(),
     );
+    if !workers.is_empty() && shared.is_some() {
+        info!(
+            "verification on the loop's thread: the shared replay store (SPEC §7.6) commits from it"
+        );
+    } else if !workers.is_empty() {
+        let n = workers.len();
+        d.pool = Some(
+            crate::workers::Pool::spawn(workers, &d.db, commit_timer)
+                .map_err(|e| step("verification threads")(e.to_string()))?,
+        );
+        info!(workers = n, "verification on worker threads");
+    }
     // SPEC §9: the lock-out shield and the bound on running blocks.
     d.lockout = Lockout::new(LockoutConfig {
         grace_ms: s.cfg.ips.accepted_grace.saturating_mul(1000),
@@ -409,19 +474,7 @@ pub fn run_daemon_with<G: Gate, H: Hooks>(
     .map_err(|e| step("ips")(e.to_string()))?;
     d.blocked = crate::blocked::Blocked::new(s.cfg.ips.max_blocks);
     d.shared = shared;
-    if let Some(listener) = s.metrics {
-        let mut m = crate::metrics::Metrics::new();
-        let management = s
-            .cfg
-            .firewall
-            .management
-            .iter()
-            .filter_map(|n| config::parse_cidr(n))
-            .collect();
-        m.serve(listener, management)
-            .map_err(|e| step("metrics")(e.to_string()))?;
-        d.metrics = Some(m);
-    }
+    d.metrics = metrics;
     // Prune floors only once they are older than every window in force.
     d.prune_max_age_ms = s
         .cfg
@@ -432,6 +485,20 @@ pub fn run_daemon_with<G: Gate, H: Hooks>(
     info!(port = s.cfg.daemon.knock_port, capture = %s.cfg.daemon.capture, mode = %s.cfg.firewall.mode, "ready");
     let result = d.run().map_err(|e| step("capture")(e.to_string()));
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    // A clean stop: the floors kept in memory are written and the
+    // reservation removed, so the next start need not wait it out.
+    if let Some(t) = reserver {
+        t.stop();
+        match d.db.close() {
+            Ok(n) => info!(
+                floors = n,
+                "replay store: floors written, reservation released"
+            ),
+            Err(e) => {
+                warn!(error = %e, "replay store: could not release the reservation (the next start waits it out)")
+            }
+        }
+    }
     if remove {
         match d.fw.delete_table() {
             Ok(()) => info!(table = %table, "firewall table removed"),

@@ -13,10 +13,18 @@
 //!
 //! Every floor is mirrored in a `HashMap` loaded at open, so
 //! [`ReplayState::floor`] and [`ReplayState::global_floor`] never touch the
-//! disk. Writes go to the file first, in one write transaction committed with
+//! disk. Without a reservation, writes go to the file first, in one write transaction committed with
 //! [`Durability::Immediate`] (an `fsync` before `commit` returns), and only
 //! then to the mirror: a failed write leaves the mirror as it was and returns
 //! an error (the verifier turns it into `storage_failure`, SPEC §7.3).
+//!
+//! # The reservation
+//!
+//! SPEC §7.3.1: after [`ReplayDb::start_reservation`] the store keeps
+//! `meta["reserved"]` = `R` durably ahead of the clock; a commit at or below
+//! it raises the mirror only, and the floors are written in the background
+//! by a [`Reserver`] (see `reservation`). [`ReplayDb::open`] raises `G` to an
+//! `R` it finds (the last run did not [`ReplayDb::close`]) and removes it.
 //!
 //! # Losing state
 //!
@@ -73,10 +81,19 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use proto_spec::cert::IdentityKey;
+
+mod reservation;
+mod sequenced;
+
 use proto_spec::replay::ReplayState;
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
+use reservation::Reservation;
+pub use reservation::{
+    DEFAULT_LEAD_MS, MAX_LEAD_MS, MIN_LEAD_MS, Reserver, ReserverThread, TickReport,
+};
+pub use sequenced::Sequenced;
 
 /// Per-identity floors.
 const FLOORS: TableDefinition<&[u8; 32], u64> = TableDefinition::new("floors");
@@ -86,6 +103,8 @@ const KEY_GLOBAL: &str = "global_floor";
 const KEY_FORMAT: &str = "format";
 /// Green's order timestamp bound (SPEC §7.5), see [`OrderClock`].
 const KEY_ORDER: &str = "order_reserved";
+/// The replay reservation `R` (SPEC §7.3.1), see [`Reserver`].
+const KEY_RESERVED: &str = "reserved";
 
 /// The layout version written in `meta`. A file with another version is
 /// treated as unreadable (moved aside, `G = now`).
@@ -126,6 +145,10 @@ pub enum StoreError {
         /// The store's file.
         path: PathBuf,
     },
+    /// The floor condition failed at commit (SPEC §7.3): another datagram
+    /// of the identity was accepted since the check. Nothing was written.
+    #[error("replay floor raised since the check (a concurrent datagram of the same identity)")]
+    Replayed,
     /// The path exists but is not a regular file; it is never moved aside.
     #[error("replay store {} is not a regular file", path.display())]
     NotAFile {
@@ -170,6 +193,9 @@ pub struct OpenReport {
     pub identities: usize,
     /// The global floor `G` now in force.
     pub global_floor: u64,
+    /// A reservation `R` left by a run that did not close the store (a
+    /// crash, SPEC §7.3.1): `G` was raised to it. `None` after a clean stop.
+    pub reservation_applied: Option<u64>,
 }
 
 /// The outcome of [`ReplayDb::prune`].
@@ -185,9 +211,10 @@ pub struct PruneReport {
 #[derive(Debug)]
 pub struct ReplayDb {
     path: PathBuf,
-    /// Shared with the [`OrderClock`]s handed out, so that both write
-    /// through one database handle and one reopen path. The daemons are
-    /// single-threaded: the lock is never contended.
+    /// Shared with the [`OrderClock`]s and the [`Reserver`] handed out, so
+    /// that all write through one database handle and one reopen path. The
+    /// lock is held for memory updates; only synchronous commits hold it
+    /// during a write.
     inner: Arc<Mutex<Inner>>,
 }
 
@@ -208,12 +235,16 @@ pub struct OrderClock {
 struct Inner {
     path: PathBuf,
     /// `None` after a write failed: redb then refuses further writes until
-    /// the file is reopened, which the next write does.
-    db: Option<Database>,
+    /// the file is reopened, which the next write does. Shared so that the
+    /// reservation's background write runs without the lock.
+    db: Option<Arc<Database>>,
     floors: HashMap<IdentityKey, u64>,
     global: u64,
     /// `meta["order_reserved"]`, 0 if absent.
     order_reserved: u64,
+    /// Set by [`ReplayDb::start_reservation`]: commits below `R` stay in
+    /// memory (SPEC §7.3.1). `None`: every commit is written and synced.
+    reservation: Option<Reservation>,
 }
 
 /// How opening an existing file failed.
@@ -230,6 +261,7 @@ struct Loaded {
     floors: HashMap<IdentityKey, u64>,
     global: Option<u64>,
     order_reserved: Option<u64>,
+    reserved: Option<u64>,
 }
 
 impl ReplayDb {
@@ -282,12 +314,80 @@ impl ReplayDb {
         self.lock().commit_many(entries)
     }
 
+    /// [`Self::commit_many`] after re-checking, under the same lock, that
+    /// every entry still passes its floor rule and `G` (SPEC §7.3: a
+    /// receiver that verifies concurrently re-checks at commit). If one
+    /// does not, nothing is committed and the error is
+    /// [`StoreError::Replayed`].
+    pub fn commit_checked(
+        &mut self,
+        entries: &[(IdentityKey, u64, proto_spec::replay::FloorRule)],
+    ) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        let ok = entries
+            .iter()
+            .all(|(id, ts, rule)| rule.passes(*ts, g.floors.get(id).copied()) && *ts > g.global);
+        if !ok {
+            return Err(StoreError::Replayed);
+        }
+        let plain: Vec<(IdentityKey, u64)> = entries.iter().map(|&(id, ts, _)| (id, ts)).collect();
+        g.commit_many(&plain)
+    }
+
+    /// Another handle on the same store (the same state, lock and file),
+    /// for verification threads.
+    pub fn handle(&self) -> Self {
+        Self {
+            path: self.path.clone(),
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
     /// Removes the entries whose floor is below `now_ms - max_age_ms`, after
     /// raising `G` to at least the largest of them, in one durable
     /// transaction (SPEC §7.4). A timestamp at or below a pruned floor is
     /// then refused by `G`; one above it is older than `max_age` and stale.
     pub fn prune(&mut self, now_ms: u64, max_age_ms: u64) -> Result<PruneReport, StoreError> {
         self.lock().prune(now_ms, max_age_ms)
+    }
+
+    /// Switches the store to the replay reservation (SPEC §7.3.1): writes
+    /// `R = now + lead_ms` durably, after which a commit at or below the
+    /// durable `R` is kept in memory and returns at once. The returned
+    /// [`Reserver`] must be ticked every [`Reserver::tick_ms`] (on a thread
+    /// of its own) to keep `R` ahead of the clock and write the floors.
+    pub fn start_reservation(&mut self, lead_ms: u64, now_ms: u64) -> Result<Reserver, StoreError> {
+        let lead_ms = lead_ms.clamp(MIN_LEAD_MS, MAX_LEAD_MS);
+        let mut g = self.lock();
+        g.start_reservation(lead_ms, now_ms)?;
+        let tick_ms = g.reservation.as_ref().map_or(1, Reservation::tick_ms);
+        drop(g);
+        Ok(Reserver {
+            inner: Arc::clone(&self.inner),
+            tick_ms,
+        })
+    }
+
+    /// The durable reservation `R`, if the reservation is in force.
+    pub fn reservation(&self) -> Option<u64> {
+        self.lock().reservation.as_ref().map(|r| r.durable)
+    }
+
+    /// Floors accepted but not yet written (reservation mode).
+    pub fn dirty(&self) -> usize {
+        self.lock()
+            .reservation
+            .as_ref()
+            .map_or(0, |r| r.dirty.len())
+    }
+
+    /// A clean stop: writes the floors kept in memory and removes `R` in one
+    /// durable transaction, so the next start has no reservation to wait
+    /// out (SPEC §7.3.1). Later commits are written one by one again.
+    /// Returns the number of floors written. On error `R` stays on disk
+    /// (the next start then raises `G` to it: safe, only slower).
+    pub fn close(&mut self) -> Result<usize, StoreError> {
+        self.lock().close()
     }
 
     /// A handle on green's order timestamp record in this store (SPEC §7.5),
@@ -319,9 +419,10 @@ impl OrderClock {
     }
 }
 
-/// The lock of the shared state. A panic while it was held (the daemons
-/// are single-threaded, so the process is going down anyway) leaves the
-/// state consistent: memory changes only after a successful write.
+/// The lock of the shared state (the daemon loop, its verification
+/// workers and the reservation's writer). A panic while it was held leaves
+/// the state consistent: memory changes only after a successful write, or,
+/// under the reservation, after the durable `R` covers the change.
 fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
     inner.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -344,18 +445,22 @@ impl Inner {
                 floors,
                 global: Some(global),
                 order_reserved,
+                reserved,
             }) => {
-                let report = OpenReport {
-                    state: OpenState::Reopened,
-                    identities: floors.len(),
-                    global_floor: global,
-                };
-                let store = Self {
+                let mut store = Self {
                     path,
-                    db: Some(db),
+                    db: Some(Arc::new(db)),
                     floors,
                     global,
                     order_reserved: order_reserved.unwrap_or(0),
+                    reservation: None,
+                };
+                let reservation_applied = store.apply_reservation(reserved)?;
+                let report = OpenReport {
+                    state: OpenState::Reopened,
+                    identities: store.floors.len(),
+                    global_floor: store.global,
+                    reservation_applied,
                 };
                 Ok((store, report))
             }
@@ -364,16 +469,18 @@ impl Inner {
                 floors,
                 global: None,
                 order_reserved,
+                reserved,
             }) => {
                 // A database without G: whatever floors it holds are kept (they
                 // only refuse more), and G = now is stored before anything is
                 // accepted.
                 let mut store = Self {
                     path,
-                    db: Some(db),
+                    db: Some(Arc::new(db)),
                     floors,
                     global: 0,
                     order_reserved: order_reserved.unwrap_or(0),
+                    reservation: None,
                 };
                 store.write(|_, meta| {
                     meta.insert(KEY_GLOBAL, now_ms)?;
@@ -381,10 +488,12 @@ impl Inner {
                     Ok(())
                 })?;
                 store.global = now_ms;
+                let reservation_applied = store.apply_reservation(reserved)?;
                 let report = OpenReport {
                     state: OpenState::Uninitialized,
                     identities: store.floors.len(),
-                    global_floor: now_ms,
+                    global_floor: store.global,
+                    reservation_applied,
                 };
                 Ok((store, report))
             }
@@ -416,10 +525,11 @@ impl Inner {
             .map_err(|e| db_err(&path, e.into()))?;
         let mut store = Self {
             path,
-            db: Some(db),
+            db: Some(Arc::new(db)),
             floors: HashMap::new(),
             global: 0,
             order_reserved: 0,
+            reservation: None,
         };
         store.write(|floors, meta| {
             // Create both tables now, so a later open finds them.
@@ -435,6 +545,7 @@ impl Inner {
             state,
             identities: 0,
             global_floor: now_ms,
+            reservation_applied: None,
         };
         Ok((store, report))
     }
@@ -452,21 +563,145 @@ impl Inner {
         if raise.is_empty() {
             return Ok(());
         }
-        self.write(|floors, _| {
-            for (id, ts) in &raise {
-                let old = floors.get(&id.0)?.map(|g| g.value());
-                let new = old.map_or(*ts, |o| o.max(*ts));
-                if old != Some(new) {
-                    floors.insert(&id.0, new)?;
-                }
+        let max_ts = raise.values().copied().max().unwrap_or(0);
+        // SPEC §7.3.1: covered by the durable reservation, the commit is
+        // in memory only (a crash raises G to R).
+        let mut extend = None;
+        if let Some(res) = self.reservation.as_mut() {
+            if res.covers(max_ts) {
+                res.mark_dirty(&raise);
+                self.raise_mirror(&raise);
+                return Ok(());
             }
-            Ok(())
-        })?;
-        for (id, ts) in raise {
+            // Above R: the dirty floors, these and a new R in one durable
+            // transaction, before the verdict.
+            let mut batch = res.dirty.clone();
+            for (&id, &ts) in &raise {
+                let e = batch.entry(id).or_insert(ts);
+                *e = (*e).max(ts);
+            }
+            let target = res.durable.max(max_ts.saturating_add(res.lead_ms));
+            extend = Some((batch, target));
+        }
+        if let Some((batch, target)) = extend {
+            let mut written_r = target;
+            self.write(|floors, meta| {
+                write_floors(floors, &batch)?;
+                written_r = raise_key(meta, KEY_RESERVED, target)?;
+                Ok(())
+            })?;
+            if let Some(res) = self.reservation.as_mut() {
+                res.durable = res.durable.max(written_r);
+                res.written(&batch);
+            }
+            self.raise_mirror(&raise);
+            return Ok(());
+        }
+        self.write(|floors, _| write_floors(floors, &raise))?;
+        self.raise_mirror(&raise);
+        Ok(())
+    }
+
+    /// Raises the in-memory floors (never lowers one).
+    fn raise_mirror(&mut self, raise: &HashMap<IdentityKey, u64>) {
+        for (&id, &ts) in raise {
             let e = self.floors.entry(id).or_insert(ts);
             *e = (*e).max(ts);
         }
+    }
+
+    /// At open: a reservation left on disk by a run that did not close the
+    /// store raises `G` to it, durably, and is removed in the same
+    /// transaction (SPEC §7.3.1, recovery). Returns the value applied.
+    fn apply_reservation(&mut self, reserved: Option<u64>) -> Result<Option<u64>, StoreError> {
+        let Some(r) = reserved else {
+            return Ok(None);
+        };
+        let new_global = self.global.max(r);
+        self.write(|_, meta| {
+            meta.insert(KEY_GLOBAL, new_global)?;
+            meta.remove(KEY_RESERVED)?;
+            Ok(())
+        })?;
+        self.global = new_global;
+        Ok(Some(r))
+    }
+
+    /// [`ReplayDb::start_reservation`].
+    fn start_reservation(&mut self, lead_ms: u64, now_ms: u64) -> Result<(), StoreError> {
+        let mut res = Reservation::new(lead_ms);
+        let target = now_ms.saturating_add(lead_ms);
+        let mut written = target;
+        self.write(|_, meta| {
+            written = raise_key(meta, KEY_RESERVED, target)?;
+            Ok(())
+        })?;
+        res.durable = written;
+        self.reservation = Some(res);
         Ok(())
+    }
+
+    /// [`ReplayDb::close`].
+    fn close(&mut self) -> Result<usize, StoreError> {
+        let Some(res) = self.reservation.as_ref() else {
+            return Ok(0);
+        };
+        let batch = res.dirty.clone();
+        self.write(|floors, meta| {
+            write_floors(floors, &batch)?;
+            meta.remove(KEY_RESERVED)?;
+            Ok(())
+        })?;
+        self.reservation = None;
+        Ok(batch.len())
+    }
+
+    /// [`Reserver::tick`]: snapshot under the lock, write without it,
+    /// account under it again.
+    fn reservation_tick(inner: &Mutex<Inner>, now_ms: u64) -> Result<TickReport, StoreError> {
+        let (db, path, batch, target) = {
+            let mut g = lock(inner);
+            let Some(res) = g.reservation.as_ref() else {
+                return Ok(TickReport::default());
+            };
+            let target = res.due(now_ms);
+            if target.is_none() && res.dirty.is_empty() {
+                return Ok(TickReport::default());
+            }
+            let batch = res.dirty.clone();
+            g.ensure_open()?;
+            let Some(db) = g.db.clone() else {
+                return Err(db_err(&g.path, redb::Error::DatabaseClosed));
+            };
+            (db, g.path.clone(), batch, target)
+        };
+        let mut written_r = None;
+        let result = write_txn(&db, |floors, meta| {
+            write_floors(floors, &batch)?;
+            if let Some(t) = target {
+                written_r = Some(raise_key(meta, KEY_RESERVED, t)?);
+            }
+            Ok(())
+        });
+        let mut g = lock(inner);
+        if let Err(e) = result {
+            if g.db.as_ref().is_some_and(|d| Arc::ptr_eq(d, &db)) {
+                g.db = None;
+            }
+            return Err(db_err(&path, e));
+        }
+        let Some(res) = g.reservation.as_mut() else {
+            // Closed meanwhile: what was written only refuses more.
+            return Ok(TickReport::default());
+        };
+        res.written(&batch);
+        if let Some(r) = written_r {
+            res.durable = res.durable.max(r);
+        }
+        Ok(TickReport {
+            floors_written: batch.len(),
+            extended_to: written_r,
+        })
     }
 
     /// [`ReplayDb::prune`].
@@ -495,6 +730,10 @@ impl Inner {
         self.global = new_global;
         for (id, _) in &victims {
             self.floors.remove(id);
+            // G now refuses what the dirty entry would have.
+            if let Some(res) = self.reservation.as_mut() {
+                res.dirty.remove(id);
+            }
         }
         if self.floors.capacity() > 64 && self.floors.len() < self.floors.capacity() / 4 {
             self.floors.shrink_to_fit();
@@ -536,18 +775,7 @@ impl Inner {
         let Some(db) = self.db.as_ref() else {
             return Err(db_err(&self.path, redb::Error::DatabaseClosed));
         };
-        let result = (|| -> Result<(), redb::Error> {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
-            {
-                let mut floors = txn.open_table(FLOORS)?;
-                let mut meta = txn.open_table(META)?;
-                f(&mut floors, &mut meta)?;
-            }
-            txn.commit()?;
-            Ok(())
-        })();
-        result.map_err(|e| {
+        write_txn(db, f).map_err(|e| {
             // redb refuses further writes after a failed commit until the
             // file is reopened; dropping it here makes the next write do so.
             self.db = None;
@@ -579,7 +807,10 @@ impl Inner {
         if let Some(o) = loaded.order_reserved {
             self.order_reserved = self.order_reserved.max(o);
         }
-        self.db = Some(loaded.db);
+        if let (Some(r), Some(res)) = (loaded.reserved, self.reservation.as_mut()) {
+            res.durable = res.durable.max(r);
+        }
+        self.db = Some(Arc::new(loaded.db));
         Ok(())
     }
 }
@@ -606,6 +837,55 @@ impl ReplayState for ReplayDb {
     ) -> Result<(), StoreError> {
         self.commit_many(&[(*first.0, first.1), (*second.0, second.1)])
     }
+}
+
+/// One write transaction committed with immediate durability (an `fsync`
+/// before it returns).
+fn write_txn<F>(db: &Database, f: F) -> Result<(), redb::Error>
+where
+    F: FnOnce(
+        &mut redb::Table<'_, &'static [u8; 32], u64>,
+        &mut redb::Table<'_, &'static str, u64>,
+    ) -> Result<(), redb::Error>,
+{
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    {
+        let mut floors = txn.open_table(FLOORS)?;
+        let mut meta = txn.open_table(META)?;
+        f(&mut floors, &mut meta)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// Raises each listed floor on disk (never lowers one).
+fn write_floors(
+    floors: &mut redb::Table<'_, &'static [u8; 32], u64>,
+    entries: &HashMap<IdentityKey, u64>,
+) -> Result<(), redb::Error> {
+    for (id, ts) in entries {
+        let old = floors.get(&id.0)?.map(|g| g.value());
+        let new = old.map_or(*ts, |o| o.max(*ts));
+        if old != Some(new) {
+            floors.insert(&id.0, new)?;
+        }
+    }
+    Ok(())
+}
+
+/// Raises `meta[key]` to at least `value`; returns the value stored.
+fn raise_key(
+    meta: &mut redb::Table<'_, &'static str, u64>,
+    key: &str,
+    value: u64,
+) -> Result<u64, redb::Error> {
+    let old = meta.get(key)?.map(|v| v.value());
+    let new = old.map_or(value, |o| o.max(value));
+    if old != Some(new) {
+        meta.insert(key, new)?;
+    }
+    Ok(new)
 }
 
 fn builder() -> redb::Builder {
@@ -648,6 +928,7 @@ fn load(path: &Path) -> Result<Loaded, LoadError> {
                 floors: state.floors,
                 global: state.global,
                 order_reserved: state.order_reserved,
+                reserved: state.reserved,
             })
         }
     }
@@ -659,6 +940,7 @@ struct State {
     global: Option<u64>,
     format: Option<u64>,
     order_reserved: Option<u64>,
+    reserved: Option<u64>,
 }
 
 fn read_state(db: &Database) -> Result<State, redb::Error> {
@@ -675,13 +957,14 @@ fn read_state(db: &Database) -> Result<State, redb::Error> {
         Err(redb::TableError::TableDoesNotExist(_)) => {}
         Err(e) => return Err(e.into()),
     }
-    let (global, format, order_reserved) = match txn.open_table(META) {
+    let (global, format, order_reserved, reserved) = match txn.open_table(META) {
         Ok(t) => (
             t.get(KEY_GLOBAL)?.map(|v| v.value()),
             t.get(KEY_FORMAT)?.map(|v| v.value()),
             t.get(KEY_ORDER)?.map(|v| v.value()),
+            t.get(KEY_RESERVED)?.map(|v| v.value()),
         ),
-        Err(redb::TableError::TableDoesNotExist(_)) => (None, None, None),
+        Err(redb::TableError::TableDoesNotExist(_)) => (None, None, None, None),
         Err(e) => return Err(e.into()),
     };
     Ok(State {
@@ -689,6 +972,7 @@ fn read_state(db: &Database) -> Result<State, redb::Error> {
         global,
         format,
         order_reserved,
+        reserved,
     })
 }
 

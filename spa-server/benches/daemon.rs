@@ -550,6 +550,11 @@ impl Drop for Files {
 
 /// Writes a daemon configuration using replay store `db`; returns its path.
 fn write_config(f: &Files, name: &str, db: &Path) -> PathBuf {
+    write_config_with(f, name, db, "")
+}
+
+/// [`write_config`] with more `[daemon]` keys (`daemon_extra`, one per line).
+fn write_config_with(f: &Files, name: &str, db: &Path, daemon_extra: &str) -> PathBuf {
     let text = format!(
         r#"[daemon]
 knock_port = {PORT}
@@ -560,6 +565,7 @@ replay_db = "{db}"
 control_socket = "{ctl}"
 user = "nobody"
 log_format = "json"
+{daemon_extra}
 
 [trust]
 anchors = ["{ca}"]
@@ -1506,6 +1512,9 @@ fn is_root() -> bool {
     })
 }
 
+#[path = "daemon/disk_load.rs"]
+mod disk_load;
+
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
     if !is_root() {
@@ -1513,6 +1522,10 @@ fn main() {
             "daemon bench",
             "needs root (network namespaces, nftables, AF_PACKET)",
         );
+        return;
+    }
+    if bench && std::env::var_os("SPA_BENCH_DISK").is_some() {
+        disk_load::main();
         return;
     }
     let t_all = Instant::now();

@@ -1479,3 +1479,103 @@ fn revoke_session_closes_it_and_sigterm_removes_the_table() {
         .expect("no firewall after a clean stop");
     eprintln!("done in {:?}", started.elapsed());
 }
+
+/// SPEC §7.3.1, the replay reservation under kill -9: green (two
+/// verification workers, the reservation on by default) is killed at a
+/// random point while a burst of valid knocks from four identities is being
+/// accepted, three times over the same replay store. After each restart,
+/// every knock ever sent (accepted or still queued when green died) is
+/// replayed from the client's own address: all are refused, none opens.
+#[test]
+fn kill9_at_random_points_then_every_accepted_knock_replayed_is_refused() {
+    let lab = Lab::new();
+    let pki = Pki::new("kill9 e2e CA");
+    let anchor = pki.write_ca(&lab.path("ca.pem"));
+    let rpk = lab.green_key();
+    let cfg = lab.green_config(
+        &anchor,
+        None,
+        "[[rules]]\nidentity = \"*\"\nservices = [\"ssh\"]\n\
+         [ips]\nrate = 100000\nburst = 100000\n",
+    );
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    std::fs::write(
+        &cfg,
+        text.replacen("[daemon]\n", "[daemon]\nworkers = 2\n", 1),
+    )
+    .expect("config");
+    let signers: Vec<_> = (0..4)
+        .map(|i| pki.signer(&spec(&format!("k{i}"), 900 + i)))
+        .collect();
+    let seed = now_ms();
+    eprintln!("seed {seed}");
+    let mut rng = seed | 1;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut sent: Vec<Vec<u8>> = Vec::new();
+    let mut green = lab.start_green(&cfg, "green-0.log");
+    for round in 1..=3u32 {
+        // Knocks until some are accepted (an event), then a burst of a
+        // random length, and kill -9 right after it: green dies while it
+        // verifies, commits and opens.
+        let accepted_before = green.counter("accepted.open-tunnel");
+        let mut i = 0usize;
+        while green.counter("accepted.open-tunnel") == accepted_before {
+            let k = knock_for(signers[i % 4].as_ref(), &rpk, CLIENT);
+            lab.send_from_client(&k);
+            sent.push(k);
+            i += 1;
+            assert!(i < 1000, "nothing accepted:\n{}", green.log_text());
+        }
+        let burst = 20 + usize::try_from(next() % 150).expect("small");
+        for j in 0..burst {
+            let k = knock_for(signers[j % 4].as_ref(), &rpk, CLIENT);
+            lab.send_from_client(&k);
+            sent.push(k);
+        }
+        green.kill9();
+        green = lab.start_green(&cfg, &format!("green-{round}.log"));
+        let st = green.status();
+        assert!(
+            green.log_text().contains("did not release its reservation"),
+            "round {round}: no reservation applied:\n{}",
+            green.log_text()
+        );
+        for k in &sent {
+            lab.send_from_client(k);
+        }
+        let refused = || green.counter("refused.replayed") + green.counter("refused.stale");
+        assert!(
+            wait_until(Duration::from_secs(20), || refused()
+                >= u64::try_from(sent.len()).expect("count")),
+            "round {round}: {} of {} replays refused: {}",
+            refused(),
+            sent.len(),
+            green.status()
+        );
+        assert_eq!(
+            green.counter("accepted.open-tunnel"),
+            0,
+            "round {round}: a replay was accepted after kill -9 (seed {seed}): {st}\n{}",
+            green.log_text()
+        );
+        eprintln!(
+            "round {round}: {} knocks sent so far, all refused after the restart; G {}",
+            sent.len(),
+            green.status()["replay_store"]["global_floor"]
+        );
+    }
+    // Once the clock passes the reservation, fresh knocks are accepted.
+    let g = green.status()["replay_store"]["global_floor"]
+        .as_u64()
+        .expect("global floor");
+    while now_ms() <= g {
+        std::thread::yield_now();
+    }
+    lab.send_from_client(&knock_for(signers[0].as_ref(), &rpk, CLIENT));
+    green.wait_counter("accepted.open-tunnel", 1);
+}

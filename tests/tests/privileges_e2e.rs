@@ -452,6 +452,13 @@ fn revocation_applies_without_restart_only_with_readable_trust_files() {
     );
 }
 
+/// Adds `keys` (lines) to the `[daemon]` section of `config`.
+fn set_daemon_keys(config: &Path, keys: &str) {
+    let text = std::fs::read_to_string(config).expect("config");
+    let text = text.replacen("[daemon]\n", &format!("[daemon]\n{keys}"), 1);
+    std::fs::write(config, text).expect("config");
+}
+
 /// One line of `/proc/<pid>/task/<tid>/status`, its value.
 fn status_field<'a>(status: &'a str, key: &str) -> &'a str {
     status
@@ -467,6 +474,9 @@ fn status_field<'a>(status: &'a str, key: &str) -> &'a str {
 fn every_thread_drops_privileges() {
     let bed = Bed::new(true);
     let config = bed.config(None, true);
+    // Two verification workers whatever the machine's core count, and the
+    // replay reservation's writer (on by default): their threads too.
+    set_daemon_keys(&config, "workers = 2\n");
     let green = bed.start(&bin("spa-server"), &config);
     // A connection to the tunnel port over green's loopback (accepted in
     // blackhole mode): a thread serves it (TLS handshake) while it is held.
@@ -501,6 +511,14 @@ fn every_thread_drops_privileges() {
     );
     let all = names();
     assert!(all.iter().any(|(_, c)| c == "tunnel-accept"), "{all:?}");
+    assert!(all.iter().any(|(_, c)| c == "spa-reserve"), "{all:?}");
+    assert_eq!(
+        all.iter()
+            .filter(|(_, c)| c.starts_with("spa-verify"))
+            .count(),
+        2,
+        "{all:?}"
+    );
     let uid = bed.uid.to_string();
     for (tid, comm) in &all {
         let st = std::fs::read_to_string(format!("{tasks}/{tid}/status")).expect("status");
@@ -530,6 +548,9 @@ fn every_thread_drops_privileges() {
 fn replay_store_reopens_after_a_failed_write_as_the_daemon_user() {
     let bed = Bed::new(false);
     let config = bed.config(None, false);
+    // Every knock written before its verdict (no reservation, SPEC §7.3.1):
+    // the write that fails is the knock's own.
+    set_daemon_keys(&config, "replay_reservation_ms = 0\n");
     // SIGXFSZ ignored (inherited across exec), so that a write past the
     // limit fails with EFBIG instead of killing the daemon.
     let wrapper = bed.dir.join("spa-server-noxfsz");
