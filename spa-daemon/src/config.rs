@@ -72,6 +72,7 @@
 //! max_blocks = 65536            # running blocks at most (also the nft set size)
 //!
 //! [relay]                       # spa-server only: services that live on red
+//!                               # (several reds: [[relay]] entries, see relays.rs)
 //! red = "10.200.60.2:62202"     # red's order port
 //! red_key = "base64…"           # red's X25519 public key (red-relay pubkey)
 //! signing_key = "/etc/spa/green-signing.key" # spa-server keygen --signing
@@ -108,9 +109,11 @@ use serde::Deserialize;
 
 mod check;
 mod green;
+mod relays;
 mod sections;
 
 pub use green::{RelayPort, RelaySection, RelayService, TunnelSection};
+pub use relays::{MAX_REDS, MetricsSection, Relays};
 pub use sections::{
     DaemonSection, FirewallSection, GatewayEntry, IpsSection, PolicySection, RuleEntry,
     ServiceEntry, TimeSection, TrustSection,
@@ -145,12 +148,16 @@ pub struct Config {
     /// red-relay only: the gateways whose orders are accepted.
     #[serde(default)]
     pub gateways: Vec<GatewayEntry>,
-    /// spa-server only: relaying request-service and close knocks to red.
+    /// spa-server only: relaying request-service and close knocks to red:
+    /// one `[relay]` table, or one `[[relay]]` entry per red.
     #[serde(default)]
-    pub relay: Option<RelaySection>,
+    pub relay: Relays,
     /// spa-server only: the mutual-TLS tunnel endpoint.
     #[serde(default)]
     pub tunnel: Option<TunnelSection>,
+    /// The opt-in Prometheus endpoint, for management networks only.
+    #[serde(default)]
+    pub metrics: Option<MetricsSection>,
     /// Where the knock floors live: the local file or a store shared by a
     /// fleet of greens (SPEC §7.6).
     #[serde(default)]

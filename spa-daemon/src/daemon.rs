@@ -34,6 +34,7 @@ use spa_capture::{Capture, Event};
 use spa_nft::{NftError, NftSets};
 
 mod hooks;
+mod publish;
 mod watch;
 
 pub use hooks::{Hooks, NoHooks};
@@ -94,6 +95,8 @@ pub struct Daemon<G: Gate, H: Hooks> {
     pub hooks: H,
     /// Start time.
     pub started_ms: UnixMillis,
+    /// The Prometheus endpoint's registry (`[metrics]`), if enabled.
+    pub metrics: Option<crate::metrics::Metrics>,
     /// Pre-MAC refusals since the last summary line.
     quiet_refusals: u64,
     /// `capture.reassembly_dropped` as of the last summary line.
@@ -184,6 +187,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             flags: p.flags,
             hooks: p.hooks,
             started_ms: now,
+            metrics: None,
             quiet_refusals: 0,
             reassembly_dropped_logged: 0,
             last_summary_ms: now,
@@ -252,9 +256,22 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
         let Some((ip, blocked)) = self.admit(src, payload, now) else {
             return;
         };
-        let result = match self.shared.as_mut() {
-            Some(shared) => self.gate.verify(payload, ip, now, shared),
-            None => self.gate.verify(payload, ip, now, &mut self.replay),
+        // With [metrics], the durable commit is timed (SPEC §7.3), nothing
+        // else on this path.
+        let timer = self.metrics.as_ref().map(|m| &m.commit);
+        let result = match (self.shared.as_mut(), timer) {
+            (Some(shared), Some(h)) => {
+                self.gate
+                    .verify(payload, ip, now, &mut crate::metrics::Timed::new(shared, h))
+            }
+            (Some(shared), None) => self.gate.verify(payload, ip, now, shared),
+            (None, Some(h)) => self.gate.verify(
+                payload,
+                ip,
+                now,
+                &mut crate::metrics::Timed::new(&mut self.replay, h),
+            ),
+            (None, None) => self.gate.verify(payload, ip, now, &mut self.replay),
         };
         self.conclude(Done {
             src,
@@ -608,6 +625,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
                 self.hooks.session_closed(id, now);
             }
             self.blocked.expire(now);
+            self.publish_metrics(now);
             if let Some(ctl) = self.control.take() {
                 ctl.serve_pending(|req| self.control_request(req, now));
                 self.control = Some(ctl);
@@ -705,7 +723,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
         if let Some(s) = &self.shared {
             counters.extend(s.counters());
         }
-        json!({
+        let mut status = json!({
             "uptime_s": now.saturating_sub(self.started_ms) / 1000,
             "sessions": sessions,
             "openings": openings,
@@ -745,7 +763,11 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
                     "reassembly_dropped": st.reassembly_dropped,
                 })
             }),
-        })
+        });
+        if let Value::Object(map) = &mut status {
+            self.hooks.status(map, now);
+        }
+        status
     }
 
     fn control_request(&mut self, req: &Value, now: UnixMillis) -> Value {

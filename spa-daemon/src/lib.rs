@@ -17,6 +17,7 @@
 //!   [`ctl`] (control socket) and [`admin`] (the `status`,
 //!   `revoke-session` and `check-config` commands), [`privdrop`] and
 //!   [`access`] (what the dropped user can still read), [`logging`],
+//!   [`metrics`] (the opt-in Prometheus endpoint),
 //!   [`counters`], [`keygen`] (receiver and order-signing keys), [`cli`]
 //!   (the arguments both command lines share).
 //!
@@ -39,6 +40,7 @@ pub mod gate;
 pub mod ips;
 pub mod keygen;
 pub mod logging;
+pub mod metrics;
 pub mod privdrop;
 pub mod revocation;
 pub mod sessions;

@@ -3,7 +3,7 @@
 //!
 //! - Green's own parts: [`green`] (`spa-server run`: the knock verifier,
 //!   the relay and the tunnel around the framework's loop), [`relay`]
-//!   (green's counter-signed orders to red), [`tunnel`] (the mutual-TLS
+//!   (green's counter-signed orders to its reds), [`tunnel`] (the mutual-TLS
 //!   tunnel endpoint), [`etcd`] (knock floors shared by a fleet of greens,
 //!   SPEC §7.6).
 //! - The command line definitions ([`cli`]) and what `keygen` prints

@@ -273,17 +273,20 @@ impl Config {
             }
             _ => {}
         }
-        match (&self.relay, role) {
-            (Some(_), Role::Red) => bad(
+        if !self.relay.is_empty() && role == Role::Red {
+            bad(
                 "relay".into(),
                 "only spa-server relays to red; red-relay takes [[gateways]]".into(),
-            ),
-            (Some(r), Role::Green) => {
-                for (key, problem) in r.check(&names, self.time.max_age_ms) {
-                    bad(key, problem);
-                }
+            );
+        } else {
+            for (key, problem) in self.relay.check(&names, self.time.max_age_ms) {
+                bad(key, problem);
             }
-            (None, _) => {}
+        }
+        if let Some(m) = &self.metrics {
+            for (key, problem) in m.check(&self.firewall.management) {
+                bad(key, problem);
+            }
         }
         if let Some(t) = &self.tunnel {
             if role == Role::Red {

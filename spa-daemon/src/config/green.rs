@@ -121,20 +121,24 @@ pub(super) fn default_resends() -> u32 {
 impl RelaySection {
     /// Problems of `[relay]`, keys included. `local` are the names of
     /// `[[services]]`; `max_age_ms` is `[time] max_age_ms`.
+    ///
+    /// `at` is how the file names this section: `relay` for a single
+    /// `[relay]` table, `relay[N]` for an entry of `[[relay]]`.
     pub fn check(
         &self,
+        at: &str,
         local: &std::collections::HashSet<String>,
         max_age_ms: u64,
     ) -> Vec<(String, String)> {
         let mut p = Vec::new();
         let red = match self.red.parse::<std::net::SocketAddr>() {
             Ok(a) if a.port() == 0 => {
-                p.push(("relay.red".into(), "the port must be 1..=65535".into()));
+                p.push((format!("{at}.red"), "the port must be 1..=65535".into()));
                 None
             }
             Ok(a) if a.ip().is_unspecified() || a.ip().is_multicast() => {
                 p.push((
-                    "relay.red".into(),
+                    format!("{at}.red"),
                     format!("'{}': not a unicast address", self.red),
                 ));
                 None
@@ -142,7 +146,7 @@ impl RelaySection {
             Ok(a) => Some(a),
             Err(_) => {
                 p.push((
-                    "relay.red".into(),
+                    format!("{at}.red"),
                     format!(
                         "'{}': use ADDRESS:PORT, e.g. 10.0.0.2:62202 or [fd00::2]:62202",
                         self.red
@@ -152,15 +156,15 @@ impl RelaySection {
             }
         };
         if let Err(e) = spa_keys::decode_public_key(&self.red_key) {
-            p.push(("relay.red_key".into(), e.to_string()));
+            p.push((format!("{at}.red_key"), e.to_string()));
         }
         if let Err(e) = spa_keys::read_gateway_signer(&self.signing_key) {
-            p.push(("relay.signing_key".into(), e.to_string()));
+            p.push((format!("{at}.signing_key"), e.to_string()));
         }
         match self.source.parse::<IpAddr>() {
             Ok(a) if a.is_unspecified() || a.is_multicast() || a.to_canonical() != a => {
                 p.push((
-                    "relay.source".into(),
+                    format!("{at}.source"),
                     format!(
                         "'{}': green's own unicast address toward red (not IPv4-mapped)",
                         self.source
@@ -168,18 +172,18 @@ impl RelaySection {
                 ));
             }
             Ok(a) if red.is_some_and(|r| r.is_ipv4() != a.is_ipv4()) => p.push((
-                "relay.source".into(),
-                format!("'{}' and relay.red are of different families", self.source),
+                format!("{at}.source"),
+                format!("'{}' and {at}.red are of different families", self.source),
             )),
             Ok(_) => {}
             Err(_) => p.push((
-                "relay.source".into(),
+                format!("{at}.source"),
                 format!("'{}' is not an IP address", self.source),
             )),
         }
         if self.services.is_empty() {
             p.push((
-                "relay.services".into(),
+                format!("{at}.services"),
                 "at least one service on red".into(),
             ));
         }
@@ -188,48 +192,48 @@ impl RelaySection {
             let name = s.name();
             if !proto_spec::body::is_valid_service_name(name.as_bytes()) {
                 p.push((
-                    format!("relay.services[{i}]"),
+                    format!("{at}.services[{i}]"),
                     format!("'{name}': 1-32 of a-z 0-9 . _ -"),
                 ));
             }
             if !seen.insert(name) {
                 p.push((
-                    format!("relay.services[{i}]"),
+                    format!("{at}.services[{i}]"),
                     format!("'{name}' is listed twice"),
                 ));
             }
             if local.contains(name) {
                 p.push((
-                    format!("relay.services[{i}]"),
+                    format!("{at}.services[{i}]"),
                     format!("'{name}' is also a local service in [[services]]: name it once"),
                 ));
             }
             if let RelayService::Port(RelayPort { proto, port, .. }) = s {
                 if parse_proto(proto).is_none() {
                     p.push((
-                        format!("relay.services[{i}].proto"),
+                        format!("{at}.services[{i}].proto"),
                         format!("'{proto}': use \"tcp\" or \"udp\""),
                     ));
                 }
                 if *port == 0 {
                     p.push((
-                        format!("relay.services[{i}].port"),
+                        format!("{at}.services[{i}].port"),
                         "must be 1..=65535".into(),
                     ));
                 }
             }
         }
         if !(10..=10_000).contains(&self.resend_ms) {
-            p.push(("relay.resend_ms".into(), "must be 10..=10000".into()));
+            p.push((format!("{at}.resend_ms"), "must be 10..=10000".into()));
         }
         if self.resends > 20 {
-            p.push(("relay.resends".into(), "must be 0..=20".into()));
+            p.push((format!("{at}.resends"), "must be 0..=20".into()));
         }
         // SPEC §5.1: green stops repeating a body once it is older than
         // MAX_AGE; every copy should still be fresh at red.
         if self.resend_ms.saturating_mul(u64::from(self.resends)) >= max_age_ms {
             p.push((
-                "relay.resends".into(),
+                format!("{at}.resends"),
                 format!("resends × resend_ms must stay below time.max_age_ms ({max_age_ms} ms)"),
             ));
         }

@@ -163,7 +163,7 @@ source = "10.200.60.1"
 services = ["red-dns", { name = "web", port = 80 }]
 "#;
     let cfg = parse(text, Path::new("x.toml")).expect("parses");
-    let r = cfg.relay.expect("relay");
+    let r = &cfg.relay[0];
     assert_eq!(r.services[0].name(), "red-dns");
     assert!(matches!(&r.services[1], RelayService::Port(p) if p.port == 80 && p.proto == "tcp"));
     assert_eq!((r.resend_ms, r.resends), (300, 5));
@@ -208,7 +208,7 @@ fn relay_problems_name_their_keys() {
     };
     let local = ["ssh".to_owned()].into_iter().collect();
     let keys: Vec<String> = r
-        .check(&local, 60_000)
+        .check("relay", &local, 60_000)
         .into_iter()
         .map(|(k, _)| k)
         .collect();
@@ -230,7 +230,7 @@ fn relay_problems_name_their_keys() {
         red: "10.200.60.2:62202".into(),
         ..r.clone()
     };
-    let problems = mixed.check(&local, 60_000);
+    let problems = mixed.check("relay", &local, 60_000);
     assert!(
         problems
             .iter()
@@ -243,7 +243,7 @@ fn relay_problems_name_their_keys() {
         ..mixed
     };
     assert!(
-        slow.check(&local, 60_000)
+        slow.check("relay", &local, 60_000)
             .iter()
             .any(|(k, p)| k == "relay.resends" && p.contains("max_age_ms"))
     );

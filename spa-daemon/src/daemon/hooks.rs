@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use proto_spec::UnixMillis;
+use serde_json::Value;
 
 use crate::gate::Decision;
 
@@ -22,6 +23,9 @@ pub trait Hooks {
     fn counters(&self) -> Vec<(String, u64)> {
         Vec::new()
     }
+    /// The hooks' own sections of `status` (green's relay: `relay`, one
+    /// entry per red).
+    fn status(&self, _out: &mut serde_json::Map<String, Value>, _now: UnixMillis) {}
 }
 
 /// No hooks.
@@ -51,6 +55,11 @@ impl<H: Hooks> Hooks for Option<H> {
     fn counters(&self) -> Vec<(String, u64)> {
         self.as_ref().map(Hooks::counters).unwrap_or_default()
     }
+    fn status(&self, out: &mut serde_json::Map<String, Value>, now: UnixMillis) {
+        if let Some(h) = self {
+            h.status(out, now);
+        }
+    }
 }
 
 /// Two sets of hooks, in order.
@@ -71,5 +80,9 @@ impl<A: Hooks, B: Hooks> Hooks for (A, B) {
         let mut v = self.0.counters();
         v.extend(self.1.counters());
         v
+    }
+    fn status(&self, out: &mut serde_json::Map<String, Value>, now: UnixMillis) {
+        self.0.status(out, now);
+        self.1.status(out, now);
     }
 }

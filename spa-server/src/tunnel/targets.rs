@@ -47,9 +47,11 @@ pub fn targets(cfg: &Config) -> HashMap<String, Target> {
             );
         }
     }
-    if let Some(r) = &cfg.relay
-        && let Ok(red) = r.red.parse::<SocketAddr>()
-    {
+    // Each red's services, reached from green's own address toward that red.
+    for r in cfg.relay.iter() {
+        let Ok(red) = r.red.parse::<SocketAddr>() else {
+            continue;
+        };
         let source = r.source.parse::<IpAddr>().ok();
         for s in &r.services {
             if let RelayService::Port(p) = s
