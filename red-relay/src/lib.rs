@@ -252,7 +252,7 @@ mod tests {
         let text = std::fs::read_to_string(&path).expect("example");
         let cfg = spa_daemon::config::parse(&text, &path).expect("parses");
         assert_eq!(cfg.gateways.len(), 1);
-        assert!(cfg.relay.is_none());
+        assert!(cfg.relay.is_empty());
         assert_eq!(hosted_services(&cfg), vec!["web".to_owned()]);
     }
 

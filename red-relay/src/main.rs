@@ -1,7 +1,7 @@
 //! `red-relay`: red, the hidden server that verifies green's orders and
 //! opens its firewall for green's address and the services they carry;
 //! never answers. This file only dispatches: the work is in the library
-//! (and in spa-server's, which it shares).
+//! (and in the daemon framework, `spa-daemon`, which green shares).
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;

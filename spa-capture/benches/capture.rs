@@ -17,9 +17,7 @@
 //! without root it fails unless `SPA_TEST_ALLOW_SKIP=1`.
 
 use std::fs::File;
-use std::io::IoSlice;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -27,7 +25,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sched::{CloneFlags, setns};
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
 use spa_capture::{Capture, CaptureConfig, CaptureMode, CaptureStats};
 
 const PORT: u16 = 62201;
@@ -206,28 +203,7 @@ fn fill() -> u64 {
 fn blast(limit: u64, until: Duration) -> (u64, Duration) {
     let s = UdpSocket::bind((B4, 0)).expect("bind");
     s.connect(SocketAddr::from((A4, PORT))).expect("connect");
-    let payload = [0x5au8; 16];
-    let iov = [IoSlice::new(&payload)];
-    let slices: Vec<[IoSlice<'_>; 1]> = vec![iov; SEND_BATCH];
-    let addrs: Vec<Option<SockaddrStorage>> = vec![None; SEND_BATCH];
-    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(SEND_BATCH, None);
-    let (t0, mut sent) = (Instant::now(), 0u64);
-    while sent < limit && t0.elapsed() < until {
-        let n = usize::try_from(limit - sent)
-            .unwrap_or(SEND_BATCH)
-            .min(SEND_BATCH);
-        if let Ok(r) = sendmmsg(
-            s.as_raw_fd(),
-            &mut headers,
-            &slices[..n],
-            &addrs[..n],
-            [],
-            MsgFlags::empty(),
-        ) {
-            sent += r.count() as u64;
-        }
-    }
-    (sent, t0.elapsed())
+    tests::bench::send_batches(&s, &vec![vec![0x5au8; 16]; SEND_BATCH], limit, until)
 }
 
 fn read(cap: &mut Capture, mode: Mode) -> usize {

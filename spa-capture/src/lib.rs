@@ -1,12 +1,8 @@
 //! `spa-capture`: passive capture of knocks (and, optionally, of port-scan
-//! probes) for both daemons.
-//!
-//! May depend on: the standard library, `nix`/`libc`/`socket2` (sockets),
-//! `etherparse` (header parsing), `proto-spec` (only its wire size
-//! limits) and `spa-nft` (only its [`Proto`]). Never on the daemon
-//! framework: it hands out datagrams and probes, it does not judge them.
-//!
-//! # Capture
+//! probes) for both daemons. May depend on: `nix`/`socket2` (sockets),
+//! `etherparse` (headers), `proto-spec` (its size limits) and `spa-nft`
+//! (its [`Proto`]); never on the daemon framework: it hands out datagrams
+//! and probes, it does not judge them.
 //!
 //!
 //! Two modes:

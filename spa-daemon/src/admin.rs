@@ -167,6 +167,34 @@ pub fn status(c: &ControlArgs) -> anyhow::Result<ExitCode> {
             b["expires_in_s"]
         );
     }
+    // Green's relay: one line per red (SPEC §5).
+    for r in s["relay"].as_array().cloned().unwrap_or_default() {
+        let c = &r["counters"];
+        let n = |k: &str| c[k].as_u64().unwrap_or(0);
+        let services: Vec<&str> = r["services"]
+            .as_array()
+            .map(|v| v.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let last = match r["last_confirmed_age_s"].as_u64() {
+            Some(a) => format!("last confirmed {a} s ago"),
+            None => "never confirmed".to_owned(),
+        };
+        outln!(
+            out,
+            "red {} (from {}) hosts {}: {} session(s), {} order(s) repeating; requests {}, closes {}, orders sent {}, confirmed {}, unconfirmed {}, send failures {}; {last}",
+            r["red"].as_str().unwrap_or("?"),
+            r["source"].as_str().unwrap_or("?"),
+            services.join(","),
+            r["sessions"],
+            r["pending"],
+            n("relay.requests"),
+            n("relay.closes"),
+            n("relay.orders_sent"),
+            n("relay.confirmed"),
+            n("relay.unconfirmed"),
+            n("relay.send_failures") + n("relay.store_failures"),
+        );
+    }
     outln!(out, "counters:");
     if let Some(m) = s["counters"].as_object() {
         for (k, v) in m {

@@ -7,21 +7,19 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
-use proto_spec::cert::TrustStore;
 use proto_spec::verify::{Refused, Stage};
 use proto_spec::{Refusal, UnixMillis};
 use serde_json::{Value, json};
 use tracing::{debug, error, info, warn};
 
 pub use crate::blocked::Blocked;
-use crate::config::{Config, ServiceProto};
+use crate::config::ServiceProto;
 use crate::counters::Counters;
 use crate::ctl::ControlSocket;
 use crate::gate::{Decision, Gate};
@@ -33,180 +31,20 @@ use crate::sessions::{SessionTable, SharedSessions};
 use crate::store::{ReplayDb, Sequenced};
 use crate::workers::{Done, Job, Pool};
 use spa_capture::{Capture, Event};
-use spa_keys::trust::{TrustFileError, TrustFiles, load_trust};
 use spa_nft::{NftError, NftSets};
+
+mod hooks;
+mod publish;
+mod watch;
+
+pub use hooks::{Hooks, NoHooks};
+pub use watch::{Flags, ReloadFailure, TrustWatch, trust_files};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> UnixMillis {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Hooks a daemon adds to the shared loop (green relays orders to red).
-pub trait Hooks {
-    /// Called after an accepted decision was applied to the firewall; not
-    /// for one the session table refused (another identity's session id,
-    /// SPEC §8.1.1).
-    fn after_decision(&mut self, decision: &Decision, source: SocketAddr, now: UnixMillis);
-    /// Called when a session ends: closed by its client, revoked by the
-    /// operator, or every opening expired.
-    fn session_closed(&mut self, _session: &[u8; 16], _now: UnixMillis) {}
-    /// Called on every loop turn (timers).
-    fn tick(&mut self, _now: UnixMillis) {}
-    /// The hooks' own counters, reported by `status` beside the daemon's.
-    fn counters(&self) -> Vec<(String, u64)> {
-        Vec::new()
-    }
-}
-
-/// No hooks.
-#[derive(Debug, Default)]
-pub struct NoHooks;
-
-impl Hooks for NoHooks {
-    fn after_decision(&mut self, _: &Decision, _: SocketAddr, _: UnixMillis) {}
-}
-
-impl<H: Hooks> Hooks for Option<H> {
-    fn after_decision(&mut self, d: &Decision, source: SocketAddr, now: UnixMillis) {
-        if let Some(h) = self {
-            h.after_decision(d, source, now);
-        }
-    }
-    fn session_closed(&mut self, session: &[u8; 16], now: UnixMillis) {
-        if let Some(h) = self {
-            h.session_closed(session, now);
-        }
-    }
-    fn tick(&mut self, now: UnixMillis) {
-        if let Some(h) = self {
-            h.tick(now);
-        }
-    }
-    fn counters(&self) -> Vec<(String, u64)> {
-        self.as_ref().map(Hooks::counters).unwrap_or_default()
-    }
-}
-
-/// Two sets of hooks, in order.
-impl<A: Hooks, B: Hooks> Hooks for (A, B) {
-    fn after_decision(&mut self, d: &Decision, source: SocketAddr, now: UnixMillis) {
-        self.0.after_decision(d, source, now);
-        self.1.after_decision(d, source, now);
-    }
-    fn session_closed(&mut self, session: &[u8; 16], now: UnixMillis) {
-        self.0.session_closed(session, now);
-        self.1.session_closed(session, now);
-    }
-    fn tick(&mut self, now: UnixMillis) {
-        self.0.tick(now);
-        self.1.tick(now);
-    }
-    fn counters(&self) -> Vec<(String, u64)> {
-        let mut v = self.0.counters();
-        v.extend(self.1.counters());
-        v
-    }
-}
-
-/// Trust files and their modification times, for reloads, and the last
-/// reload failure (shown by `status` until a reload succeeds).
-#[derive(Debug)]
-pub struct TrustWatch {
-    files: TrustFiles,
-    stamps: Vec<Option<SystemTime>>,
-    /// The last failed reload, cleared by a successful one.
-    pub last_failure: Option<ReloadFailure>,
-}
-
-/// A trust reload that failed: the previous trust store stays in force.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReloadFailure {
-    /// The file concerned, when the error names one.
-    pub file: Option<PathBuf>,
-    /// The error.
-    pub error: String,
-    /// When, ms since the epoch.
-    pub at_ms: UnixMillis,
-    /// What triggered the reload.
-    pub trigger: String,
-}
-
-/// The `[trust]` section as files to load.
-pub fn trust_files(c: &Config) -> TrustFiles {
-    TrustFiles {
-        cas: c.trust.anchors.clone(),
-        intermediates: c.trust.intermediates.clone(),
-        crls: c.trust.crls.clone(),
-        unknown_revocation: if c.trust.unknown_revocation == "deny" {
-            proto_spec::cert::UnknownRevocation::Deny
-        } else {
-            proto_spec::cert::UnknownRevocation::Allow
-        },
-        expired_crl: if c.trust.expired_crl == "ignore" {
-            proto_spec::cert::ExpiredCrl::Ignore
-        } else {
-            proto_spec::cert::ExpiredCrl::Refuse
-        },
-    }
-}
-
-impl TrustWatch {
-    /// Records the current modification times.
-    pub fn new(files: TrustFiles) -> Self {
-        let stamps = Self::read_stamps(&files);
-        Self {
-            files,
-            stamps,
-            last_failure: None,
-        }
-    }
-
-    fn read_stamps(f: &TrustFiles) -> Vec<Option<SystemTime>> {
-        f.cas
-            .iter()
-            .chain(&f.intermediates)
-            .chain(&f.crls)
-            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-            .collect()
-    }
-
-    /// Whether any file changed since the last call.
-    pub fn changed(&mut self) -> bool {
-        let now = Self::read_stamps(&self.files);
-        if now != self.stamps {
-            self.stamps = now;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Loads the files (errors name the file).
-    pub fn load(&self) -> Result<TrustStore, TrustFileError> {
-        load_trust(&self.files)
-    }
-}
-
-/// Signals the loop watches.
-#[derive(Debug, Clone, Default)]
-pub struct Flags {
-    /// SIGTERM / SIGINT.
-    pub stop: Arc<AtomicBool>,
-    /// SIGHUP.
-    pub reload: Arc<AtomicBool>,
-}
-
-impl Flags {
-    /// Registers SIGTERM, SIGINT and SIGHUP.
-    pub fn register() -> std::io::Result<Self> {
-        let f = Self::default();
-        signal_hook::flag::register(signal_hook::consts::SIGTERM, f.stop.clone())?;
-        signal_hook::flag::register(signal_hook::consts::SIGINT, f.stop.clone())?;
-        signal_hook::flag::register(signal_hook::consts::SIGHUP, f.reload.clone())?;
-        Ok(f)
-    }
 }
 
 /// The daemon's state and its loop.
@@ -257,6 +95,8 @@ pub struct Daemon<G: Gate, H: Hooks> {
     pub hooks: H,
     /// Start time.
     pub started_ms: UnixMillis,
+    /// The Prometheus endpoint's registry (`[metrics]`), if enabled.
+    pub metrics: Option<crate::metrics::Metrics>,
     /// Pre-MAC refusals since the last summary line.
     quiet_refusals: u64,
     /// `capture.reassembly_dropped` as of the last summary line.
@@ -347,6 +187,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
             flags: p.flags,
             hooks: p.hooks,
             started_ms: now,
+            metrics: None,
             quiet_refusals: 0,
             reassembly_dropped_logged: 0,
             last_summary_ms: now,
@@ -415,9 +256,22 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
         let Some((ip, blocked)) = self.admit(src, payload, now) else {
             return;
         };
-        let result = match self.shared.as_mut() {
-            Some(shared) => self.gate.verify(payload, ip, now, shared),
-            None => self.gate.verify(payload, ip, now, &mut self.replay),
+        // With [metrics], the durable commit is timed (SPEC §7.3), nothing
+        // else on this path.
+        let timer = self.metrics.as_ref().map(|m| &m.commit);
+        let result = match (self.shared.as_mut(), timer) {
+            (Some(shared), Some(h)) => {
+                self.gate
+                    .verify(payload, ip, now, &mut crate::metrics::Timed::new(shared, h))
+            }
+            (Some(shared), None) => self.gate.verify(payload, ip, now, shared),
+            (None, Some(h)) => self.gate.verify(
+                payload,
+                ip,
+                now,
+                &mut crate::metrics::Timed::new(&mut self.replay, h),
+            ),
+            (None, None) => self.gate.verify(payload, ip, now, &mut self.replay),
         };
         self.conclude(Done {
             src,
@@ -610,7 +464,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
                 }
                 self.counters.bump(&format!("accepted.{kind}"));
                 info!(
-                    src = %addr, identity = %identity, session = %hex16(session), kind = *kind,
+                    src = %addr, identity = %identity, session = %hex16(session), kind = kind.name(),
                     services = %services.join(","), lifetime_s = *lifetime_s, "accepted"
                 );
                 true
@@ -771,6 +625,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
                 self.hooks.session_closed(id, now);
             }
             self.blocked.expire(now);
+            self.publish_metrics(now);
             if let Some(ctl) = self.control.take() {
                 ctl.serve_pending(|req| self.control_request(req, now));
                 self.control = Some(ctl);
@@ -868,7 +723,7 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
         if let Some(s) = &self.shared {
             counters.extend(s.counters());
         }
-        json!({
+        let mut status = json!({
             "uptime_s": now.saturating_sub(self.started_ms) / 1000,
             "sessions": sessions,
             "openings": openings,
@@ -908,7 +763,11 @@ impl<G: Gate, H: Hooks> Daemon<G, H> {
                     "reassembly_dropped": st.reassembly_dropped,
                 })
             }),
-        })
+        });
+        if let Value::Object(map) = &mut status {
+            self.hooks.status(map, now);
+        }
+        status
     }
 
     fn control_request(&mut self, req: &Value, now: UnixMillis) -> Value {

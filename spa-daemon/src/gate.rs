@@ -11,13 +11,54 @@ use proto_spec::replay::ReplayState;
 use proto_spec::verify::{KnockVerifier, OrderAction, OrderVerifier, Refused, Stage};
 use proto_spec::{Refusal, UnixMillis};
 
+/// Which accepted datagram opened a session: green's two knocks that open
+/// (SPEC §4.2) or red's order (SPEC §5). Counted and logged by its
+/// [`name`](OpenKind::name) (`accepted.open-tunnel`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OpenKind {
+    /// An open-tunnel knock: the tunnel port, for the tunnel's grants.
+    OpenTunnel,
+    /// A request-service knock (green-local, or relayed to red).
+    RequestService,
+    /// Green's order, at red.
+    Order,
+}
+
+impl OpenKind {
+    /// The kind of an opening knock's message type; `None` for close
+    /// (which opens nothing).
+    pub fn of(t: MessageType) -> Option<Self> {
+        match t {
+            MessageType::OpenTunnel => Some(Self::OpenTunnel),
+            MessageType::RequestService => Some(Self::RequestService),
+            MessageType::Order => Some(Self::Order),
+            MessageType::Close => None,
+        }
+    }
+
+    /// The message type's name (SPEC §4.2), as counters and logs show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::OpenTunnel => MessageType::OpenTunnel.name(),
+            Self::RequestService => MessageType::RequestService.name(),
+            Self::Order => MessageType::Order.name(),
+        }
+    }
+}
+
+impl std::fmt::Display for OpenKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// What an accepted datagram asks the daemon to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Open `services` for `addr` for `lifetime_s`, in session `session`.
     Open {
         /// Which knock it was (open-tunnel or request-service; order).
-        kind: &'static str,
+        kind: OpenKind,
         /// The session.
         session: [u8; 16],
         /// Who.
@@ -91,15 +132,15 @@ impl Gate for KnockVerifier {
     ) -> Result<Decision, Refused> {
         let k = KnockVerifier::verify_detailed(self, datagram, source, now, replay)?;
         let identity = k.identity.display_name();
-        Ok(match k.msg_type {
-            MessageType::Close => Decision::Close {
+        Ok(match OpenKind::of(k.msg_type) {
+            None => Decision::Close {
                 session: k.session_id,
                 identity,
                 identity_key: k.identity.key,
                 body: k.body,
             },
-            t => Decision::Open {
-                kind: t.name(),
+            Some(kind) => Decision::Open {
+                kind,
                 session: k.session_id,
                 identity,
                 identity_key: k.identity.key,
@@ -143,7 +184,7 @@ impl Gate for OrderVerifier {
                 body: Vec::new(),
             },
             OrderAction::Open => Decision::Open {
-                kind: "order",
+                kind: OpenKind::Order,
                 session: o.session_id,
                 identity,
                 identity_key: o.client.key,

@@ -17,6 +17,7 @@
 //!   [`ctl`] (control socket) and [`admin`] (the `status`,
 //!   `revoke-session` and `check-config` commands), [`privdrop`] and
 //!   [`access`] (what the dropped user can still read), [`logging`],
+//!   [`metrics`] (the opt-in Prometheus endpoint),
 //!   [`counters`], [`keygen`] (receiver and order-signing keys), [`cli`]
 //!   (the arguments both command lines share), [`preflight`] (what
 //!   `check-config` checks of `run`'s start beyond the values), [`init`]
@@ -42,6 +43,7 @@ pub mod init;
 pub mod ips;
 pub mod keygen;
 pub mod logging;
+pub mod metrics;
 pub mod preflight;
 pub mod privdrop;
 pub mod revocation;

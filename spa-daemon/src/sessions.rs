@@ -29,7 +29,7 @@ use proto_spec::cert::IdentityKey;
 use serde_json::{Value, json};
 
 use crate::config::ServiceProto;
-use crate::gate::Decision;
+use crate::gate::{Decision, OpenKind};
 use spa_nft::{NftError, NftSets};
 
 /// A session id (SPEC §4).
@@ -224,7 +224,7 @@ impl SessionTable {
         };
         self.check_owner(session, identity_key)?;
         let expires_ms = now.saturating_add(u64::from(*lifetime_s) * 1000);
-        let tunnel = *kind == proto_spec::body::MessageType::OpenTunnel.name();
+        let tunnel = *kind == OpenKind::OpenTunnel;
         let mut out = Opened::default();
         let mut granted = Vec::new();
         for name in services {

@@ -117,6 +117,12 @@ pub fn firewall_config(cfg: &Config) -> Result<FirewallConfig, StartError> {
         .iter()
         .filter_map(|s| config::parse_cidr(s))
         .collect();
+    // Only management sources reach the metrics port.
+    fw.metrics_port = cfg
+        .metrics
+        .as_ref()
+        .and_then(config::MetricsSection::addr)
+        .map(|a| a.port());
     fw.forward = Forward {
         policy: f.forward.parse().unwrap_or_default(),
         allow: f
@@ -146,6 +152,8 @@ pub struct Setup {
     pub flags: Flags,
     /// The session table (green's tunnel shares it).
     pub sessions: SharedSessions,
+    /// The metrics listener (`[metrics]`), bound; served after the drop.
+    pub metrics: Option<crate::metrics::Listener>,
 }
 
 impl std::fmt::Debug for Setup {
@@ -210,6 +218,14 @@ pub fn setup(cfg: Config) -> Result<Setup, StartError> {
     let mut control = ControlSocket::bind(&cfg.daemon.control_socket).map_err(|e| {
         step("control socket")(format!("{}: {e}", cfg.daemon.control_socket.display()))
     })?;
+    // Bound with privileges (any port), served by threads that start
+    // after the drop.
+    let metrics = cfg
+        .metrics
+        .as_ref()
+        .map(|m| crate::metrics::Listener::bind(&m.listen))
+        .transpose()
+        .map_err(|e| step("metrics")(e.to_string()))?;
     let user = cfg.daemon.user.as_deref().filter(|u| *u != "root");
     if let Some(user) = user {
         let (uid, gid) =
@@ -249,6 +265,7 @@ pub fn setup(cfg: Config) -> Result<Setup, StartError> {
         trust,
         flags,
         sessions: SharedSessions::default(),
+        metrics,
     })
 }
 
@@ -404,6 +421,24 @@ pub fn run_daemon_with<G: Gate + Send + 'static, H: Hooks>(
         info!(lead_ms = lead, reserved = ?s.db.reservation(), "replay store: reservation in force (no fsync per knock)");
         Some(t)
     };
+    // The metrics endpoint, before the workers: they time their commits.
+    let metrics = match s.metrics {
+        Some(listener) => {
+            let mut m = crate::metrics::Metrics::new();
+            let management = s
+                .cfg
+                .firewall
+                .management
+                .iter()
+                .filter_map(|n| config::parse_cidr(n))
+                .collect();
+            m.serve(listener, management)
+                .map_err(|e| step("metrics")(e.to_string()))?;
+            Some(m)
+        }
+        None => None,
+    };
+    let commit_timer = metrics.as_ref().map(|m| m.commit.clone());
     let remove = s.cfg.firewall.remove_on_exit;
     let table = s.cfg.firewall.table.clone();
     let mut d = Daemon::new(
@@ -431,7 +466,7 @@ pub fn run_daemon_with<G: Gate + Send + 'static, H: Hooks>(
     } else if !workers.is_empty() {
         let n = workers.len();
         d.pool = Some(
-            crate::workers::Pool::spawn(workers, &d.db)
+            crate::workers::Pool::spawn(workers, &d.db, commit_timer)
                 .map_err(|e| step("verification threads")(e.to_string()))?,
         );
         info!(workers = n, "verification on worker threads");
@@ -445,6 +480,7 @@ pub fn run_daemon_with<G: Gate + Send + 'static, H: Hooks>(
     .map_err(|e| step("ips")(e.to_string()))?;
     d.blocked = crate::blocked::Blocked::new(s.cfg.ips.max_blocks);
     d.shared = shared;
+    d.metrics = metrics;
     // Prune floors only once they are older than every window in force.
     d.prune_max_age_ms = s
         .cfg

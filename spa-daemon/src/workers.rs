@@ -83,7 +83,13 @@ impl std::fmt::Debug for Msg {
 impl Pool {
     /// One thread (`spa-verify-<i>`) per verifier in `gates`, each with a
     /// checked handle on `db`.
-    pub fn spawn<G: Gate + Send + 'static>(gates: Vec<G>, db: &ReplayDb) -> std::io::Result<Self> {
+    /// With `commit_timer` (`[metrics]`), each durable commit is timed into
+    /// it ([`crate::metrics::Timed`]).
+    pub fn spawn<G: Gate + Send + 'static>(
+        gates: Vec<G>,
+        db: &ReplayDb,
+        commit_timer: Option<prometheus_client::metrics::histogram::Histogram>,
+    ) -> std::io::Result<Self> {
         let (done_tx, done) = channel();
         let mut senders = Vec::with_capacity(gates.len());
         let mut handles = Vec::with_capacity(gates.len());
@@ -91,6 +97,7 @@ impl Pool {
             let (tx, rx) = channel::<Msg>();
             let done_tx = done_tx.clone();
             let mut replay = Sequenced::new(db);
+            let timer = commit_timer.clone();
             let h = std::thread::Builder::new()
                 .name(format!("spa-verify-{i}"))
                 .spawn(move || {
@@ -100,8 +107,17 @@ impl Pool {
                                 let out = jobs
                                     .into_iter()
                                     .map(|(seq, j)| {
-                                        let result =
-                                            gate.verify(&j.payload, j.ip, j.now, &mut replay);
+                                        let result = match &timer {
+                                            Some(h) => gate.verify(
+                                                &j.payload,
+                                                j.ip,
+                                                j.now,
+                                                &mut crate::metrics::Timed::new(&mut replay, h),
+                                            ),
+                                            None => {
+                                                gate.verify(&j.payload, j.ip, j.now, &mut replay)
+                                            }
+                                        };
                                         let done = Done {
                                             src: j.src,
                                             ip: j.ip,

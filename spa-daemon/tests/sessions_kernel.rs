@@ -26,7 +26,7 @@ fn owners_reset_the_kernel_timeout_up_and_down_without_a_gap() {
     in_netns(
         "owners_reset_the_kernel_timeout_up_and_down_without_a_gap",
         || {
-            use spa_daemon::gate::Decision;
+            use spa_daemon::gate::{Decision, OpenKind};
             use spa_daemon::sessions::SessionTable;
             use std::collections::HashMap;
             use std::sync::Arc;
@@ -48,7 +48,7 @@ fn owners_reset_the_kernel_timeout_up_and_down_without_a_gap() {
             }
             let local = HashMap::from([("web".to_owned(), (Proto::Tcp, port))]);
             let knock = |session: u8, lifetime_s: u32| Decision::Open {
-                kind: "request-service",
+                kind: OpenKind::RequestService,
                 session: [session; 16],
                 identity: format!("id{session}"),
                 identity_key: proto_spec::cert::IdentityKey([session; 32]),

@@ -322,7 +322,7 @@ fn v6(a: IpAddr) -> Ipv6Addr {
 /// The original tuple of one `IPCTNL_MSG_CT_NEW` dump message (payload
 /// after the netlink header). `None` for an entry without addresses or a
 /// protocol (nothing an opening admitted).
-fn parse_entry(payload: &[u8]) -> Result<Option<FlowTuple>, NftError> {
+pub(crate) fn parse_entry(payload: &[u8]) -> Result<Option<FlowTuple>, NftError> {
     let body = payload.get(4..).ok_or(NftError::Malformed(
         "ctnetlink message shorter than its nfgenmsg",
     ))?;

@@ -259,7 +259,7 @@ pub(super) fn netmask(v6: bool, prefix_len: u8) -> String {
 }
 
 /// An element as dumped: key bytes, timeout and expiration in ms.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(super) struct RawElem {
     key: Vec<u8>,
     timeout_ms: Option<u64>,

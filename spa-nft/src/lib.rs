@@ -145,6 +145,9 @@ mod netlink;
 mod ruleset;
 mod sets;
 
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+
 pub use conntrack::{ConntrackError, FlowTuple};
 pub use elements::{AllowEntry, BlockEntry, SetContents};
 pub use error::{NftError, SetOp};

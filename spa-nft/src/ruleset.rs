@@ -187,6 +187,11 @@ pub struct FirewallConfig {
     /// cannot grow kernel memory without limit. Set it to the daemon's
     /// `[ips] max_blocks` (default [`FirewallConfig::DEFAULT_BLOCK_SET_SIZE`]).
     pub block_set_size: u32,
+    /// The daemon's metrics port (`[metrics] listen`), if any: TCP to it is
+    /// dropped from every source but loopback and the management networks,
+    /// right after their accept rules (before `ct state established`, and
+    /// whatever a knock opened), in both modes.
+    pub metrics_port: Option<u16>,
 }
 
 impl FirewallConfig {
@@ -208,6 +213,7 @@ impl FirewallConfig {
             block_prefixes: BlockPrefixes::default(),
             forward: Forward::default(),
             block_set_size: Self::DEFAULT_BLOCK_SET_SIZE,
+            metrics_port: None,
         }
     }
 }
@@ -329,6 +335,10 @@ fn render_into(s: &mut String, cfg: &FirewallConfig) -> fmt::Result {
     }
     if !v6.is_empty() {
         writeln!(s, "\t\tip6 saddr {{ {} }} accept", v6.join(", "))?;
+    }
+    if let Some(port) = cfg.metrics_port {
+        // Management sources only (accepted just above).
+        writeln!(s, "\t\ttcp dport {port} counter drop")?;
     }
     writeln!(s, "\t\tct state established,related accept")?;
     writeln!(s, "\t\tip saddr @{SET_BLOCK4} drop")?;
@@ -662,6 +672,30 @@ table inet spa {
             "{text}"
         );
         assert!(text.starts_with("table inet gate_1 {\n"));
+    }
+
+    /// The metrics port admits management sources only: its drop comes
+    /// right after their accept, before established flows and knock
+    /// openings, in protect mode too.
+    #[test]
+    fn metrics_port_is_dropped_for_all_but_management() {
+        let cfg = FirewallConfig {
+            management: vec![net("192.0.2.0/24")],
+            metrics_port: Some(9462),
+            ..FirewallConfig::new(Mode::Protect {
+                ports: vec![(Proto::Tcp, 22)],
+            })
+        };
+        let text = Ruleset::render(&cfg);
+        assert!(
+            chain(&text, "input").contains(
+                "\t\tip saddr { 192.0.2.0/24 } accept\n\
+                 \t\ttcp dport 9462 counter drop\n\
+                 \t\tct state established,related accept\n"
+            ),
+            "{text}"
+        );
+        assert!(!Ruleset::render(&FirewallConfig::default()).contains("9462"));
     }
 
     #[test]

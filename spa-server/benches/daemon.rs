@@ -56,20 +56,16 @@
 )]
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufRead, BufReader, IoSlice, Read, Write};
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use nix::sched::{CloneFlags, setns};
 use nix::sys::signal::{Signal, kill};
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
 use nix::unistd::Pid;
 use proto_spec::body::{MessageType, OpenFor};
 use proto_spec::cert::IdentityKey;
@@ -80,6 +76,11 @@ use proto_spec::testkit::{self, ClientCertSpec, KeyAlg, TestCa};
 use serde_json::{Value, json};
 use spa_capture::{Capture, CaptureConfig, CaptureMode, Event};
 use spa_daemon::store::ReplayDb;
+use tests::bench::{
+    Cpu, LogTail, Monitor, Proc, Rng, accepted_times, children_cpu, clk_tck, diff, in_ns, mean,
+    now_ns, packet_drops, pct, proc_cpu, proc_status, proc_threads, spawn_in, sum_prefix, task_cpu,
+    wait_for_file,
+};
 
 const PORT: u16 = 62201;
 const GREEN: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
@@ -113,13 +114,6 @@ const FWK_HMAC: &str =
     "OXuCgb0O2yRb9/yRvK0j81oYjNEV/HQSX6BqCA6DVyd2NSorK9aTeaLJiMbcOrCRUAtCO5qo2sZDTltrFvDrwg==";
 
 // ---------------------------------------------------------------- helpers
-
-fn now_ns() -> i128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i128
-}
 
 fn now_ms() -> u64 {
     u64::try_from(now_ns() / 1_000_000).unwrap()
@@ -158,208 +152,6 @@ fn tput_addr(i: usize) -> Ipv4Addr {
 const WARMUP: Ipv4Addr = Ipv4Addr::new(10, 200, 3, 1);
 const WARMUP2: Ipv4Addr = Ipv4Addr::new(10, 200, 3, 2);
 const WARMUP3: Ipv4Addr = Ipv4Addr::new(10, 200, 3, 3);
-
-/// splitmix64.
-struct Rng(u64);
-impl Rng {
-    fn new() -> Self {
-        let r = spa_keys::random_32().unwrap();
-        Rng(u64::from_le_bytes(r[..8].try_into().unwrap()))
-    }
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn pct(v: &[f64], p: f64) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let idx = ((p * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1;
-    s[idx]
-}
-
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len() as f64
-}
-
-/// A child process, stopped (SIGTERM, then SIGKILL) when dropped.
-struct Proc {
-    child: Child,
-    what: &'static str,
-}
-
-impl Proc {
-    fn pid(&self) -> i32 {
-        i32::try_from(self.child.id()).unwrap()
-    }
-    /// SIGTERM (or `sig`), wait up to 5 s, then SIGKILL.
-    fn stop_with(&mut self, sig: Signal) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let _ = kill(Pid::from_raw(self.pid()), sig);
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(5) {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        eprintln!("{} did not stop: SIGKILL", self.what);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-    fn stop(&mut self) {
-        self.stop_with(Signal::SIGTERM);
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Spawns `args` in namespace `ns` (`ip netns exec` execs the program, so
-/// the child's pid is the program's), output to `log`.
-fn spawn_in(ns: &str, args: &[&str], log: &Path, what: &'static str) -> Proc {
-    let f = File::create(log).unwrap();
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
-        .env_remove("SSH_CONNECTION")
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(f.try_clone().unwrap()))
-        .stderr(Stdio::from(f))
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot spawn {args:?}: {e}"));
-    Proc { child, what }
-}
-
-fn wait_for_file(path: &Path, needle: &str, timeout: Duration) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < timeout {
-        if std::fs::read_to_string(path).is_ok_and(|s| s.contains(needle)) {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
-/// Runs `f` on a thread that entered network namespace `ns` (sockets it
-/// opens stay in that namespace whichever thread uses them later).
-fn in_ns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> thread::JoinHandle<T> {
-    let path = format!("/run/netns/{ns}");
-    thread::spawn(move || {
-        let fd = File::open(&path).expect("netns file");
-        setns(&fd, CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-}
-
-/// utime + stime (seconds, from `stat`) and the scheduler's run time
-/// (seconds, from `schedstat`) of a task directory (`/proc/<pid>` summed
-/// over its threads, or `/proc/thread-self`).
-#[derive(Debug, Clone, Copy, Default)]
-struct Cpu {
-    stat_s: f64,
-    sched_s: f64,
-}
-
-impl std::ops::Sub for Cpu {
-    type Output = Cpu;
-    fn sub(self, o: Cpu) -> Cpu {
-        Cpu {
-            stat_s: self.stat_s - o.stat_s,
-            sched_s: self.sched_s - o.sched_s,
-        }
-    }
-}
-
-fn clk_tck() -> f64 {
-    run(Command::new("getconf").arg("CLK_TCK"))
-        .trim()
-        .parse()
-        .unwrap_or(100.0)
-}
-
-fn task_cpu(dir: &Path, tck: f64) -> Cpu {
-    let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest[0] is field 3 (state): utime is field 14, stime field 15.
-    let ticks = f.get(11).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-    let sched = std::fs::read_to_string(dir.join("schedstat"))
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or(0);
-    Cpu {
-        stat_s: ticks as f64 / tck,
-        sched_s: sched as f64 / 1e9,
-    }
-}
-
-/// A process: `stat` is the whole process (threads included); schedstat
-/// is summed over its tasks.
-fn proc_cpu(pid: i32, tck: f64) -> Cpu {
-    let base = PathBuf::from(format!("/proc/{pid}"));
-    let mut c = task_cpu(&base, tck);
-    c.sched_s = 0.0;
-    if let Ok(rd) = std::fs::read_dir(base.join("task")) {
-        for t in rd.flatten() {
-            c.sched_s += task_cpu(&t.path(), tck).sched_s;
-        }
-    }
-    c
-}
-
-/// cutime + cstime of a process (its waited-for children), seconds.
-fn children_cpu(pid: i32, tck: f64) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let t = f.get(13).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(14).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-    t as f64 / tck
-}
-
-fn proc_status(pid: i32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
-
-fn proc_threads(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count)
-}
-
-/// Drops counted on the packet sockets of process `pid` in namespace
-/// `ns` (`ss -0 -m`, the `d` of `skmem`: the socket's `sk_drops`).
-fn packet_drops(ns: &str, pid: i32) -> Option<u64> {
-    let out = run(Command::new("ip").args(["netns", "exec", ns, "ss", "-0", "-a", "-m", "-p"]));
-    let tag = format!("pid={pid},");
-    out.lines().filter(|l| l.contains(&tag)).find_map(|l| {
-        let sk = l.split("skmem:(").nth(1)?;
-        sk.split([',', ')'])
-            .find_map(|f| f.strip_prefix('d').and_then(|d| d.parse().ok()))
-    })
-}
 
 // ------------------------------------------------------------- test bed
 
@@ -630,143 +422,7 @@ fn counters(f: &Files) -> HashMap<String, u64> {
         .collect()
 }
 
-fn sum_prefix(c: &HashMap<String, u64>, prefix: &str) -> u64 {
-    c.iter()
-        .filter(|(k, _)| k.starts_with(prefix))
-        .map(|(_, v)| v)
-        .sum()
-}
-
-fn diff(after: &HashMap<String, u64>, before: &HashMap<String, u64>) -> HashMap<String, u64> {
-    after
-        .iter()
-        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
-        .filter(|(_, v)| *v > 0)
-        .collect()
-}
-
-/// Counts complete log lines containing a needle as the file grows.
-struct LogTail {
-    file: File,
-    carry: Vec<u8>,
-}
-
-impl LogTail {
-    fn open(p: &Path) -> Self {
-        let mut file = File::open(p).unwrap();
-        let mut skip = Vec::new();
-        file.read_to_end(&mut skip).unwrap();
-        LogTail {
-            file,
-            carry: Vec::new(),
-        }
-    }
-    fn count_new(&mut self, needle: &[u8]) -> usize {
-        let mut buf = Vec::new();
-        let _ = self.file.read_to_end(&mut buf);
-        self.carry.extend_from_slice(&buf);
-        let Some(last_nl) = self.carry.iter().rposition(|&b| b == b'\n') else {
-            return 0;
-        };
-        let n = self.carry[..=last_nl]
-            .split(|&b| b == b'\n')
-            .filter(|l| l.windows(needle.len()).any(|w| w == needle))
-            .count();
-        self.carry.drain(..=last_nl);
-        n
-    }
-}
-
-/// `src` → timestamp (ns) of the first "accepted" line of each source.
-fn accepted_times(log: &Path) -> HashMap<Ipv4Addr, i128> {
-    let mut m = HashMap::new();
-    for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
-        if v["message"] != "accepted" {
-            continue;
-        }
-        let (Some(src), Some(ts)) = (v["src"].as_str(), v["timestamp"].as_str()) else {
-            continue;
-        };
-        let (Ok(addr), Ok(t)) = (
-            src.parse::<Ipv4Addr>(),
-            time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339),
-        ) else {
-            continue;
-        };
-        m.entry(addr).or_insert(t.unix_timestamp_nanos());
-    }
-    m
-}
-
 // ------------------------------------------------- observers: nft, tcpdump
-
-/// `nft monitor` in green's namespace; every line time-stamped when read.
-struct Monitor {
-    _p: Proc,
-    rx: mpsc::Receiver<(i128, String)>,
-    seen: HashMap<Ipv4Addr, i128>,
-}
-
-fn ipv4_tokens(line: &str) -> Vec<Ipv4Addr> {
-    line.split(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .filter_map(|t| t.trim_matches('.').parse().ok())
-        .collect()
-}
-
-impl Monitor {
-    fn start(bed: &Bed) -> Self {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &bed.g, "nft", "monitor"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut p = Proc {
-            child,
-            what: "nft monitor",
-        };
-        let out = p.child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut r = BufReader::new(out);
-            let mut line = String::new();
-            while r.read_line(&mut line).is_ok_and(|n| n > 0) {
-                let t = now_ns();
-                if tx.send((t, std::mem::take(&mut line))).is_err() {
-                    break;
-                }
-            }
-        });
-        thread::sleep(Duration::from_millis(300));
-        Monitor {
-            _p: p,
-            rx,
-            seen: HashMap::new(),
-        }
-    }
-
-    /// When an `add element`/`add rule` naming `addr` was read, waiting up
-    /// to `timeout`.
-    fn wait_for(&mut self, addr: Ipv4Addr, timeout: Duration) -> Option<i128> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(&t) = self.seen.get(&addr) {
-                return Some(t);
-            }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            let (t, line) = self.rx.recv_timeout(left).ok()?;
-            if line.starts_with("add element") || line.starts_with("add rule") {
-                for a in ipv4_tokens(&line) {
-                    self.seen.entry(a).or_insert(t);
-                }
-            }
-        }
-    }
-}
 
 /// `tcpdump` on green's interface, writing a capture file.
 struct Tcpdump {
@@ -843,34 +499,15 @@ fn flood(s: &UdpSocket) -> (u64, Duration) {
 
 /// [`flood`] with explicit bounds (`max` is exact: a burst of `max`).
 fn flood_bounded(s: &UdpSocket, dur: Duration, max: u64) -> (u64, Duration) {
-    let mut rng = Rng::new();
+    let mut rng = Rng::seeded();
     let pool: Vec<Vec<u8>> = (0..SEND_BATCH)
         .map(|_| {
-            let mut v: Vec<u8> = (0..FLOOD_LEN).map(|_| rng.next() as u8).collect();
+            let mut v: Vec<u8> = (0..FLOOD_LEN).map(|_| rng.next_u64() as u8).collect();
             v[0] = proto_spec::wire::VERSION;
             v
         })
         .collect();
-    let slices: Vec<[IoSlice<'_>; 1]> = pool.iter().map(|p| [IoSlice::new(p)]).collect();
-    let addrs: Vec<Option<SockaddrStorage>> = vec![None; SEND_BATCH];
-    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(SEND_BATCH, None);
-    let (t0, mut sent) = (Instant::now(), 0u64);
-    while sent < max && t0.elapsed() < dur {
-        let n = usize::try_from(max - sent)
-            .unwrap_or(SEND_BATCH)
-            .min(SEND_BATCH);
-        if let Ok(r) = sendmmsg(
-            s.as_raw_fd(),
-            &mut headers,
-            &slices[..n],
-            &addrs[..n],
-            [],
-            MsgFlags::empty(),
-        ) {
-            sent += r.count() as u64;
-        }
-    }
-    (sent, t0.elapsed())
+    tests::bench::send_batches(s, &pool, max, dur)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1208,7 +845,7 @@ fn latency_series(
 ) -> Latency {
     let socks = sender_sockets(bed, (0..N_LAT).map(lat_addr).collect());
     let wsock = sender_socket(bed, warmup.0);
-    let mut mon = Monitor::start(bed);
+    let mut mon = Monitor::start(&bed.g);
     let dump = Tcpdump::start(bed, f, name);
     // Warm-up (first-time certificate validation, caches, page faults):
     // not measured.
@@ -1217,7 +854,7 @@ fn latency_series(
         mon.wait_for(warmup.0, Duration::from_secs(5)).is_some(),
         "{name}: warm-up knock did not open"
     );
-    let mut rng = Rng::new();
+    let mut rng = Rng::seeded();
     let mut sent_at = Vec::with_capacity(N_LAT);
     let mut seen_at = Vec::with_capacity(N_LAT);
     for (i, s) in socks.iter().enumerate() {
@@ -1262,7 +899,7 @@ fn latency_quiet(
     let socks = sender_sockets(bed, (0..n).map(quiet_addr).collect());
     let mut tail = LogTail::open(dlog);
     let needle = b"\"message\":\"accepted\"";
-    let mut rng = Rng::new();
+    let mut rng = Rng::seeded();
     let mut sent_at = Vec::with_capacity(n);
     for (i, s) in socks.iter().enumerate() {
         thread::sleep(Duration::from_micros(1000 + rng.below(3000)));
@@ -1385,7 +1022,7 @@ fn crypto_floor() -> f64 {
     let sk = ed25519_dalek::SigningKey::from_bytes(&testkit::seed("floor ed25519"));
     let vk = sk.verifying_key();
     let mut rng = Rng(7);
-    let msg: Vec<u8> = (0..600).map(|_| rng.next() as u8).collect();
+    let msg: Vec<u8> = (0..600).map(|_| rng.next_u64() as u8).collect();
     let sig = ed25519_dalek::Signer::sign(&sk, &msg);
     let mut batches = Vec::new();
     for _ in 0..7 {
@@ -1753,12 +1390,12 @@ fn main() {
     {
         let now = now_ms();
         let (mut db, _) = ReplayDb::open(&db_path, now - 10_000).unwrap();
-        let mut rng = Rng::new();
+        let mut rng = Rng::seeded();
         let entries: Vec<(IdentityKey, u64)> = (0..N_MEM_IDS)
             .map(|_| {
                 let mut k = [0u8; 32];
                 for c in k.chunks_mut(8) {
-                    c.copy_from_slice(&rng.next().to_le_bytes());
+                    c.copy_from_slice(&rng.next_u64().to_le_bytes());
                 }
                 (IdentityKey(k), now - rng.below(5_000))
             })

@@ -3,16 +3,17 @@
 //!
 //! - Green's own parts: [`green`] (`spa-server run`: the knock verifier,
 //!   the relay and the tunnel around the framework's loop), [`relay`]
-//!   (green's counter-signed orders to red), [`tunnel`] (the mutual-TLS
-//!   tunnel endpoint).
+//!   (green's counter-signed orders to its reds), [`tunnel`] (the mutual-TLS
+//!   tunnel endpoint), [`etcd`] (knock floors shared by a fleet of greens,
+//!   SPEC §7.6).
 //! - Green's first run ([`init`]), the command line definitions ([`cli`])
 //!   and what `keygen` prints ([`keygen_cmd`]); the CA tooling and its
 //!   `pki` commands are `spa-pki`'s.
 //!
 //! May depend on: `spa-daemon` (the framework), `spa-nft`, `spa-capture`,
-//! `spa-pki` (the `pki` command), `proto-spec`, `spa-keys`, `spa-tunnel`
-//! and the TLS crates. Nothing depends on it but its binary and its tests: red-relay
-//! never links it.
+//! `spa-pki` (the `pki` command), `proto-spec`, `spa-keys`, `spa-tunnel`,
+//! the TLS crates and the etcd client. Nothing depends on it but its binary
+//! and its tests: red-relay never links it.
 #![forbid(unsafe_code)]
 
 pub mod cli;

@@ -1,21 +1,32 @@
-//! Green's relay to red (SPEC §5, §8.1.1): the [`Hooks`] green runs when
-//! its configuration has a `[relay]` section.
+//! Green's relay to its reds (SPEC §5, §8.1.1): the [`Hooks`] green runs
+//! when its configuration has a `[relay]` table or `[[relay]]` entries,
+//! one per red (`link::RedLink`), each with its own address, key and
+//! services; a service lives on one red (checked by the configuration).
 //!
-//! - After an accepted **request-service** that names at least one service
-//!   of `[relay] services`, green seals an order to red
+//! - After an accepted **request-service** that names at least one
+//!   service of a red, green seals an order to that red
 //!   ([`proto_spec::seal::seal_order`]): a fresh `order_timestamp_ms`
 //!   (strictly increasing, `max(now, last + 1)`, SPEC §7.5), the client's
-//!   session id, the lifetime green granted, `addr` = `[relay] source`
-//!   (green's own address toward red, which red opens for), and the
-//!   client's body verbatim. It goes out as one UDP datagram from `source`
-//!   to `[relay] red`.
+//!   session id, the lifetime green granted, `addr` = that red's `source`
+//!   (green's own address toward it, which red opens for), and the
+//!   client's body verbatim. A request naming services of two reds goes
+//!   to both, the same body to each: each red judges only the names it
+//!   hosts (SPEC §5.2). Green records which reds each session touched.
 //! - After every accepted **close**, green sends a close order (lifetime
-//!   0) with the client's close body, and stops repeating that session's
-//!   requests. Closes are relayed whether or not the session used red:
-//!   green keeps no durable record of which sessions did.
+//!   0) with the client's close body to every red the session touched,
+//!   and only to those, and stops repeating that session's requests. A
+//!   session green does not know (ended long ago, or green restarted: the
+//!   record is in memory) is closed at every red: a close must not be
+//!   lost for want of a record (SPEC §5).
+//! - A session that ends without a client's close (expiry, the operator's
+//!   `revoke-session`, a CRL revocation) sends nothing: green holds no
+//!   close body signed by the client, and red verifies that signature
+//!   (SPEC §5.1). Red's openings end with their granted lifetime (red
+//!   grants at most what green granted), or by red's own CRL and
+//!   `revoke-session` (SPEC §9).
 //!
 //! Red never answers. To survive loss, green confirms a request by
-//! connecting to the first TCP service of the request on red, from
+//! connecting to the first TCP service of the request on that red, from
 //! `source`, with a non-blocking connect checked on every loop turn
 //! ([`Hooks::tick`]; the capture loop never waits for it). Until a probe
 //! connects, a fresh copy of the order (new timestamp and `ikmE`, SPEC
@@ -25,44 +36,48 @@
 //! [`BLIND_COPIES`] times (capped by `resends`) without confirmation.
 //!
 //! The order timestamp is durable (SPEC §7.5: red's floor for green is
-//! strict). Once [`Relay::use_store`] attached green's replay store, every
-//! order timestamp is covered by a *reservation* stored in that store
-//! ([`spa_daemon::store::OrderClock`]) and synced before the order leaves: when
-//! a timestamp would pass the stored bound, green first stores
-//! `timestamp + ORDER_RESERVE_MS` ([`ORDER_RESERVE_MS`]), then sends. On
-//! start the relay resumes from the stored bound (`last = bound`), so its
-//! next timestamp is `max(now, bound + 1)`: above everything sent before,
-//! also after a crash or with the clock set back. If the store cannot be
-//! written, the order is not sent (counted as `relay.store_failures`) and
-//! is retried with the next copy. Without a store (before `use_store`, and
-//! in unit tests) the timestamp is kept in memory only.
+//! strict) and shared by every red ([`OrderStamp`]: strictly increasing
+//! across all of them, so per red too). Once [`Relay::use_store`] attached
+//! green's replay store, every order timestamp is covered by a
+//! *reservation* stored in that store ([`spa_daemon::store::OrderClock`]) and
+//! synced before the order leaves: when a timestamp would pass the stored
+//! bound, green first stores `timestamp + ORDER_RESERVE_MS`
+//! ([`ORDER_RESERVE_MS`]), then sends. On start the relay resumes from the
+//! stored bound (`last = bound`), so its next timestamp is
+//! `max(now, bound + 1)`: above everything sent before, also after a crash
+//! or with the clock set back. If the store cannot be written, the order is
+//! not sent (counted as `relay.store_failures`) and is retried with the
+//! next copy. Without a store (before `use_store`, and in unit tests) the
+//! timestamp is kept in memory only.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+mod link;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 
 use proto_spec::UnixMillis;
-use proto_spec::body::{MessageType, parse_body};
-use proto_spec::keys::ReceiverPublicKey;
-use proto_spec::order::OrderFields;
-use proto_spec::seal::seal_order;
-use proto_spec::sign::GatewaySigner;
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use tracing::{debug, info, warn};
+use proto_spec::body::parse_body;
+use serde_json::{Map, Value};
+use tracing::{debug, info};
 
-use spa_daemon::config::{
-    Config, RelayPort, RelaySection, RelayService, ServiceProto, parse_proto,
-};
+use link::{Action, Pending, RedLink};
+use spa_daemon::config::{Config, RelaySection};
 use spa_daemon::counters::Counters;
 use spa_daemon::daemon::Hooks;
-use spa_daemon::gate::Decision;
+use spa_daemon::gate::{Decision, OpenKind};
 use spa_daemon::store::{OrderClock, ReplayDb};
 
 /// Unconfirmed copies after the first order of a close, or of a request
 /// with nothing to probe.
 pub const BLIND_COPIES: u32 = 2;
 
-/// Orders being repeated at once; beyond, an order is sent once.
+/// Orders being repeated at once, per red; beyond, an order is sent once.
 pub const MAX_PENDING: usize = 1024;
+
+/// Sessions whose reds green remembers after the session ended (so that a
+/// client's close that comes later still goes to those reds only); beyond,
+/// the oldest are forgotten and their close goes to every red.
+pub const MAX_ENDED: usize = 4096;
 
 /// How far past an order's timestamp green reserves timestamps durably
 /// (SPEC §7.5), ms. One synced write then covers an order and the copies
@@ -93,187 +108,153 @@ pub enum RelayError {
         /// Why.
         source: std::io::Error,
     },
+    /// One red's entry (`[[relay]]` number `index`).
+    #[error("relay[{index}] ({red}): {error}")]
+    Red {
+        /// Its place in the file.
+        index: usize,
+        /// Its `red` value.
+        red: String,
+        /// What is wrong.
+        error: Box<RelayError>,
+    },
 }
 
 fn bad(key: &'static str) -> impl Fn(String) -> RelayError {
     move |problem| RelayError::Config { key, problem }
 }
 
-/// What an order tells red.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Action {
-    Open,
-    Close,
-}
-
-/// A non-blocking TCP connect from `source` to a service on red.
-struct Probe {
-    sock: Socket,
-}
-
-enum ProbeState {
-    Pending,
-    Connected,
-    Failed,
-}
-
-impl Probe {
-    fn start(source: IpAddr, target: SocketAddr) -> std::io::Result<Self> {
-        let sock = Socket::new(
-            Domain::for_address(target),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )?;
-        sock.set_nonblocking(true)?;
-        sock.bind(&SockAddr::from(SocketAddr::new(source, 0)))?;
-        match sock.connect(&SockAddr::from(target)) {
-            Ok(()) => {}
-            Err(e)
-                if e.raw_os_error() == Some(libc::EINPROGRESS)
-                    || e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-        Ok(Self { sock })
-    }
-
-    /// Without blocking: a pending error means the connect failed; a peer
-    /// address means it completed (`getpeername` is `ENOTCONN` while the
-    /// SYN is unanswered).
-    fn state(&self) -> ProbeState {
-        match self.sock.take_error() {
-            Ok(Some(_)) | Err(_) => return ProbeState::Failed,
-            Ok(None) => {}
-        }
-        match self.sock.peer_addr() {
-            Ok(_) => ProbeState::Connected,
-            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => ProbeState::Pending,
-            Err(_) => ProbeState::Failed,
-        }
-    }
-}
-
-/// An order being repeated until confirmed or out of copies.
-struct Pending {
-    action: Action,
-    session: [u8; 16],
-    identity: String,
-    /// Red's services of the request (for logs).
-    services: Vec<String>,
-    lifetime_s: u32,
-    body: Vec<u8>,
-    body_ts: UnixMillis,
-    /// Orders sent so far.
-    sent: u32,
-    /// Copies allowed after the first.
-    copies: u32,
-    last_sent_ms: UnixMillis,
-    /// What to probe; `None`: blind repeats.
-    target: Option<SocketAddr>,
-    probe: Option<Probe>,
-    probed_this_round: bool,
-}
-
-/// The relay hooks.
-pub struct Relay {
-    red: SocketAddr,
-    red_key: ReceiverPublicKey,
-    signer: GatewaySigner,
-    source: IpAddr,
-    /// Red's services: their probe target, if TCP with a port.
-    services: HashMap<String, Option<u16>>,
-    resend_ms: u64,
-    resends: u32,
-    max_age_ms: u64,
-    socket: UdpSocket,
-    /// The last order timestamp handed out. SPEC §7.5.
+/// The order timestamps of every red (SPEC §7.5): strictly increasing,
+/// reserved durably before use once a store is attached.
+#[derive(Debug, Default)]
+pub struct OrderStamp {
+    /// The last order timestamp handed out.
     last_order_ms: UnixMillis,
     /// Where `last_order_ms` is reserved durably; `None`: memory only.
     clock: Option<OrderClock>,
-    pending: Vec<Pending>,
+}
+
+impl OrderStamp {
+    /// `max(now, last + 1)` (SPEC §7.5), durably reserved first when a
+    /// store is attached: on error no timestamp is handed out, and the
+    /// order must not be sent.
+    pub fn next(&mut self, now: UnixMillis) -> Result<UnixMillis, String> {
+        let ts = now.max(self.last_order_ms.saturating_add(1));
+        if let Some(clock) = &self.clock
+            && ts > clock.reserved()
+            && let Err(e) = clock.reserve(ts.saturating_add(ORDER_RESERVE_MS))
+        {
+            return Err(format!("order timestamp not stored, order not sent: {e}"));
+        }
+        self.last_order_ms = ts;
+        Ok(ts)
+    }
+}
+
+/// The relay hooks: every red, and which reds each session touched.
+pub struct Relay {
+    links: Vec<RedLink>,
+    /// Service name to the red that hosts it.
+    by_service: HashMap<String, usize>,
+    stamp: OrderStamp,
+    /// Live sessions: the reds they touched, one bit per link.
+    touched: HashMap<[u8; 16], u64>,
+    /// Ended sessions (expired, revoked, closed): their reds, and when,
+    /// for a client's close that comes after the end.
+    ended: HashMap<[u8; 16], (u64, UnixMillis)>,
+    /// `ended` in the order of the ends, oldest first.
+    ended_order: VecDeque<([u8; 16], UnixMillis)>,
+    max_age_ms: u64,
+    /// Per knock, not per red: `relay.requests`, `relay.closes`.
     counters: Counters,
 }
 
 impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let reds: Vec<String> = self.links.iter().map(|l| l.red.to_string()).collect();
         f.debug_struct("Relay")
-            .field("red", &self.red)
-            .field("source", &self.source)
-            .field("services", &self.services)
-            .field("pending", &self.pending.len())
+            .field("reds", &reds)
+            .field("sessions", &self.touched.len())
+            .field("pending", &self.pending())
             .finish_non_exhaustive()
     }
 }
 
 impl Relay {
-    /// The relay of a configuration, if it has a `[relay]` section.
+    /// The relay of a configuration, if it has `[relay]` or `[[relay]]`.
     pub fn from_config(cfg: &Config) -> Result<Option<Self>, RelayError> {
-        cfg.relay
-            .as_ref()
-            .map(|r| Self::new(r, cfg.time.max_age_ms))
-            .transpose()
+        if cfg.relay.is_empty() {
+            return Ok(None);
+        }
+        Self::many(&cfg.relay, cfg.time.max_age_ms).map(Some)
     }
 
-    /// Reads the signing key and binds the sending socket (to `source`,
-    /// with `IP_FREEBIND`, so that green may start before the interface
-    /// toward red has its address).
+    /// A relay to one red.
     pub fn new(r: &RelaySection, max_age_ms: u64) -> Result<Self, RelayError> {
-        let red: SocketAddr = r
-            .red
-            .parse()
-            .map_err(|_| bad("red")(format!("'{}' is not ADDRESS:PORT", r.red)))?;
-        let red_key =
-            spa_keys::decode_public_key(&r.red_key).map_err(|e| bad("red_key")(e.to_string()))?;
-        let signer = spa_keys::read_gateway_signer(&r.signing_key)
-            .map_err(|e| bad("signing_key")(e.to_string()))?;
-        let source: IpAddr = r
-            .source
-            .parse()
-            .map_err(|_| bad("source")(format!("'{}' is not an IP address", r.source)))?;
-        if source.is_ipv4() != red.is_ipv4() {
-            return Err(bad("source")("not of relay.red's address family".into()));
+        Self::many(std::slice::from_ref(r), max_age_ms)
+    }
+
+    /// A relay to every red of `reds`, in order. A service listed by two
+    /// reds goes to the first (the configuration check refuses it).
+    pub fn many(reds: &[RelaySection], max_age_ms: u64) -> Result<Self, RelayError> {
+        let mut links = Vec::with_capacity(reds.len());
+        let mut by_service = HashMap::new();
+        for (index, r) in reds.iter().enumerate() {
+            if index >= spa_daemon::config::MAX_REDS {
+                return Err(bad("red")("at most 64 reds".into()));
+            }
+            let link = RedLink::new(r, max_age_ms).map_err(|e| RelayError::Red {
+                index,
+                red: r.red.clone(),
+                error: Box::new(e),
+            })?;
+            for name in link.services.keys() {
+                by_service.entry(name.clone()).or_insert(index);
+            }
+            links.push(link);
         }
-        let mut services = HashMap::new();
-        for s in &r.services {
-            let target = match s {
-                RelayService::Name(_) => None,
-                RelayService::Port(RelayPort { proto, port, .. }) => match parse_proto(proto) {
-                    Some(ServiceProto::Tcp) => Some(*port),
-                    Some(_) => None,
-                    None => return Err(bad("services")(format!("unknown protocol '{proto}'"))),
-                },
-            };
-            services.insert(s.name().to_owned(), target);
-        }
-        let socket = bind_udp(source).map_err(|source_err| RelayError::Socket {
-            addr: source,
-            source: source_err,
-        })?;
         Ok(Self {
-            red,
-            red_key,
-            signer,
-            source,
-            services,
-            resend_ms: r.resend_ms.max(1),
-            resends: r.resends,
+            links,
+            by_service,
+            stamp: OrderStamp::default(),
+            touched: HashMap::new(),
+            ended: HashMap::new(),
             max_age_ms,
-            socket,
-            last_order_ms: 0,
-            clock: None,
-            pending: Vec::new(),
+            ended_order: VecDeque::new(),
             counters: Counters::default(),
         })
     }
 
-    /// Green's order-signing public key (what red's `[[gateways]]`
-    /// `signing_key` holds).
+    /// Green's order-signing public key toward the first red (what red's
+    /// `[[gateways]]` `signing_key` holds).
     pub fn gateway_key(&self) -> [u8; 32] {
-        self.signer.public_key()
+        self.links.first().map_or([0; 32], RedLink::gateway_key)
     }
 
-    /// Orders being repeated.
+    /// Orders being repeated, every red together.
     pub fn pending(&self) -> usize {
-        self.pending.len()
+        self.links.iter().map(|l| l.pending.len()).sum()
+    }
+
+    /// The reds (`red` addresses) `session` touched and is live at.
+    pub fn reds_of(&self, session: &[u8; 16]) -> Vec<SocketAddr> {
+        let mask = self.touched.get(session).copied().unwrap_or(0);
+        self.reds_in(mask).map(|i| self.links[i].red).collect()
+    }
+
+    /// A counter as `status` shows it: `relay.requests` and
+    /// `relay.closes` count knocks (a request to two reds is one), the
+    /// others orders, summed over every red.
+    pub fn counter(&self, name: &str) -> u64 {
+        if PER_KNOCK.contains(&name) {
+            self.counters.get(name)
+        } else {
+            self.links.iter().map(|l| l.counters.get(name)).sum()
+        }
+    }
+
+    fn reds_in(&self, mask: u64) -> impl Iterator<Item = usize> + '_ {
+        (0..self.links.len()).filter(move |i| mask & (1u64 << i) != 0)
     }
 
     /// Keeps the order timestamps durable in green's replay store (SPEC
@@ -282,162 +263,131 @@ impl Relay {
     pub fn use_store(&mut self, db: &ReplayDb) {
         let clock = db.order_clock();
         let stored = clock.reserved();
-        if stored > self.last_order_ms {
+        if stored > self.stamp.last_order_ms {
             info!(
                 reserved_ms = stored,
                 "relay: order timestamps resume above the stored reservation"
             );
         }
-        self.last_order_ms = self.last_order_ms.max(stored);
-        self.clock = Some(clock);
+        self.stamp.last_order_ms = self.stamp.last_order_ms.max(stored);
+        self.stamp.clock = Some(clock);
     }
 
-    /// `max(now, last + 1)` (SPEC §7.5), durably reserved first when a store
-    /// is attached: on error no timestamp is handed out, and the order must
-    /// not be sent.
-    fn next_timestamp(&mut self, now: UnixMillis) -> Result<UnixMillis, String> {
-        let ts = now.max(self.last_order_ms.saturating_add(1));
-        if let Some(clock) = &self.clock
-            && ts > clock.reserved()
-            && let Err(e) = clock.reserve(ts.saturating_add(ORDER_RESERVE_MS))
-        {
-            self.counters.bump("relay.store_failures");
-            return Err(format!("order timestamp not stored, order not sent: {e}"));
-        }
-        self.last_order_ms = ts;
-        Ok(ts)
-    }
-
-    /// Seals a fresh order for `p` and sends it.
-    fn send(&mut self, p: &Pending, now: UnixMillis) -> Result<(), String> {
-        let ikm = spa_keys::random_32().map_err(|e| e.to_string())?;
-        // Durable before the datagram exists, so before it is sent.
-        let order_timestamp_ms = self.next_timestamp(now)?;
-        let fields = OrderFields {
-            order_timestamp_ms,
-            session_id: p.session,
-            lifetime_s: p.lifetime_s,
-            open_for: self.source,
-            client_body: &p.body,
-        };
-        let datagram =
-            seal_order(&self.signer, &self.red_key, &fields, *ikm).map_err(|e| e.to_string())?;
-        self.socket
-            .send_to(&datagram, self.red)
-            .map_err(|e| format!("sending to {}: {e}", self.red))?;
-        self.counters.bump("relay.orders_sent");
-        Ok(())
-    }
-
-    /// Sends `p`'s first order and keeps it for repeats.
-    fn begin(&mut self, mut p: Pending, now: UnixMillis) {
-        let what = match p.action {
-            Action::Open => "request",
-            Action::Close => "close",
-        };
-        match self.send(&p, now) {
-            Ok(()) => info!(
-                red = %self.red, identity = %p.identity, session = %hex::encode(p.session),
-                services = %p.services.join(","), lifetime_s = p.lifetime_s,
-                "order sent to red ({what})"
-            ),
-            Err(e) => {
-                self.counters.bump("relay.send_failures");
-                warn!(red = %self.red, session = %hex::encode(p.session), error = %e,
-                    "order to red ({what}) not sent; retrying");
+    /// A request: an order to each red that hosts one of its services.
+    #[allow(clippy::too_many_arguments)]
+    fn request(
+        &mut self,
+        session: &[u8; 16],
+        identity: &str,
+        services: &[String],
+        lifetime_s: u32,
+        body: &[u8],
+        now: UnixMillis,
+    ) {
+        let mut per_red: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        for s in services {
+            if let Some(&i) = self.by_service.get(s.as_str()) {
+                per_red.entry(i).or_default().push(s.clone());
             }
         }
-        p.sent = 1;
-        p.last_sent_ms = now;
-        if p.copies == 0 && p.target.is_none() {
+        if per_red.is_empty() {
             return;
         }
-        if self.pending.len() >= MAX_PENDING {
+        if per_red.values().map(Vec::len).sum::<usize>() != services.len() || per_red.len() > 1 {
+            // SPEC §5.2: each red considers only the names it hosts and
+            // ignores the others, which green (or another red) judges.
             debug!(
-                session = %hex::encode(p.session),
-                "relay: too many orders being repeated; this one is sent once"
+                identity = %identity, session = %hex::encode(session),
+                services = %services.join(","), reds = per_red.len(),
+                "a request spans several hosts: each red judges only its own services"
             );
-            return;
         }
-        self.pending.push(p);
+        self.counters.bump("relay.requests");
+        let body_ts = body_timestamp(body, now);
+        for (i, names) in per_red {
+            *self.touched.entry(*session).or_insert(0) |= 1u64 << i;
+            let link = &mut self.links[i];
+            let target = link.probe_target(&names);
+            let copies = if target.is_some() {
+                link.resends
+            } else {
+                link.resends.min(BLIND_COPIES)
+            };
+            link.counters.bump("relay.requests");
+            let p = Pending::new(
+                Action::Open,
+                *session,
+                identity.to_owned(),
+                names,
+                lifetime_s,
+                body.to_vec(),
+                body_ts,
+                copies,
+                target,
+                now,
+            );
+            link.begin(p, now, &mut self.stamp);
+        }
     }
 
-    /// One repeat round of `p`: `Some(p)` to keep it.
-    fn turn(&mut self, mut p: Pending, now: UnixMillis) -> Option<Pending> {
-        let elapsed = now.saturating_sub(p.last_sent_ms);
-        if let Some(probe) = &p.probe {
-            match probe.state() {
-                ProbeState::Connected => {
-                    self.counters.bump("relay.confirmed");
-                    info!(
-                        red = %self.red, identity = %p.identity,
-                        session = %hex::encode(p.session), services = %p.services.join(","),
-                        orders = p.sent, "red opened for green (probe connected)"
-                    );
-                    return None;
-                }
-                ProbeState::Failed => p.probe = None,
-                ProbeState::Pending => {}
+    /// Forgets ended sessions beyond [`MAX_ENDED`], and those ended more
+    /// than twice `max_age_ms` ago: a client's close is fresh for
+    /// `max_age_ms` at most (SPEC §7.1). Amortized O(1).
+    fn forget_ended(&mut self, now: UnixMillis) {
+        let keep = self.max_age_ms.saturating_mul(2);
+        while let Some(&(session, at)) = self.ended_order.front() {
+            if self.ended_order.len() <= MAX_ENDED && now.saturating_sub(at) <= keep {
+                break;
+            }
+            self.ended_order.pop_front();
+            // Only if not ended again since (a later entry is queued).
+            if self.ended.get(&session).is_some_and(|&(_, t)| t == at) {
+                self.ended.remove(&session);
             }
         }
-        if let Some(target) = p.target
-            && !p.probed_this_round
-            && elapsed >= (self.resend_ms / 6).clamp(1, 100)
-        {
-            p.probed_this_round = true;
-            match Probe::start(self.source, target) {
-                Ok(probe) => p.probe = Some(probe),
-                Err(e) => debug!(target = %target, error = %e, "relay probe not started"),
+    }
+
+    /// A client's close: a close order to every red the session touched
+    /// (every red if green has no record of the session).
+    fn close(&mut self, session: &[u8; 16], identity: &str, body: &[u8], now: UnixMillis) {
+        let known = self
+            .touched
+            .remove(session)
+            .or_else(|| self.ended.remove(session).map(|(m, _)| m));
+        let mask = match known {
+            Some(m) => m,
+            None => {
+                debug!(session = %hex::encode(session),
+                    "close of a session green has no record of: relayed to every red");
+                u64::MAX
             }
+        };
+        self.counters.bump("relay.closes");
+        let body_ts = body_timestamp(body, now);
+        let reds: Vec<usize> = self.reds_in(mask).collect();
+        for i in reds {
+            let link = &mut self.links[i];
+            link.drop_session(session);
+            link.counters.bump("relay.closes");
+            let p = Pending::new(
+                Action::Close,
+                *session,
+                identity.to_owned(),
+                Vec::new(),
+                0,
+                body.to_vec(),
+                body_ts,
+                link.resends.min(BLIND_COPIES),
+                None,
+                now,
+            );
+            link.begin(p, now, &mut self.stamp);
         }
-        if elapsed < self.resend_ms {
-            return Some(p);
-        }
-        // The round is over: a fresh copy, or give up.
-        p.probe = None;
-        p.probed_this_round = false;
-        let too_old = now > p.body_ts.saturating_add(self.max_age_ms);
-        if p.sent > p.copies || too_old {
-            if p.target.is_some() {
-                self.counters.bump("relay.unconfirmed");
-                warn!(
-                    red = %self.red, identity = %p.identity, session = %hex::encode(p.session),
-                    services = %p.services.join(","), orders = p.sent,
-                    reason = if too_old { "the client's knock is older than max_age" } else { "no more copies" },
-                    "red did not open for green: refused, lost, or the service is down"
-                );
-            }
-            return None;
-        }
-        match self.send(&p, now) {
-            Ok(()) => {
-                debug!(session = %hex::encode(p.session), copy = p.sent, "order resent to red")
-            }
-            Err(e) => {
-                self.counters.bump("relay.send_failures");
-                warn!(red = %self.red, error = %e, "order to red not sent");
-            }
-        }
-        p.sent += 1;
-        p.last_sent_ms = now;
-        Some(p)
     }
 }
 
-fn bind_udp(source: IpAddr) -> std::io::Result<UdpSocket> {
-    let sock = Socket::new(
-        Domain::for_address(SocketAddr::new(source, 0)),
-        Type::DGRAM,
-        Some(Protocol::UDP),
-    )?;
-    if source.is_ipv4() {
-        sock.set_freebind_v4(true)?;
-    } else {
-        sock.set_freebind_v6(true)?;
-    }
-    sock.bind(&SockAddr::from(SocketAddr::new(source, 0)))?;
-    Ok(sock.into())
-}
+/// The counters [`Relay`] keeps per knock; each red keeps its own too.
+const PER_KNOCK: [&str; 2] = ["relay.requests", "relay.closes"];
 
 fn body_timestamp(body: &[u8], now: UnixMillis) -> UnixMillis {
     parse_body(body).map_or(now, |b| b.timestamp_ms)
@@ -454,49 +404,8 @@ impl Hooks for Relay {
                 lifetime_s,
                 body,
                 ..
-            } if *kind == MessageType::RequestService.name() => {
-                let red: Vec<String> = services
-                    .iter()
-                    .filter(|s| self.services.contains_key(s.as_str()))
-                    .cloned()
-                    .collect();
-                if red.is_empty() {
-                    return;
-                }
-                if red.len() != services.len() {
-                    // SPEC §5.2: red considers only the names it hosts and
-                    // ignores the others, which green judged.
-                    debug!(
-                        identity = %identity, session = %hex::encode(session),
-                        services = %services.join(","),
-                        "a request mixes green's and red's services: red judges only its own"
-                    );
-                }
-                let target = red
-                    .iter()
-                    .find_map(|s| self.services.get(s).copied().flatten())
-                    .map(|port| SocketAddr::new(self.red.ip(), port));
-                self.counters.bump("relay.requests");
-                let p = Pending {
-                    action: Action::Open,
-                    session: *session,
-                    identity: identity.clone(),
-                    services: red,
-                    lifetime_s: *lifetime_s,
-                    body_ts: body_timestamp(body, now),
-                    body: body.clone(),
-                    sent: 0,
-                    copies: if target.is_some() {
-                        self.resends
-                    } else {
-                        self.resends.min(BLIND_COPIES)
-                    },
-                    last_sent_ms: now,
-                    target,
-                    probe: None,
-                    probed_this_round: false,
-                };
-                self.begin(p, now);
+            } if *kind == OpenKind::RequestService => {
+                self.request(session, identity, services, *lifetime_s, body, now);
             }
             Decision::Open { .. } => {}
             Decision::Close {
@@ -504,63 +413,74 @@ impl Hooks for Relay {
                 identity,
                 body,
                 ..
-            } => {
-                // A close supersedes the session's requests still being
-                // repeated: a later copy would reopen what it closes.
-                self.pending.retain(|p| p.session != *session);
-                self.counters.bump("relay.closes");
-                let p = Pending {
-                    action: Action::Close,
-                    session: *session,
-                    identity: identity.clone(),
-                    services: Vec::new(),
-                    lifetime_s: 0,
-                    body_ts: body_timestamp(body, now),
-                    body: body.clone(),
-                    sent: 0,
-                    copies: self.resends.min(BLIND_COPIES),
-                    last_sent_ms: now,
-                    target: None,
-                    probe: None,
-                    probed_this_round: false,
-                };
-                self.begin(p, now);
-            }
+            } => self.close(session, identity, body, now),
         }
+    }
+
+    /// The session's reds move to `ended`: the daemon ends a session
+    /// (including for a client's close, just before
+    /// [`Hooks::after_decision`]) before the close is relayed.
+    /// Every ended session is recorded, also one that touched no red
+    /// (an open-tunnel only): its close then goes to no red.
+    fn session_closed(&mut self, session: &[u8; 16], now: UnixMillis) {
+        let mask = self.touched.remove(session).unwrap_or(0);
+        self.ended.insert(*session, (mask, now));
+        self.ended_order.push_back((*session, now));
+        self.forget_ended(now);
     }
 
     fn tick(&mut self, now: UnixMillis) {
-        if self.pending.is_empty() {
-            return;
+        for link in &mut self.links {
+            link.tick(now, &mut self.stamp);
         }
-        let pending = std::mem::take(&mut self.pending);
-        for p in pending {
-            if let Some(p) = self.turn(p, now) {
-                self.pending.push(p);
-            }
-        }
+        self.forget_ended(now);
     }
 
     fn counters(&self) -> Vec<(String, u64)> {
-        self.counters
-            .all()
+        let mut all = self.counters.all();
+        for l in &self.links {
+            for (k, v) in l.counters.all() {
+                if !PER_KNOCK.contains(&k.as_str()) {
+                    *all.entry(k).or_insert(0) += v;
+                }
+            }
+        }
+        all.into_iter().collect()
+    }
+
+    fn status(&self, out: &mut Map<String, Value>, now: UnixMillis) {
+        let reds: Vec<Value> = self
+            .links
             .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect()
+            .enumerate()
+            .map(|(i, l)| {
+                let sessions = self
+                    .touched
+                    .values()
+                    .filter(|m| *m & (1u64 << i) != 0)
+                    .count();
+                l.status(sessions, now)
+            })
+            .collect();
+        out.insert("relay".into(), Value::Array(reds));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proto_spec::body::MessageType;
     use proto_spec::body::OpenFor;
     use proto_spec::cert::{TrustConfig, TrustStore};
+    use proto_spec::keys::ReceiverPublicKey;
     use proto_spec::keys::ReceiverSecretKey;
     use proto_spec::policy::{IdentityPattern, Policy, Rule, ServiceSet};
     use proto_spec::replay::{MemoryReplayState, TimeLimits};
     use proto_spec::seal::{KnockRequest, seal_knock};
     use proto_spec::testkit::{self, ClientCertSpec, KeyAlg, TestCa, VECTOR_NOW};
     use proto_spec::verify::{Gateway, KnockVerifier, OrderAction, OrderVerifier};
+    use spa_daemon::config::{RelayPort, RelayService};
+    use std::net::UdpSocket;
 
     use spa_daemon::gate::Gate;
 
@@ -612,10 +532,10 @@ mod tests {
             60_000,
         )
         .expect("relay");
-        assert_eq!(r.next_timestamp(1000), Ok(1000));
-        assert_eq!(r.next_timestamp(1000), Ok(1001));
-        assert_eq!(r.next_timestamp(900), Ok(1002));
-        assert_eq!(r.next_timestamp(5000), Ok(5000));
+        assert_eq!(r.stamp.next(1000), Ok(1000));
+        assert_eq!(r.stamp.next(1000), Ok(1001));
+        assert_eq!(r.stamp.next(900), Ok(1002));
+        assert_eq!(r.stamp.next(5000), Ok(5000));
     }
 
     /// SPEC §7.5: each timestamp is covered by a stored reservation before
@@ -635,26 +555,26 @@ mod tests {
         let (db, _) = ReplayDb::open(&db_path, 1).expect("open");
         let mut r = Relay::new(&sec, 60_000).expect("relay");
         r.use_store(&db);
-        assert_eq!(r.next_timestamp(10_000), Ok(10_000));
+        assert_eq!(r.stamp.next(10_000), Ok(10_000));
         assert_eq!(db.order_clock().reserved(), 10_000 + ORDER_RESERVE_MS);
         // Inside the reservation: handed out without a write.
-        assert_eq!(r.next_timestamp(10_500), Ok(10_500));
-        assert_eq!(r.next_timestamp(10_500), Ok(10_501));
+        assert_eq!(r.stamp.next(10_500), Ok(10_500));
+        assert_eq!(r.stamp.next(10_500), Ok(10_501));
         assert_eq!(db.order_clock().reserved(), 11_000);
         // Past it: a new reservation first.
-        assert_eq!(r.next_timestamp(11_200), Ok(11_200));
+        assert_eq!(r.stamp.next(11_200), Ok(11_200));
         assert_eq!(db.order_clock().reserved(), 12_200);
         drop((r, db));
 
         let (db, _) = ReplayDb::open(&db_path, 2).expect("reopen");
         let mut r = Relay::new(&sec, 60_000).expect("relay after the restart");
         r.use_store(&db);
-        let first = r.next_timestamp(5_000).expect("timestamp");
+        let first = r.stamp.next(5_000).expect("timestamp");
         assert!(first > 11_200, "{first} is not above what was sent");
         assert_eq!(first, 12_201);
         assert_eq!(db.order_clock().reserved(), 12_201 + ORDER_RESERVE_MS);
         // Once the clock passes the bound, it leads again.
-        assert_eq!(r.next_timestamp(20_000), Ok(20_000));
+        assert_eq!(r.stamp.next(20_000), Ok(20_000));
     }
 
     /// The order that leaves the socket is one red accepts, opening for the
@@ -737,7 +657,7 @@ mod tests {
         )
         .expect("open");
         relay.after_decision(&d, from, now);
-        assert_eq!(relay.counters.get("relay.orders_sent"), 0);
+        assert_eq!(relay.counter("relay.orders_sent"), 0);
 
         let d = Gate::verify(
             &mut green,
@@ -793,7 +713,84 @@ mod tests {
             relay.tick(now + 2 + 300 * k);
         }
         assert_eq!(relay.pending(), 0);
-        assert_eq!(relay.counters.get("relay.orders_sent"), 5);
-        assert_eq!(relay.counters.get("relay.closes"), 1);
+        assert_eq!(relay.counter("relay.orders_sent"), 5);
+        assert_eq!(relay.counter("relay.closes"), 1);
+    }
+
+    /// Two reds: a request goes to the red of each service it names; a
+    /// close goes to the reds the session touched and only those; a close
+    /// of a session green has no record of goes to every red.
+    #[test]
+    fn routes_each_service_to_its_red_and_closes_only_touched_reds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let red_a = testkit::receiver_key("red");
+        let red_b = testkit::receiver_key("red b");
+        let rx_a = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let rx_b = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        for rx in [&rx_a, &rx_b] {
+            rx.set_nonblocking(true).expect("nonblocking");
+        }
+        let mut a = section(
+            dir.path(),
+            &red_a.public_key(),
+            rx_a.local_addr().expect("a"),
+        );
+        a.services = vec![RelayService::Name("web".into())];
+        let mut b = a.clone();
+        b.red = rx_b.local_addr().expect("b").to_string();
+        b.red_key = spa_keys::encode_public_key(&red_b.public_key());
+        b.services = vec![RelayService::Name("db".into())];
+        let mut relay = Relay::many(&[a, b], 60_000).expect("relay");
+        let from = SocketAddr::new(CLIENT, 5555);
+        let now = VECTOR_NOW;
+        let drain = |rx: &UdpSocket| {
+            let mut buf = [0u8; 2048];
+            std::iter::from_fn(|| rx.recv_from(&mut buf).ok()).count()
+        };
+        let open = |session: u8, services: &[&str]| Decision::Open {
+            kind: OpenKind::RequestService,
+            session: [session; 16],
+            identity: "cn:alice".into(),
+            identity_key: proto_spec::cert::IdentityKey([7; 32]),
+            addr: CLIENT,
+            services: services.iter().map(|s| s.to_string()).collect(),
+            lifetime_s: 30,
+            certificate: Vec::new(),
+            body: vec![0x5a; 200],
+        };
+        let close = |session: u8| Decision::Close {
+            session: [session; 16],
+            identity: "cn:alice".into(),
+            identity_key: proto_spec::cert::IdentityKey([7; 32]),
+            body: vec![0x5a; 200],
+        };
+        relay.after_decision(&open(1, &["web", "db"]), from, now);
+        relay.after_decision(&open(2, &["web", "tunnel"]), from, now);
+        assert_eq!(relay.reds_of(&[1; 16]).len(), 2);
+        assert_eq!(relay.reds_of(&[2; 16]), vec![rx_a.local_addr().expect("a")]);
+        assert_eq!((drain(&rx_a), drain(&rx_b)), (2, 1));
+        assert_eq!(relay.counter("relay.requests"), 2);
+        // Session 2 touched red A only: its close goes there alone, also
+        // once the daemon ended it first (as it does for a client's close).
+        relay.session_closed(&[2; 16], now);
+        relay.after_decision(&close(2), from, now + 1);
+        assert_eq!((drain(&rx_a), drain(&rx_b)), (1, 0));
+        relay.after_decision(&close(1), from, now + 2);
+        assert_eq!((drain(&rx_a), drain(&rx_b)), (1, 1));
+        // A session that touched no red (an open-tunnel only), once the
+        // daemon ended it: its close goes nowhere.
+        relay.session_closed(&[3; 16], now);
+        relay.after_decision(&close(3), from, now + 2);
+        assert_eq!((drain(&rx_a), drain(&rx_b)), (0, 0));
+        // No record (say, green restarted): every red.
+        relay.after_decision(&close(9), from, now + 3);
+        assert_eq!((drain(&rx_a), drain(&rx_b)), (1, 1));
+        let mut status = Map::new();
+        relay.status(&mut status, now);
+        let reds = status["relay"].as_array().expect("per red");
+        assert_eq!(reds.len(), 2);
+        assert_eq!(reds[1]["services"], serde_json::json!(["db"]));
+        assert_eq!(reds[0]["counters"]["relay.closes"], 3);
+        assert_eq!(reds[1]["counters"]["relay.closes"], 2);
     }
 }

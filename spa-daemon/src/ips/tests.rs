@@ -1,6 +1,8 @@
 //! Unit tests of [`super`].
 
 use super::*;
+use proto_spec::Refusal;
+use proto_spec::verify::Refused;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("ip")

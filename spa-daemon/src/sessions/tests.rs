@@ -66,7 +66,7 @@ fn ssh(addr: IpAddr) -> ElemKey {
 
 fn open(session: u8, who: IdentityKey, addr: IpAddr, services: &[&str], s: u32) -> Decision {
     Decision::Open {
-        kind: "request-service",
+        kind: OpenKind::RequestService,
         session: [session; 16],
         identity: format!("{who:?}"),
         identity_key: who,
@@ -185,7 +185,7 @@ fn relayed_services_are_granted_without_an_element() {
     let (mut t, mut fw) = (SessionTable::default(), FakeFw::default());
     let mut d = open(1, ALICE, NAT, &["web"], 60);
     if let Decision::Open { kind, .. } = &mut d {
-        *kind = "open-tunnel";
+        *kind = OpenKind::OpenTunnel;
     }
     t.open(&d, &local(), 0, fw.at(0)).expect("alice");
     assert_eq!(fw.calls, 0);
