@@ -136,7 +136,8 @@ impl PivSigner {
                 ManagementAlgorithmId::Asymmetric(AlgorithmId::EccP256) => {}
                 other => {
                     return Err(unsupported(format!(
-                        "it holds a {other:?} key; the PIV signer takes P-256 only"
+                        "it holds {}; the PIV signer takes P-256 only",
+                        slot_algorithm(other)
                     )));
                 }
             }
@@ -217,6 +218,18 @@ impl Signer for PivSigner {
     }
 }
 
+/// A slot algorithm as a user reads it (error messages name keys, not the
+/// `yubikey` crate's types).
+fn slot_algorithm(alg: ManagementAlgorithmId) -> &'static str {
+    match alg {
+        ManagementAlgorithmId::Asymmetric(AlgorithmId::EccP256) => "a P-256 key",
+        ManagementAlgorithmId::Asymmetric(AlgorithmId::EccP384) => "a P-384 key",
+        ManagementAlgorithmId::Asymmetric(AlgorithmId::Rsa1024) => "an RSA-1024 key",
+        ManagementAlgorithmId::Asymmetric(AlgorithmId::Rsa2048) => "an RSA-2048 key",
+        _ => "a key of another kind (not an asymmetric key)",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,5 +238,15 @@ mod tests {
     fn piv_signer_is_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<PivSigner>();
+    }
+
+    #[test]
+    fn slot_algorithms_are_named_for_users() {
+        let rsa = slot_algorithm(ManagementAlgorithmId::Asymmetric(AlgorithmId::Rsa2048));
+        assert_eq!(rsa, "an RSA-2048 key");
+        assert_eq!(
+            slot_algorithm(ManagementAlgorithmId::Asymmetric(AlgorithmId::EccP384)),
+            "a P-384 key"
+        );
     }
 }
