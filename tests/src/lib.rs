@@ -12,6 +12,7 @@
 //! - [`pair`]: a test in a namespace of its own with a veth peer (the
 //!   firewall and session-table kernel tests).
 //! - [`bench`](mod@bench): what the benchmark harnesses share.
+//! - [`debs`]: the Debian packages, built as an operator would.
 //! - [`Daemon`] ([`Green`]): a running `spa-server run` (or another
 //!   workspace daemon with the same command line, such as `red-relay run`),
 //!   with its status over the control socket (through its `status`
@@ -23,6 +24,7 @@
 
 pub mod bench;
 mod daemon;
+pub mod debs;
 pub mod pair;
 pub mod pcap;
 mod relay;

@@ -26,14 +26,14 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use tests::debs::{self, PACKAGES};
 use tests::{
     Daemon, Netns, TcpService, TempDir, allow4, cannot_run, echo, link4, require_tools, run_ok,
     unique_tag, wait_until,
 };
 
-const PACKAGES: [&str; 3] = ["spa-server", "red-relay", "spa-client"];
 const GREEN: Ipv4Addr = Ipv4Addr::new(10, 200, 61, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 200, 61, 2);
 const GREEN_R: Ipv4Addr = Ipv4Addr::new(10, 200, 62, 1);
@@ -58,13 +58,6 @@ const INSTALLED: [&str; 8] = [
     "/etc/spa/ca",
     "/usr/share/doc/spa-server",
 ];
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace")
-        .to_path_buf()
-}
 
 fn host_snapshot() -> Vec<(String, Option<Vec<u8>>)> {
     HOST_FILES
@@ -103,11 +96,7 @@ fn installed_packages_init_check_config_start_and_open_a_service_for_a_knock() {
     if !nix::unistd::geteuid().is_root() {
         return cannot_run(test, "needs root (dpkg into a private mount namespace)");
     }
-    let has_cargo_deb = Command::new("cargo")
-        .args(["deb", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_cargo_deb {
+    if !debs::have_cargo_deb() {
         return cannot_run(
             test,
             "cargo-deb is missing: `cargo install cargo-deb --locked` (.ci/run does)",
@@ -122,61 +111,7 @@ fn installed_packages_init_check_config_start_and_open_a_service_for_a_knock() {
     ]);
 
     // 1. The packages.
-    let t0 = Instant::now();
-    // Not the environment cargo gave this test (CARGO_PKG_*, …), as
-    // tests::bin builds: a build script that watches a variable would
-    // rebuild everything on the next plain build.
-    let mut c = Command::new("bash");
-    c.arg(workspace().join("dist/build-debs.sh"))
-        .current_dir(workspace())
-        .env_clear();
-    for (k, v) in std::env::vars_os() {
-        let keep = k.to_str().is_some_and(|k| {
-            matches!(
-                k,
-                "PATH"
-                    | "HOME"
-                    | "USER"
-                    | "TERM"
-                    | "LANG"
-                    | "CARGO_HOME"
-                    | "RUSTUP_HOME"
-                    | "RUSTUP_TOOLCHAIN"
-                    | "RUSTFLAGS"
-                    | "CARGO_TARGET_DIR"
-                    | "CARGO_INCREMENTAL"
-            ) || k.starts_with("CARGO_BUILD_")
-                || k.starts_with("CARGO_PROFILE_")
-        });
-        if keep {
-            c.env(k, v);
-        }
-    }
-    let out = c.output().expect("build-debs.sh");
-    assert!(out.status.success(), "build-debs.sh:\n{}", text(&out));
-    eprintln!(
-        "{test}: packages built in {:.1} s",
-        t0.elapsed().as_secs_f64()
-    );
-    let debs: Vec<PathBuf> = PACKAGES
-        .iter()
-        .map(|p| {
-            // Where build-debs.sh writes them: the cargo target directory.
-            let dir = std::env::var_os("CARGO_TARGET_DIR")
-                .map_or_else(|| workspace().join("target"), |t| workspace().join(t))
-                .join("debian");
-            std::fs::read_dir(&dir)
-                .expect("target/debian")
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .find(|f| {
-                    f.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(&format!("{p}_")) && n.ends_with(".deb"))
-                })
-                .unwrap_or_else(|| panic!("no {p} .deb in {}", dir.display()))
-        })
-        .collect();
+    let debs = debs::build(test);
 
     let before = host_snapshot();
     let dir = TempDir::new("packages");
