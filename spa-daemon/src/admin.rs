@@ -28,6 +28,7 @@ pub fn check_config(a: &CheckArgs, role: Role) -> ExitCode {
             forward = cfg.firewall.forward.parse().unwrap_or_default();
             preflight::state_dir(&cfg, &mut f);
             preflight::crl_expiry(&cfg, OffsetDateTime::now_utc(), &mut f);
+            preflight::capabilities(&cfg, &mut f);
         }
         Err(p) => f.problems = p,
     }

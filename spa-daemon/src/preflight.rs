@@ -2,11 +2,13 @@
 //! own values, by the code `run` uses: the replay store's directory (which
 //! `run` creates, as root, when it is missing: [`ensure_state_dir`]) and
 //! the CRLs' `nextUpdate` (a lapsed CRL refuses every client of its CA
-//! under `[trust] expired_crl = "refuse"`, the default; SPEC §6.1).
+//! under `[trust] expired_crl = "refuse"`, the default; SPEC §6.1), and the
+//! capabilities `run`'s root phase needs ([`capabilities`]).
 
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::Path;
 
+use caps::{CapSet, Capability};
 use time::OffsetDateTime;
 
 use crate::config::{Config, Problem};
@@ -105,6 +107,55 @@ pub fn state_dir(cfg: &Config, out: &mut Findings) {
                 dir.display()
             ),
         });
+    }
+}
+
+/// The capabilities `run`'s root phase uses, with what for: the nftables
+/// table and its elements (CAP_NET_ADMIN), the packet socket
+/// (CAP_NET_RAW, `capture = "packet"` only), handing the replay store and
+/// control socket to `daemon.user` (CAP_CHOWN) and switching to it
+/// (CAP_SETUID, CAP_SETGID).
+pub fn needed_capabilities(cfg: &Config) -> Vec<(Capability, &'static str)> {
+    let mut v = vec![(
+        Capability::CAP_NET_ADMIN,
+        "the nftables table and its elements (netlink)",
+    )];
+    if cfg.daemon.capture == "packet" {
+        v.push((Capability::CAP_NET_RAW, "the packet capture socket"));
+    }
+    v.push((
+        Capability::CAP_CHOWN,
+        "giving the replay store and control socket to daemon.user",
+    ));
+    v.push((Capability::CAP_SETUID, "switching to daemon.user"));
+    v.push((Capability::CAP_SETGID, "switching to daemon.user's group"));
+    v
+}
+
+/// What `run` started like this process (as root, with this process's
+/// capabilities) would lack: each a problem. The systemd unit runs
+/// `check-config --at-start` with the unit's own bounding set, so a drop-in
+/// or a container that takes CAP_NET_ADMIN away is named here, before
+/// `run` fails in the middle of its setup. Not root: nothing is checked
+/// (run as another user, `check-config` checks the file only).
+pub fn capabilities(cfg: &Config, out: &mut Findings) {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let Ok(have) = caps::read(None, CapSet::Permitted) else {
+        return;
+    };
+    for (cap, what) in needed_capabilities(cfg) {
+        if !have.contains(&cap) {
+            out.problems.push(Problem {
+                key: "daemon".to_owned(),
+                problem: format!(
+                    "{cap} is not available to this process ({what} needs it): \
+                     a systemd drop-in's CapabilityBoundingSet=, or a container that \
+                     drops it (systemd-nspawn: --capability={cap})"
+                ),
+            });
+        }
     }
 }
 

@@ -165,6 +165,13 @@ impl std::fmt::Debug for Setup {
 /// Opens the store, installs the firewall, opens capture and the control
 /// socket (all privileged), then drops privileges.
 pub fn setup(cfg: Config) -> Result<Setup, StartError> {
+    // Named up front rather than as an EPERM in the middle of the setup
+    // (check-config --at-start says the same).
+    let mut lacking = crate::preflight::Findings::default();
+    crate::preflight::capabilities(&cfg, &mut lacking);
+    if let Some(p) = lacking.problems.into_iter().next() {
+        return Err(step("capabilities")(p.problem));
+    }
     let flags = Flags::register().map_err(|e| step("signal handlers")(e.to_string()))?;
     let now = now_ms();
     // SPEC §7.2: after lost state nothing sealed before the start may be

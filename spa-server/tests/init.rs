@@ -190,3 +190,64 @@ fn the_init_command_then_check_config_exits_zero() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
 }
+
+/// Started without a capability `run` needs (a unit's drop-in, a container
+/// that drops it), `check-config --at-start` (the unit's ExecStartPre)
+/// names it, and `run` refuses before it touches anything, naming it too.
+#[test]
+fn check_config_and_run_name_a_capability_the_process_lacks() {
+    let test = "check_config_and_run_name_a_capability_the_process_lacks";
+    if !nix::unistd::geteuid().is_root() {
+        return tests::cannot_run(test, "needs root (capabilities are root's)");
+    }
+    tests::require_tools(&[("setpriv", "util-linux")]);
+    let root = open_tempdir();
+    let bin = env!("CARGO_BIN_EXE_spa-server");
+    let etc = root.path().join("etc/spa");
+    let out = Command::new(bin)
+        .args(["init", "--user", "nobody", "--management", "192.0.2.0/24"])
+        .arg("--dir")
+        .arg(&etc)
+        .arg("--state-dir")
+        .arg(root.path().join("var/lib/spa"))
+        .arg("--run-dir")
+        .arg(root.path().join("run/spa"))
+        .env_remove("SSH_CONNECTION")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let config = etc.join("spa-server.toml");
+    // With every capability: OK.
+    let out = Command::new(bin)
+        .args(["check-config", "--at-start", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // Without CAP_NET_ADMIN in the bounding set (so not in the permitted
+    // set after exec), as a unit's CapabilityBoundingSet= would.
+    let without = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--bounding-set", "-net_admin", "--inh-caps", "-all", "--"])
+            .arg(bin)
+            .args(args)
+            .arg(&config)
+            .env_remove("SSH_CONNECTION")
+            .output()
+            .unwrap()
+    };
+    for args in [
+        &["check-config", "--at-start", "--config"][..],
+        &["run", "--config"][..],
+    ] {
+        let out = without(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        assert!(
+            err.contains("CAP_NET_ADMIN is not available") && !err.contains("CAP_NET_RAW"),
+            "{args:?}: {err}"
+        );
+    }
+    // run stopped before its setup: no replay store was created.
+    assert!(!root.path().join("var/lib/spa/replay.redb").exists());
+}

@@ -14,7 +14,9 @@
 //! service for green, the close closes green's. The daemons run as `spa`
 //! with CAP_NET_ADMIN and CAP_NET_RAW only, no_new_privs and a seccomp
 //! filter, as the unit says; `systemctl reload` (SIGHUP) keeps them running;
-//! `systemctl stop` removes their tables. The host's root is not written
+//! `systemctl stop` removes their tables; a drop-in that takes CAP_NET_ADMIN
+//! away makes the start fail, with the capability named in the journal
+//! (`check-config --at-start`). The host's root is not written
 //! (the overlays' upper directories take every write) and its dpkg
 //! database and users are unchanged afterwards.
 //!
@@ -535,4 +537,26 @@ fn flow(dir: &Path, debs: &[PathBuf], green: &Netns, client: &Netns, red: &Netns
             text(&out)
         );
     }
+
+    // A drop-in that takes CAP_NET_ADMIN away: the start fails in the
+    // unit's ExecStartPre (check-config --at-start), which names it.
+    let dropin = g.path("/etc/systemd/system/spa-server.service.d");
+    std::fs::create_dir_all(&dropin).unwrap();
+    std::fs::write(
+        dropin.join("no-net-admin.conf"),
+        "[Service]\nCapabilityBoundingSet=~CAP_NET_ADMIN\n",
+    )
+    .unwrap();
+    g.ok(&["systemctl", "daemon-reload"]);
+    let out = g
+        .cmd(&["systemctl", "start", "spa-server"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "started without CAP_NET_ADMIN");
+    let journal = g.ok(&["journalctl", "--no-pager", "-u", "spa-server"]);
+    assert!(
+        journal.contains("CAP_NET_ADMIN is not available"),
+        "the journal names the capability:\n{journal}"
+    );
+    g.ok(&["systemctl", "reset-failed", "spa-server"]);
 }
