@@ -1,7 +1,10 @@
 //! The Debian packages the install tests use: `dist/build-debs.sh` (a
 //! release build, man pages, completions, `cargo deb`), run as an operator
-//! would, and the three `.deb` files it writes.
+//! would, and the three `.deb` files it writes; and the operator's steps
+//! the install tests share (green's `[relay]` from red's init, the client's
+//! profile).
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -90,4 +93,55 @@ pub fn build(test: &str) -> Vec<PathBuf> {
                 .unwrap_or_else(|| panic!("no {p} .deb in {}", dir.display()))
         })
         .collect()
+}
+
+/// Red's public key from `red-relay init`'s output (the `[relay]` section
+/// it prints for green).
+///
+/// # Panics
+/// When the output has no `red_key = "..."` line.
+pub fn red_key_from_init(init_output: &str) -> String {
+    init_output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("red_key = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("red-relay init prints red_key:\n{init_output}"))
+        .to_owned()
+}
+
+/// Appends to green's configuration at `config` the `[relay]` section as
+/// red's init prints it (red at `red`, orders from `source`, red's `web`
+/// service on port 80) and a rule granting `web` to every identity.
+///
+/// # Panics
+/// When the file cannot be read or written.
+pub fn add_relay(config: &Path, red: Ipv4Addr, red_key: &str, source: Ipv4Addr) {
+    let mut cfg = std::fs::read_to_string(config).expect("green's configuration");
+    cfg.push_str(&format!(
+        "\n[relay]\nred = \"{red}:62202\"\nred_key = \"{red_key}\"\n\
+         signing_key = \"/etc/spa/green-signing.key\"\nsource = \"{source}\"\n\
+         services = [{{ name = \"web\", port = 80 }}]\n\n\
+         [[rules]]\nidentity = \"*\"\nservices = [\"web\"]\n"
+    ));
+    std::fs::write(config, cfg).expect("green's configuration");
+}
+
+/// Writes `dir/client.toml`: the profile `gw` for green at `server:port`
+/// with `server_key`, the client's `dir/alice.crt` and `dir/alice.key`,
+/// the `echo` service.
+///
+/// # Panics
+/// When the file cannot be written.
+pub fn write_client_profile(dir: &Path, server: Ipv4Addr, port: u16, server_key: &str) {
+    let p = |f: &str| dir.join(f).display().to_string();
+    std::fs::write(
+        dir.join("client.toml"),
+        format!(
+            "[profiles.gw]\nserver = \"{server}\"\nport = {port}\nserver_key = \"{server_key}\"\n\
+             certificate = \"{}\"\nkey = \"{}\"\nservices = [\"echo\"]\nallow_ip = \"auto\"\nlifetime = 60\n",
+            p("alice.crt"),
+            p("alice.key")
+        ),
+    )
+    .expect("client.toml");
 }

@@ -275,21 +275,9 @@ fn in_clean_root(dir: &Path, debs: &[PathBuf]) {
     );
     let red_init = text(&out);
     eprintln!("red-relay init:\n{red_init}");
-    let red_key = red_init
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("red_key = \""))
-        .and_then(|l| l.strip_suffix('"'))
-        .unwrap_or_else(|| panic!("red-relay init prints red_key:\n{red_init}"))
-        .to_owned();
+    let red_key = debs::red_key_from_init(&red_init);
     let config = "/etc/spa/spa-server.toml";
-    let mut cfg = std::fs::read_to_string(config).unwrap();
-    cfg.push_str(&format!(
-        "\n[relay]\nred = \"{RED}:62202\"\nred_key = \"{red_key}\"\n\
-         signing_key = \"/etc/spa/green-signing.key\"\nsource = \"{GREEN_R}\"\n\
-         services = [{{ name = \"web\", port = 80 }}]\n\n\
-         [[rules]]\nidentity = \"*\"\nservices = [\"web\"]\n"
-    ));
-    std::fs::write(config, cfg).unwrap();
+    debs::add_relay(Path::new(config), RED, &red_key, GREEN_R);
     let out = run_ok(Command::new("/usr/bin/red-relay").arg("check-config"));
     assert!(
         text(&out).contains("/etc/spa/red-relay.toml: OK"),
@@ -372,16 +360,7 @@ fn in_clean_root(dir: &Path, debs: &[PathBuf]) {
         "--out",
         &p("alice.crt"),
     ]));
-    std::fs::write(
-        dir.join("client.toml"),
-        format!(
-            "[profiles.gw]\nserver = \"{GREEN}\"\nport = {KNOCK_PORT}\nserver_key = \"{green_pub}\"\n\
-             certificate = \"{}\"\nkey = \"{}\"\nservices = [\"echo\"]\nallow_ip = \"auto\"\nlifetime = 60\n",
-            p("alice.crt"),
-            p("alice.key")
-        ),
-    )
-    .unwrap();
+    debs::write_client_profile(dir, GREEN, KNOCK_PORT, &green_pub);
     let out = client
         .cmd("/usr/bin/spa-client")
         .args([
