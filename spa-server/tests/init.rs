@@ -156,23 +156,29 @@ fn red_init_with_greens_outputs_passes_check_config() {
     assert!(!root.path().join("etc/red").exists());
 }
 
+/// `spa-server init` for `nobody` under `root` (etc/spa, var/lib/spa,
+/// run/spa), as the binary.
+fn init_command(root: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_spa-server"))
+        .args(["init", "--user", "nobody", "--management", "192.0.2.0/24"])
+        .arg("--dir")
+        .arg(root.join("etc/spa"))
+        .arg("--state-dir")
+        .arg(root.join("var/lib/spa"))
+        .arg("--run-dir")
+        .arg(root.join("run/spa"))
+        .env_remove("SSH_CONNECTION")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
 #[test]
 fn the_init_command_then_check_config_exits_zero() {
     let root = open_tempdir();
     let bin = env!("CARGO_BIN_EXE_spa-server");
     let etc = root.path().join("etc/spa");
-    let out = Command::new(bin)
-        .args(["init", "--user", "nobody", "--management", "192.0.2.0/24"])
-        .arg("--dir")
-        .arg(&etc)
-        .arg("--state-dir")
-        .arg(root.path().join("var/lib/spa"))
-        .arg("--run-dir")
-        .arg(root.path().join("run/spa"))
-        .env_remove("SSH_CONNECTION")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    init_command(root.path());
     let out = Command::new(bin)
         .args(["check-config", "--config"])
         .arg(etc.join("spa-server.toml"))
@@ -204,18 +210,7 @@ fn check_config_and_run_name_a_capability_the_process_lacks() {
     let root = open_tempdir();
     let bin = env!("CARGO_BIN_EXE_spa-server");
     let etc = root.path().join("etc/spa");
-    let out = Command::new(bin)
-        .args(["init", "--user", "nobody", "--management", "192.0.2.0/24"])
-        .arg("--dir")
-        .arg(&etc)
-        .arg("--state-dir")
-        .arg(root.path().join("var/lib/spa"))
-        .arg("--run-dir")
-        .arg(root.path().join("run/spa"))
-        .env_remove("SSH_CONNECTION")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    init_command(root.path());
     let config = etc.join("spa-server.toml");
     // With every capability: OK.
     let out = Command::new(bin)
