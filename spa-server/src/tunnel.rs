@@ -199,14 +199,20 @@ fn stamps(trust: &TrustFiles) -> Vec<FileStamp> {
         .collect()
 }
 
+/// The TLS configuration, the trust files' state it was built from, and
+/// the state a rebuild last failed on (see [`Shared::current_config`]).
+type TlsState = (Arc<ServerConfig>, Vec<FileStamp>, Option<Vec<FileStamp>>);
+
 /// The running endpoint's shared state.
 struct Shared {
     id: Identity,
     trust: TrustFiles,
     /// The last configuration built, and the trust files' state it was
     /// built from: rebuilt when a file changes; kept when the files cannot
-    /// be read again (e.g. after privileges were dropped).
-    config: Mutex<(Arc<ServerConfig>, Vec<FileStamp>)>,
+    /// be read again (e.g. after privileges were dropped). The third part
+    /// is the state a rebuild last failed on: not tried (nor logged) again
+    /// until the files change once more.
+    config: Mutex<TlsState>,
     grants: SharedGrants,
     targets: HashMap<String, Target>,
     active: AtomicUsize,
@@ -229,7 +235,7 @@ impl Shared {
         max_per_source: usize,
         sessions: SharedSessions,
     ) -> Result<Self, String> {
-        let config = Mutex::new((server_config(&id, &trust)?, stamps(&trust)));
+        let config = Mutex::new((server_config(&id, &trust)?, stamps(&trust), None));
         Ok(Self {
             id,
             trust,
@@ -285,11 +291,14 @@ impl Shared {
     fn current_config(&self) -> Arc<ServerConfig> {
         let mut last = self.config.lock().unwrap_or_else(PoisonError::into_inner);
         let stamps = stamps(&self.trust);
-        if stamps != last.1 {
+        if stamps != last.1 && last.2.as_ref() != Some(&stamps) {
             match server_config(&self.id, &self.trust) {
-                Ok(c) => *last = (c, stamps),
+                Ok(c) => *last = (c, stamps, None),
                 Err(e) => {
-                    debug!(error = %e, "tunnel: trust files not reloaded, using the last ones");
+                    // Once per change of the files (the daemon's own reload
+                    // logs its failure at error level and counts it).
+                    warn!(error = %e, "tunnel: trust files changed but did not load; the tunnel keeps the last ones");
+                    last.2 = Some(stamps);
                 }
             }
         }

@@ -293,6 +293,34 @@ fn changed_trust_files_are_read_for_the_next_connection() {
     assert!(!Arc::ptr_eq(&first, &p.shared.current_config()), "rebuilt");
 }
 
+/// A trust file that changes into something unreadable keeps the last
+/// configuration, and is tried (and warned about) once per change, not on
+/// every connection; a good file afterwards is read again.
+#[test]
+fn a_broken_trust_file_keeps_the_last_configuration_and_is_tried_once_per_change() {
+    let p = setup(HashMap::new());
+    let first = p.shared.current_config();
+    let ca = p.shared.trust.cas[0].clone();
+    let good = std::fs::read(&ca).expect("read");
+    let replace = |bytes: &[u8]| {
+        let tmp = ca.with_extension("new");
+        std::fs::write(&tmp, bytes).expect("write");
+        std::fs::rename(&tmp, &ca).expect("rename");
+    };
+    replace(b"not a certificate");
+    assert!(Arc::ptr_eq(&first, &p.shared.current_config()), "kept");
+    let failed = p.shared.config.lock().expect("lock").2.clone();
+    assert!(failed.is_some(), "the failed state is remembered");
+    assert!(
+        Arc::ptr_eq(&first, &p.shared.current_config()),
+        "still kept"
+    );
+    replace(&good);
+    let next = p.shared.current_config();
+    assert!(!Arc::ptr_eq(&first, &next), "rebuilt from the good file");
+    assert!(p.shared.config.lock().expect("lock").2.is_none());
+}
+
 /// SPEC §12.2: intermediates come from the client's TLS chain.
 #[test]
 fn a_client_chain_through_an_intermediate_is_served_only_with_the_intermediate() {
