@@ -32,8 +32,8 @@ pub mod spoof;
 
 pub use daemon::{Daemon, Green, line_of};
 pub use relay::{
-    GreenRelayConfig, RedRelayConfig, RelayKeys, allow4, make_relay_pki, sessions, start_green,
-    start_red, write_green_config, write_red_config,
+    GreenRelayConfig, RedRelayConfig, RelayKeys, allow4, allow6, make_relay_pki, sessions,
+    start_green, start_red, write_green_config, write_red_config,
 };
 
 use std::fs::File;

@@ -270,7 +270,16 @@ pub fn sessions(d: &Daemon) -> usize {
 /// The elements of `inet spa allow4` in `ns` (green or red; one string
 /// per element).
 pub fn allow4(ns: &Netns) -> Vec<String> {
-    let out = ns.ok(&["nft", "list", "set", "inet", "spa", "allow4"]);
+    set_elements(ns, "allow4")
+}
+
+/// The elements of `inet spa allow6` in `ns`, as [`allow4`].
+pub fn allow6(ns: &Netns) -> Vec<String> {
+    set_elements(ns, "allow6")
+}
+
+fn set_elements(ns: &Netns, set: &str) -> Vec<String> {
+    let out = ns.ok(&["nft", "list", "set", "inet", "spa", set]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let Some(start) = text.find("elements = {") else {
         return Vec::new();

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use common::{Bed, CLIENT, GREEN_C, KNOCK_PORT, SSH_PORT, assert_silently_dropped, sock};
 use tests::{
-    Green, Netns, TcpService, TempDir, allow4, bin, echo, link4, make_relay_pki, require_tools,
-    run_ok, unique_tag, wait_until,
+    Green, Netns, TcpService, TempDir, allow4, allow6, bin, echo, link4, make_relay_pki,
+    require_tools, run_ok, unique_tag, wait_until,
 };
 
 /// The one session of green's status.
@@ -135,11 +135,39 @@ fn assert_nothing_arrives(s: &mut TcpStream, what: &str) {
 /// server sends first is not picked up mid-stream either.
 #[test]
 fn revoke_ends_established_connections() {
+    revoke_ends(&Bed::new("", ""));
+}
+
+/// [`revoke_ends_established_connections`] over IPv6: the knock, the
+/// opening (`allow6`) and the connections are IPv6, and so are the
+/// conntrack entries the close deletes over netlink.
+#[test]
+fn revoke_ends_established_ipv6_connections() {
+    revoke_ends(&Bed::new_v6("", ""));
+}
+
+/// The elements of the bed's family's allow set in green.
+fn allowed(bed: &Bed) -> Vec<String> {
+    if bed.v6 {
+        allow6(&bed.green)
+    } else {
+        allow4(&bed.green)
+    }
+}
+
+fn revoke_ends(bed: &Bed) {
     let started = Instant::now();
-    let bed = Bed::new("", "");
-    let server = HeldServer::start(&bed.green, sock(GREEN_C, SSH_PORT));
+    assert!(!bed.v6 || bed.green_addr().is_ipv6());
+    let server = HeldServer::start(&bed.green, SocketAddr::from((bed.green_addr(), SSH_PORT)));
     let green = bed.start_green();
     bed.knock();
+    assert!(
+        allowed(bed)
+            .iter()
+            .any(|e| e.contains(&bed.client_addr().to_string())),
+        "the opening is in the bed's family's set: {:?}",
+        allowed(bed)
+    );
     let mut quiet = bed.connect().expect("client connects after the knock");
     let mut talker = bed.connect().expect("second connection");
     echo(&mut quiet, b"hello").expect("echo before revoke");
@@ -165,7 +193,7 @@ fn revoke_ends_established_connections() {
         green.status()
     );
     assert_eq!(bed.established_from_client(), 0, "{:?}", bed.conntrack(&[]));
-    assert!(allow4(&bed.green).is_empty(), "{:?}", allow4(&bed.green));
+    assert!(allowed(bed).is_empty(), "{:?}", allowed(bed));
 
     // The server speaks first: the kernel's mid-stream pickup would make
     // an entry towards the client; the output rule drops the segment.

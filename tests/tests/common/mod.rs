@@ -5,16 +5,21 @@
 #![allow(dead_code)]
 
 use std::io::ErrorKind;
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use tests::{Green, Netns, TempDir, bin, link4, make_relay_pki, require_tools, run_ok, unique_tag};
+use tests::{
+    Green, Netns, TempDir, bin, link, link4, make_relay_pki, require_tools, run_ok, unique_tag,
+};
 
 pub const KNOCK_PORT: u16 = 62201;
 pub const SSH_PORT: u16 = 2222;
 pub const GREEN_C: Ipv4Addr = Ipv4Addr::new(10, 200, 81, 1);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 200, 81, 2);
+/// Green's and the client's IPv6 addresses ([`Bed::new_v6`]).
+pub const GREEN_C6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0x81, 0, 0, 0, 0, 1);
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0x81, 0, 0, 0, 0, 2);
 /// A TCP connect that gets no answer gives up after this.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(800);
 
@@ -30,10 +35,22 @@ pub struct Bed {
     pub green: Netns,
     pub client: Netns,
     pub tag: String,
+    /// Knocks and connections over IPv6 ([`Bed::new_v6`]).
+    pub v6: bool,
 }
 
 impl Bed {
     pub fn new(firewall: &str, rest: &str) -> Self {
+        Self::with_family(firewall, rest, false)
+    }
+
+    /// [`Bed::new`] with IPv6 on the link too, the client's profile naming
+    /// green's IPv6 address: knocks, openings and connections over IPv6.
+    pub fn new_v6(firewall: &str, rest: &str) -> Self {
+        Self::with_family(firewall, rest, true)
+    }
+
+    fn with_family(firewall: &str, rest: &str, v6: bool) -> Self {
         require_tools(&[
             ("ip", "iproute2"),
             ("nft", "nftables"),
@@ -44,14 +61,27 @@ impl Bed {
         let dir = TempDir::new(&tag);
         let green = Netns::new("green", &tag);
         let client = Netns::new("client", &tag);
-        link4(
-            &green,
-            &format!("g1{tag}"),
-            GREEN_C,
-            &client,
-            &format!("c{tag}"),
-            CLIENT,
-        );
+        if v6 {
+            link(
+                &green,
+                &format!("g1{tag}"),
+                &GREEN_C.to_string(),
+                &GREEN_C6.to_string(),
+                &client,
+                &format!("c{tag}"),
+                &CLIENT.to_string(),
+                &CLIENT6.to_string(),
+            );
+        } else {
+            link4(
+                &green,
+                &format!("g1{tag}"),
+                GREEN_C,
+                &client,
+                &format!("c{tag}"),
+                CLIENT,
+            );
+        }
         let server = bin("spa-server");
         let keys = make_relay_pki(&dir, "revocation e2e CA", &bin("red-relay"), None);
         run_ok(Command::new(&server).args([
@@ -98,7 +128,7 @@ services = ["ssh"]
         std::fs::write(dir.join("green.toml"), config).expect("green.toml");
         let profile = format!(
             r#"[profiles.e2e]
-server = "{GREEN_C}"
+server = "{server}"
 port = {KNOCK_PORT}
 server_key = "{green_pub}"
 certificate = "{cert}"
@@ -107,6 +137,11 @@ services = ["ssh"]
 allow_ip = "auto"
 lifetime = 300
 "#,
+            server = if v6 {
+                IpAddr::V6(GREEN_C6)
+            } else {
+                IpAddr::V4(GREEN_C)
+            },
             green_pub = keys.green_pub,
             cert = dir.s("alice.crt"),
             key = dir.s("alice.key"),
@@ -117,6 +152,25 @@ lifetime = 300
             green,
             client,
             tag,
+            v6,
+        }
+    }
+
+    /// Green's address on the client's link, in the bed's family.
+    pub fn green_addr(&self) -> IpAddr {
+        if self.v6 {
+            IpAddr::V6(GREEN_C6)
+        } else {
+            IpAddr::V4(GREEN_C)
+        }
+    }
+
+    /// The client's address, in the bed's family.
+    pub fn client_addr(&self) -> IpAddr {
+        if self.v6 {
+            IpAddr::V6(CLIENT6)
+        } else {
+            IpAddr::V4(CLIENT)
         }
     }
 
@@ -155,8 +209,10 @@ lifetime = 300
     }
 
     pub fn connect(&self) -> std::io::Result<TcpStream> {
-        self.client
-            .connect(sock(GREEN_C, SSH_PORT), CONNECT_TIMEOUT)
+        self.client.connect(
+            SocketAddr::from((self.green_addr(), SSH_PORT)),
+            CONNECT_TIMEOUT,
+        )
     }
 
     /// `spa-server <args>` on the host (the PKI and control commands).
@@ -171,7 +227,7 @@ lifetime = 300
             "-p",
             "tcp",
             "--orig-src",
-            &CLIENT.to_string(),
+            &self.client_addr().to_string(),
             "--orig-port-dst",
             &SSH_PORT.to_string(),
         ])
@@ -187,14 +243,16 @@ lifetime = 300
             "-p",
             "tcp",
             "--orig-src",
-            &GREEN_C.to_string(),
+            &self.green_addr().to_string(),
             "--orig-dst",
-            &CLIENT.to_string(),
+            &self.client_addr().to_string(),
         ])
     }
 
     pub fn conntrack(&self, filter: &[&str]) -> Vec<String> {
-        let mut args = vec!["conntrack", "-L"];
+        // `conntrack -L` lists IPv4 entries unless told the family.
+        let family = if self.v6 { "ipv6" } else { "ipv4" };
+        let mut args = vec!["conntrack", "-L", "-f", family];
         args.extend_from_slice(filter);
         let out = self.green.ok(&args);
         String::from_utf8_lossy(&out.stdout)
