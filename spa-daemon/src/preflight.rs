@@ -5,7 +5,7 @@
 //! under `[trust] expired_crl = "refuse"`, the default; SPEC §6.1), and the
 //! capabilities `run`'s root phase needs ([`capabilities`]).
 
-use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::Path;
 
 use caps::{CapSet, Capability};
@@ -113,7 +113,8 @@ pub fn state_dir(cfg: &Config, out: &mut Findings) {
 /// The capabilities `run`'s root phase uses, with what for: the nftables
 /// table and its elements (CAP_NET_ADMIN), the packet socket
 /// (CAP_NET_RAW, `capture = "packet"` only), handing the replay store and
-/// control socket to `daemon.user` (CAP_CHOWN) and switching to it
+/// control socket to `daemon.user` (CAP_CHOWN), opening the store that user
+/// owns after an earlier start (CAP_DAC_OVERRIDE) and switching to it
 /// (CAP_SETUID, CAP_SETGID).
 pub fn needed_capabilities(cfg: &Config) -> Vec<(Capability, &'static str)> {
     let mut v = vec![(
@@ -127,6 +128,15 @@ pub fn needed_capabilities(cfg: &Config) -> Vec<(Capability, &'static str)> {
         Capability::CAP_CHOWN,
         "giving the replay store and control socket to daemon.user",
     ));
+    // After the first start the store is daemon.user's (0600): root opens
+    // it only with CAP_DAC_OVERRIDE.
+    let euid = nix::unistd::geteuid().as_raw();
+    if std::fs::metadata(&cfg.daemon.replay_db).is_ok_and(|m| m.uid() != euid) {
+        v.push((
+            Capability::CAP_DAC_OVERRIDE,
+            "opening the replay store daemon.user owns (every start after the first)",
+        ));
+    }
     v.push((Capability::CAP_SETUID, "switching to daemon.user"));
     v.push((Capability::CAP_SETGID, "switching to daemon.user's group"));
     v
