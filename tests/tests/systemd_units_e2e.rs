@@ -14,9 +14,12 @@
 //! service for green, the close closes green's. The daemons run as `spa`
 //! with CAP_NET_ADMIN and CAP_NET_RAW only, no_new_privs and a seccomp
 //! filter, as the unit says; `systemctl reload` (SIGHUP) keeps them running;
-//! `systemctl stop` removes their tables; a drop-in that takes CAP_NET_ADMIN
+//! `systemctl stop` removes their tables, and a second start works (the
+//! replay store is the daemon user's by then); a drop-in that takes CAP_NET_ADMIN
 //! away makes the start fail, with the capability named in the journal
-//! (`check-config --at-start`). The host's root is not written
+//! (`check-config --at-start`); an upgrade (`dpkg -i` over it) restarts the
+//! running daemon, a removal stops it (its table goes) and keeps the
+//! operator's CA, keys and replay store. The host's root is not written
 //! (the overlays' upper directories take every write) and its dpkg
 //! database and users are unchanged afterwards.
 //!
@@ -517,6 +520,15 @@ fn flow(dir: &Path, debs: &[PathBuf], green: &Netns, client: &Netns, red: &Netns
         );
     }
 
+    // A second start opens the replay store daemon.user now owns (root
+    // needs CAP_DAC_OVERRIDE for it, which the units grant the root phase).
+    r.ok(&["systemctl", "start", "red-relay"]);
+    assert_eq!(
+        r.ok(&["systemctl", "is-active", "red-relay"]).trim(),
+        "active"
+    );
+    r.ok(&["systemctl", "stop", "red-relay"]);
+
     // A drop-in that takes CAP_NET_ADMIN away: the start fails in the
     // unit's ExecStartPre (check-config --at-start), which names it.
     let dropin = g.path("/etc/systemd/system/spa-server.service.d");
@@ -538,4 +550,53 @@ fn flow(dir: &Path, debs: &[PathBuf], green: &Netns, client: &Netns, red: &Netns
         "the journal names the capability:\n{journal}"
     );
     g.ok(&["systemctl", "reset-failed", "spa-server"]);
+    std::fs::remove_file(dropin.join("no-net-admin.conf")).unwrap();
+    g.ok(&["systemctl", "daemon-reload"]);
+
+    // An upgrade (dpkg -i over the installed package) restarts a running
+    // daemon on the new binary; a removal stops it first, so that it
+    // removes its table, and leaves the operator's files.
+    g.ok(&["systemctl", "start", "spa-server"]);
+    let main_pid = || {
+        g.ok(&[
+            "systemctl",
+            "show",
+            "--property=MainPID",
+            "--value",
+            "spa-server",
+        ])
+        .trim()
+        .to_owned()
+    };
+    let before = main_pid();
+    g.ok(&["sh", "-c", "dpkg -i /opt/spa-debs/spa-server_*.deb"]);
+    assert_eq!(
+        g.ok(&["systemctl", "is-active", "spa-server"]).trim(),
+        "active"
+    );
+    let after = main_pid();
+    assert!(
+        after != before && after != "0",
+        "the upgrade restarted the daemon: {before} -> {after}"
+    );
+    g.ok(&["dpkg", "-r", "spa-server"]);
+    let state = g
+        .cmd(&["systemctl", "is-active", "spa-server"])
+        .output()
+        .map(|o| text(&o))
+        .unwrap();
+    assert!(state.trim() != "active", "removed but running: {state}");
+    let out = green.out(&["nft", "list", "table", "inet", "spa"]);
+    assert!(
+        !out.status.success(),
+        "the removal left green's table:\n{}",
+        text(&out)
+    );
+    for kept in [
+        "/etc/spa/ca/ca.key",
+        "/etc/spa/green.key",
+        "/var/lib/spa/replay.redb",
+    ] {
+        assert!(g.path(kept).exists(), "the removal deleted {kept}");
+    }
 }
