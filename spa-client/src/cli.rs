@@ -78,7 +78,8 @@ Examples:
 
 The profile needs tunnel_ca (the CA of green's TLS certificate) and, unless it
 is 8443, tunnel_port. Without an open session in the state file, an
-open-tunnel knock is sent first; then a request-service knock for SERVICE.
+open-tunnel knock for the tunnel (tunnel_service, default \"tunnel\"; not the
+profile's services) is sent first; then a request-service knock for SERVICE.
 With close_on_exit = true in the profile, a close knock is sent when the
 standard input/output stream ends (not with --listen, which runs until
 stopped).";

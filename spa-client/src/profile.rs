@@ -62,6 +62,10 @@ pub struct Profile {
     pub tunnel_ca: Option<PathBuf>,
     /// Green's tunnel TCP port [default: 8443].
     pub tunnel_port: Option<u16>,
+    /// The service green's tunnel port is (its `[tunnel] service`), which
+    /// `connect`'s open-tunnel knock asks for, whatever `services` says
+    /// [default: tunnel].
+    pub tunnel_service: Option<String>,
     /// `connect` (standard input and output) sends the close knock when
     /// its stream ends [default: false].
     pub close_on_exit: Option<bool>,
@@ -69,6 +73,9 @@ pub struct Profile {
 
 /// Green's default tunnel port.
 pub const DEFAULT_TUNNEL_PORT: u16 = 8443;
+
+/// The service name of green's tunnel port by default (`[tunnel] service`).
+pub const DEFAULT_TUNNEL_SERVICE: &str = "tunnel";
 
 /// A PKCS#11 key.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -300,6 +307,7 @@ mod tests {
         for key in [
             "tunnel_ca",
             "tunnel_port",
+            "tunnel_service",
             "close_on_exit",
             "token_serial",
             "key_id",

@@ -394,6 +394,13 @@ fn connect(cli: &Cli, a: &ConnectArgs) -> Result<Report, ClientError> {
         ))
     })?;
     knock::check_services(std::slice::from_ref(&a.service))?;
+    // The open-tunnel knock opens the tunnel port, not the profile's
+    // `services` (those are `send open`'s).
+    let tunnel_service = p
+        .tunnel_service
+        .clone()
+        .unwrap_or_else(|| profile::DEFAULT_TUNNEL_SERVICE.to_owned());
+    knock::check_services(std::slice::from_ref(&tunnel_service))?;
     let spec = signer_spec(a.key.as_deref(), a.cert.as_deref(), &p, &from)?;
     // One signer for the whole command: the knocks and the TLS client
     // authentication share it, so a token is logged into once and its PIN
@@ -445,7 +452,12 @@ fn connect(cli: &Cli, a: &ConnectArgs) -> Result<Report, ClientError> {
     if open {
         let r = send_signed(
             cli,
-            &send_args(SendKind::Open { services: vec![] }, Some(tunnel_port)),
+            &send_args(
+                SendKind::Open {
+                    services: vec![tunnel_service],
+                },
+                Some(tunnel_port),
+            ),
             Some(signer.as_ref()),
         )?;
         if r.code != ExitCode::Ok {
