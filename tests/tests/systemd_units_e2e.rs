@@ -11,7 +11,8 @@
 //! copies of green's `ca.pem` and `crl.pem` and the keys green's `init`
 //! prints. Then a client in a third namespace knocks with the installed
 //! `spa-client`: green's service opens, a relayed request opens red's
-//! service for green, the close closes green's. The daemons run as `spa`
+//! service for green, the close closes green's, and `spa-client connect
+//! web --listen` reaches red's service through green's mutual-TLS tunnel. The daemons run as `spa`
 //! with CAP_NET_ADMIN and CAP_NET_RAW only, no_new_privs and a seccomp
 //! filter, as the unit says; `systemctl reload` (SIGHUP) keeps them running;
 //! `systemctl stop` removes their tables, and a second start works (the
@@ -44,6 +45,7 @@ const GREEN_R: Ipv4Addr = Ipv4Addr::new(10, 200, 64, 1);
 const RED: Ipv4Addr = Ipv4Addr::new(10, 200, 64, 2);
 const SERVICE_PORT: u16 = 7000;
 const KNOCK_PORT: u16 = 62201;
+const TUNNEL_PORT: u16 = 8443;
 /// The host files that must not change.
 const HOST_FILES: [&str; 4] = [
     "/etc/passwd",
@@ -370,6 +372,42 @@ fn flow(dir: &Path, debs: &[PathBuf], green: &Netns, client: &Netns, red: &Netns
     let red_key = debs::red_key_from_init(&red_init);
     let config = g.path("/etc/spa/spa-server.toml");
     debs::add_relay(&config, RED, &red_key, GREEN_R);
+    // The mutual-TLS tunnel (the paper's VPN), as the example configuration
+    // shows it: green's TLS key and certificate from the installed tools.
+    g.ok(&[
+        "spa-client",
+        "keygen",
+        "--name",
+        "green-tls",
+        "--out",
+        "/etc/spa/green-tls.key",
+        "--csr",
+        "/root/green-tls.csr",
+    ]);
+    g.ok(&[
+        "spa-server",
+        "pki",
+        "issue",
+        "--dir",
+        "/etc/spa/ca",
+        "--csr",
+        "/root/green-tls.csr",
+        "--name",
+        "green-tls",
+        "--server",
+        "--ip",
+        &GREEN.to_string(),
+        "--out",
+        "/etc/spa/green-tls.pem",
+    ]);
+    let mut cfg = std::fs::read_to_string(&config).unwrap();
+    cfg.push_str(&format!(
+        "\n[[services]]\nname = \"tunnel\"\nproto = \"tcp\"\nport = {TUNNEL_PORT}\n\n\
+         [[rules]]\nidentity = \"*\"\nservices = [\"tunnel\"]\n\n\
+         [tunnel]\nlisten_port = {TUNNEL_PORT}\ncertificate = \"/etc/spa/green-tls.pem\"\n\
+         key = \"/etc/spa/green-tls.key\"\nservice = \"tunnel\"\n"
+    ));
+    std::fs::write(&config, cfg).unwrap();
     let out = r.ok(&["red-relay", "check-config"]);
     assert!(out.contains("/etc/spa/red-relay.toml: OK"), "{out}");
     let out = g.ok(&["spa-server", "check-config"]);
@@ -506,6 +544,49 @@ fn flow(dir: &Path, debs: &[PathBuf], green: &Netns, client: &Netns, red: &Netns
             .any(|e| e.contains(&CLIENT.to_string()))
     });
     assert!(closed, "{:?}\n{}", allow4(green), g.journal());
+
+    // Through the tunnel, under the unit's sandbox: `spa-client connect
+    // web --listen` knocks (open-tunnel, request-service), green relays the
+    // order to red, and a stream reaches red's service through green's TLS
+    // endpoint.
+    let _web = TcpService::start(red, SocketAddr::from(([0, 0, 0, 0], 80)));
+    std::fs::copy(g.path("/etc/spa/ca.pem"), dir.join("ca.pem")).unwrap();
+    let mut profile = std::fs::read_to_string(dir.join("client.toml")).unwrap();
+    profile.push_str(&format!(
+        "tunnel_ca = \"{}\"\ntunnel_port = {TUNNEL_PORT}\n",
+        p("ca.pem")
+    ));
+    std::fs::write(dir.join("client.toml"), profile).unwrap();
+    let local = SocketAddr::from(([127, 0, 0, 1], 18080));
+    let mut forward = client
+        .cmd(spa_client.to_str().unwrap())
+        .args(["--config", &p("client.toml"), "connect", "web", "--listen"])
+        .arg(local.to_string())
+        .env("HOME", dir)
+        .env("XDG_STATE_HOME", dir.join("state-tunnel"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("connect.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let listening = wait_until(Duration::from_secs(20), || {
+        client.connect(local, Duration::from_millis(200)).is_ok()
+    });
+    let through = listening
+        && client
+            .connect(local, Duration::from_secs(2))
+            .is_ok_and(|mut s| echo(&mut s, b"through the tunnel").is_ok());
+    let _ = forward.kill();
+    let _ = forward.wait();
+    assert!(
+        through,
+        "a stream through the tunnel to red's web:\nconnect:\n{}\ngreen:\n{}\nred:\n{}",
+        std::fs::read_to_string(dir.join("connect.log")).unwrap_or_default(),
+        g.ok(&["journalctl", "--no-pager", "-u", "spa-server"]),
+        r.ok(&["journalctl", "--no-pager", "-u", "red-relay"])
+    );
+    let journal = g.ok(&["journalctl", "--no-pager", "-u", "spa-server"]);
+    assert!(journal.contains("tunnel: connected"), "{journal}");
 
     // Stopping the units removes the daemons' tables.
     g.ok(&["systemctl", "stop", "spa-server"]);
