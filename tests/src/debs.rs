@@ -34,35 +34,10 @@ pub fn have_cargo_deb() -> bool {
 /// When the script fails or a package is missing afterwards.
 pub fn build(test: &str) -> Vec<PathBuf> {
     let t0 = Instant::now();
-    // Not the environment cargo gave this test (CARGO_PKG_*, …), as
-    // `crate::bin` builds: a build script that watches a variable would
-    // rebuild everything on the next plain build.
     let mut c = Command::new("bash");
     c.arg(workspace().join("dist/build-debs.sh"))
-        .current_dir(workspace())
-        .env_clear();
-    for (k, v) in std::env::vars_os() {
-        let keep = k.to_str().is_some_and(|k| {
-            matches!(
-                k,
-                "PATH"
-                    | "HOME"
-                    | "USER"
-                    | "TERM"
-                    | "LANG"
-                    | "CARGO_HOME"
-                    | "RUSTUP_HOME"
-                    | "RUSTUP_TOOLCHAIN"
-                    | "RUSTFLAGS"
-                    | "CARGO_TARGET_DIR"
-                    | "CARGO_INCREMENTAL"
-            ) || k.starts_with("CARGO_BUILD_")
-                || k.starts_with("CARGO_PROFILE_")
-        });
-        if keep {
-            c.env(k, v);
-        }
-    }
+        .current_dir(workspace());
+    crate::build_env(&mut c);
     let out = c.output().expect("build-debs.sh");
     assert!(
         out.status.success(),

@@ -402,33 +402,7 @@ pub fn bin(name: &str) -> PathBuf {
         if stale {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut c = Command::new(cargo);
-            // Not the environment cargo gave this test (LD_LIBRARY_PATH,
-            // CARGO_PKG_*, …): build scripts that watch variables would
-            // see a change, and the next plain `cargo build` would
-            // rebuild everything again.
-            c.env_clear();
-            for (k, v) in std::env::vars_os() {
-                let keep = k.to_str().is_some_and(|k| {
-                    matches!(
-                        k,
-                        "PATH"
-                            | "HOME"
-                            | "USER"
-                            | "TERM"
-                            | "LANG"
-                            | "CARGO_HOME"
-                            | "RUSTUP_HOME"
-                            | "RUSTUP_TOOLCHAIN"
-                            | "RUSTFLAGS"
-                            | "CARGO_TARGET_DIR"
-                            | "CARGO_INCREMENTAL"
-                    ) || k.starts_with("CARGO_BUILD_")
-                        || k.starts_with("CARGO_PROFILE_")
-                });
-                if keep {
-                    c.env(k, v);
-                }
-            }
+            build_env(&mut c);
             c.current_dir(&root)
                 .args(["build", "--workspace", "--bins"]);
             if bin_dir().ends_with("release") {
@@ -441,6 +415,37 @@ pub fn bin(name: &str) -> PathBuf {
     }
     assert!(p.exists(), "{} was not built", p.display());
     p
+}
+
+/// Gives `c` (a cargo build, or a script that runs one) only the variables
+/// a plain build in a shell would see, not the environment cargo gave this
+/// test (`LD_LIBRARY_PATH`, `CARGO_PKG_*`, …): build scripts that watch
+/// variables would see a change, and the next plain `cargo build` would
+/// rebuild everything again.
+pub fn build_env(c: &mut Command) {
+    c.env_clear();
+    for (k, v) in std::env::vars_os() {
+        let keep = k.to_str().is_some_and(|k| {
+            matches!(
+                k,
+                "PATH"
+                    | "HOME"
+                    | "USER"
+                    | "TERM"
+                    | "LANG"
+                    | "CARGO_HOME"
+                    | "RUSTUP_HOME"
+                    | "RUSTUP_TOOLCHAIN"
+                    | "RUSTFLAGS"
+                    | "CARGO_TARGET_DIR"
+                    | "CARGO_INCREMENTAL"
+            ) || k.starts_with("CARGO_BUILD_")
+                || k.starts_with("CARGO_PROFILE_")
+        });
+        if keep {
+            c.env(k, v);
+        }
+    }
 }
 
 /// Waits until `f` is true or `timeout` passes.
